@@ -1,0 +1,29 @@
+// Package futex waits on and wakes a 32-bit word in memory shared between
+// processes.
+//
+// On Linux it is the futex(2) system call without FUTEX_PRIVATE_FLAG, so a
+// waiter in one process is woken by a Wake in another process that maps the
+// same file. Elsewhere Wait sleeps for a short while and returns, which keeps
+// the callers' retry loops correct, only slower.
+package futex
+
+import "time"
+
+// MaxSleep bounds a single sleep of the fallback used where there is no
+// futex; callers re-check their condition after every return.
+const MaxSleep = time.Millisecond
+
+// Wait blocks while *addr == val, until Wake is called on addr, the timeout
+// passes, or a signal interrupts it. It may also return spuriously. A timeout
+// of zero or less returns at once. Callers must re-check their condition.
+func Wait(addr *uint32, val uint32, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	wait(addr, val, timeout)
+}
+
+// Wake wakes at most n waiters sleeping on addr.
+func Wake(addr *uint32, n int) {
+	wake(addr, n)
+}

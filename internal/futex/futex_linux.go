@@ -1,0 +1,28 @@
+package futex
+
+import (
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The operations deliberately lack FUTEX_PRIVATE_FLAG: private futexes are
+// keyed by (mm, address) and would never match a waiter in another process.
+const (
+	opWait = 0 // FUTEX_WAIT
+	opWake = 1 // FUTEX_WAKE
+)
+
+func wait(addr *uint32, val uint32, timeout time.Duration) {
+	ts := unix.NsecToTimespec(int64(timeout))
+	// EAGAIN (the word already changed), ETIMEDOUT and EINTR all mean the
+	// same to the caller: look at the word again.
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWait,
+		uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+}
+
+func wake(addr *uint32, n int) {
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWake,
+		uintptr(n), 0, 0, 0)
+}

@@ -1,0 +1,172 @@
+// Package owner knows who this process is and judges whether another
+// process, named by what it published when it attached to a region, is still
+// alive.
+//
+// A verdict has three values, and only Dead licenses a recovery. The evidence,
+// strongest first:
+//
+//  1. The liveness lock. Every attached process holds an OFD byte lock on its
+//     own slot of the region file for as long as it is attached. The kernel
+//     drops it when the last descriptor of that open file description is
+//     closed, which happens at exit of any kind, before the process becomes a
+//     zombie, and whatever PID namespace the prober lives in. Free means the
+//     holder is gone (or closed the region, which abandons its locks).
+//  2. The process itself, checked only when it lives in our PID namespace
+//     (a PID from another namespace names some other process here, or none):
+//     kill(pid, 0) failing with ESRCH, a zombie (state Z or X), or a start
+//     time different from the one it published (PID reuse) each prove death.
+//     EPERM proves existence. A PID that is 0, negative or above pid_max is a
+//     corrupt record: it is never passed to kill (kill(0, …) would signal our
+//     process group, kill(-1, …) every process we may signal).
+//
+// A live liveness lock with no contrary evidence from 2 is Alive: a stopped or
+// slow holder is never robbed. Where neither can be read (no lock support, a
+// holder in another namespace) the verdict is Unverifiable, which is not
+// stolen from either.
+package owner
+
+import (
+	"fmt"
+)
+
+// Process is what an attached process publishes about itself: enough to find
+// it again and to tell it from a later process that reuses its PID.
+type Process struct {
+	PID   int32  // in its own PID namespace
+	Start uint64 // start time in clock ticks after boot: field 22 of /proc/<pid>/stat
+	NS    uint64 // inode of its PID namespace (/proc/self/ns/pid); 0 if unknown
+}
+
+// State is the outcome of a probe.
+type State uint8
+
+const (
+	Alive        State = iota + 1 // evidence that it runs (it may be stopped or slow)
+	Dead                          // evidence that it is gone: recovery is licensed
+	Unverifiable                  // no evidence either way: never recovered automatically
+)
+
+func (s State) String() string {
+	switch s {
+	case Alive:
+		return "alive"
+	case Dead:
+		return "dead"
+	case Unverifiable:
+		return "unverifiable"
+	}
+	return fmt.Sprintf("State(%d)", uint8(s))
+}
+
+// Liveness is what the holder's liveness lock says.
+type Liveness uint8
+
+const (
+	LockUnknown Liveness = iota // could not be queried
+	LockHeld                    // some open file description holds it
+	LockFree                    // nobody holds it: the holder detached or died
+)
+
+// Verdict is a probe's conclusion and the reason for it, in words fit for an
+// error message.
+type Verdict struct {
+	State  State
+	Reason string
+	// ProcState is the one-letter state from /proc (R, S, D, T, t, Z, X) when
+	// it was read, 0 otherwise.
+	ProcState byte
+}
+
+func (v Verdict) String() string { return v.State.String() + " (" + v.Reason + ")" }
+
+// Judge combines the liveness lock and the process evidence for p as seen
+// from self. It never calls kill with a PID below 1 or above pid_max.
+func Judge(self, p Process, live Liveness) Verdict {
+	if live == LockFree {
+		v := Verdict{State: Dead, Reason: "its liveness lock is free: it exited or closed the region"}
+		// Say more when we can, for the humans reading the error; the
+		// verdict does not depend on it.
+		if pv, _ := procEvidence(self, p); pv.State == Dead || pv.State == 0 && pv.Reason != "" {
+			v.Reason = pv.Reason + "; " + v.Reason
+			v.ProcState = pv.ProcState
+		}
+		return v
+	}
+	pv, ok := procEvidence(self, p)
+	if ok && pv.State == Dead {
+		// Proof of death from the process table outranks a held liveness
+		// lock: the lock can outlive its process only through a descriptor
+		// that escaped to another process (fork without exec, SCM_RIGHTS).
+		return pv
+	}
+	if live == LockHeld {
+		v := Verdict{State: Alive, Reason: "its liveness lock is held"}
+		if ok {
+			v.Reason = pv.Reason + "; " + v.Reason
+			v.ProcState = pv.ProcState
+		} else if pv.Reason != "" {
+			v.Reason += "; " + pv.Reason
+		}
+		return v
+	}
+	if ok {
+		return pv // Alive by the process table alone
+	}
+	return Verdict{State: Unverifiable, Reason: pv.Reason + "; and its liveness lock cannot be queried"}
+}
+
+// procEvidence judges p from the process table. ok is false when the table
+// says nothing usable about p (then Reason says why).
+func procEvidence(self, p Process) (v Verdict, ok bool) {
+	if p.PID <= 0 || p.PID > PIDMax() {
+		return Verdict{Reason: fmt.Sprintf("its record holds an impossible pid %d", p.PID)}, false
+	}
+	if p.NS == 0 || self.NS == 0 {
+		return Verdict{Reason: fmt.Sprintf("pid %d: PID namespace unknown", p.PID)}, false
+	}
+	if p.NS != self.NS {
+		return Verdict{Reason: fmt.Sprintf("pid %d in another PID namespace (pid:[%d]), which this process cannot see", p.PID, p.NS)}, false
+	}
+	switch err := sys.Kill0(int(p.PID)); err {
+	case nil, errPermission:
+		// It exists (EPERM: another user's); look closer below.
+	case errNoProcess:
+		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID)}, true
+	default:
+		return Verdict{Reason: fmt.Sprintf("pid %d: kill(0): %v", p.PID, err)}, false
+	}
+	st, err := sys.Stat(int(p.PID))
+	if err != nil {
+		if err == errNoProcess {
+			return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID)}, true
+		}
+		// kill said it exists but we cannot read its start time: alive as
+		// far as we can tell, though a reused PID cannot be excluded.
+		return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d exists (start time unreadable: %v)", p.PID, err)}, true
+	}
+	switch {
+	case st.State == 'Z' || st.State == 'X':
+		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d is a zombie", p.PID), ProcState: st.State}, true
+	case st.Start != p.Start:
+		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d was reused (start time %d, holder's was %d)", p.PID, st.Start, p.Start), ProcState: st.State}, true
+	}
+	return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d is %s", p.PID, describe(st.State)), ProcState: st.State}, true
+}
+
+func describe(state byte) string {
+	switch state {
+	case 'R':
+		return "running"
+	case 'S':
+		return "sleeping"
+	case 'D':
+		return "in uninterruptible sleep"
+	case 'T':
+		return "stopped"
+	case 't':
+		return "stopped by a tracer"
+	case 'I':
+		return "idle"
+	}
+	return fmt.Sprintf("in state %c", state)
+}

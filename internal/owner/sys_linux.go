@@ -1,0 +1,72 @@
+package owner
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+type realSys struct{}
+
+func (realSys) Kill0(pid int) error {
+	// The last line of defence: kill(0, …) and kill(-n, …) address process
+	// groups, and kill(-1, …) every process we may signal.
+	if pid <= 0 {
+		return unix.EINVAL
+	}
+	switch err := unix.Kill(pid, 0); err {
+	case nil:
+		return nil
+	case unix.ESRCH:
+		return errNoProcess
+	case unix.EPERM:
+		return errPermission
+	default:
+		return err
+	}
+}
+
+func (realSys) Stat(pid int) (Stat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		if os.IsNotExist(err) {
+			return Stat{}, errNoProcess
+		}
+		return Stat{}, err
+	}
+	return ParseStat(b)
+}
+
+var (
+	pidMaxOnce sync.Once
+	pidMax     int32
+)
+
+// PIDMax is the kernel's pid_max: no valid PID is larger. If it cannot be
+// read, the largest the kernel allows (PID_MAX_LIMIT, 2^22) is used.
+func PIDMax() int32 {
+	pidMaxOnce.Do(func() {
+		pidMax = 1 << 22
+		if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
+			if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32); err == nil && n > 0 {
+				pidMax = int32(n)
+			}
+		}
+	})
+	return pidMax
+}
+
+func readSelf() Process {
+	p := Process{PID: int32(os.Getpid())}
+	if st, err := (realSys{}).Stat(os.Getpid()); err == nil {
+		p.Start = st.Start
+	}
+	var s unix.Stat_t
+	if unix.Stat("/proc/self/ns/pid", &s) == nil {
+		p.NS = s.Ino
+	}
+	return p
+}

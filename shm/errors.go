@@ -1,0 +1,74 @@
+package shm
+
+import (
+	"errors"
+	"strings"
+)
+
+// The kinds of failure Open and the region's accessors report. Match them with
+// errors.Is; errors.As with *Error gives the path and the details. Errors from
+// the operating system are wrapped too, so errors.Is(err, fs.ErrNotExist) and
+// errors.Is(err, fs.ErrPermission) work as usual.
+var (
+	// ErrNotRegion: the file is not a shmlock region (wrong magic, not a
+	// regular file, or written on a machine of the other byte order).
+	ErrNotRegion = errors.New("not a shmlock region")
+	// ErrVersion: the region has a layout version this package does not read.
+	ErrVersion = errors.New("unsupported region layout version")
+	// ErrTruncated: the file is shorter than its header says it must be.
+	ErrTruncated = errors.New("region file is truncated")
+	// ErrCorrupt: header fields that contradict each other.
+	ErrCorrupt = errors.New("region header is corrupt")
+	// ErrTooSmall: the region's data area is smaller than Options.Size.
+	ErrTooSmall = errors.New("region is smaller than asked")
+	// ErrFull: every slot of the process table is taken by a live process.
+	ErrFull = errors.New("region's process table is full")
+	// ErrInvalid: a bad argument (path, size, offset, alignment).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrBusy: another process held the initialisation lock for too long.
+	ErrBusy = errors.New("region is being initialised by another process")
+	// ErrClosed: the region was closed.
+	ErrClosed = errors.New("region is closed")
+)
+
+// Error describes a failure about one region file.
+type Error struct {
+	Op     string // "open", "slice", …
+	Path   string
+	Kind   error  // one of the Err… values above, or nil for a bare OS error
+	Detail string // what exactly was wrong
+	Err    error  // the underlying OS error, if any
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("shm: ")
+	b.WriteString(e.Op)
+	b.WriteString(" ")
+	b.WriteString(e.Path)
+	if e.Kind != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Kind.Error())
+	}
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the kind and the OS error, so errors.Is matches either.
+func (e *Error) Unwrap() []error {
+	var errs []error
+	if e.Kind != nil {
+		errs = append(errs, e.Kind)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}

@@ -1,0 +1,112 @@
+package shm
+
+// Layout of a region file, version 1. All integers are in the byte order of
+// the machine that created the region; a region is shared between processes
+// of one machine, and a file of the other byte order is refused by the
+// byteOrder field.
+//
+//	header (64 bytes)
+//	  0  magic       [8]byte  "SHMLOCKR" once initialised; "SHMLOCKI" while
+//	                          initialisation runs (a crash leaves it, and the
+//	                          next opener initialises again)
+//	  8  version     uint32   layout version, 1
+//	 12  headerSize  uint32   offset of the data area: header and process
+//	                          table, rounded up to a page
+//	 16  dataSize    uint64   bytes of the data area
+//	 24  slots       uint32   entries in the process table (1..MaxSlots)
+//	 28  mode        uint32   locking protocol of the region's locks: 0, probe
+//	 32  created     int64    creation time, Unix nanoseconds
+//	 40  creator     int32    creator's PID (in its own PID namespace)
+//	 44  byteOrder   uint32   0x01020304 written natively
+//	 48  attaches    uint64   count of attachments ever made (information)
+//	 56  reserved
+//	process table: entry s (1..slots) at 64*s, 64 bytes each; entry 0 is the
+//	header itself, so slot 0 never exists and a held owner word is never 0
+//	  0  incarnation uint32   bumped each time the slot is claimed
+//	  4  pid         int32    claimant's PID in its own PID namespace
+//	  8  start       uint64   claimant's start time, clock ticks after boot
+//	 16  pidns       uint64   inode of the claimant's PID namespace
+//	 24  attached    int64    claim time, Unix nanoseconds
+//	 32  reserved
+//	data area: headerSize .. headerSize+dataSize
+//
+// File locks (all of them OFD locks, fcntl F_OFD_SETLK, so that no lock of
+// one kind is ever invisible to a lock of another kind):
+//
+//	byte 0 of the file      held exclusively while a process creates,
+//	                        validates or initialises the region
+//	byte 64*s (slot s)      held exclusively by the process attached in
+//	                        slot s for as long as it is attached: its
+//	                        liveness lock
+const (
+	magicReady = "SHMLOCKR"
+	magicInit  = "SHMLOCKI"
+	// Version is the layout version this package reads and writes.
+	Version = 1
+
+	byteOrderMark = 0x01020304
+
+	headerBytes = 64
+	entryBytes  = 64
+
+	offMagic      = 0
+	offVersion    = 8
+	offHeaderSize = 12
+	offDataSize   = 16
+	offSlots      = 24
+	offMode       = 28
+	offCreated    = 32
+	offCreator    = 40
+	offByteOrder  = 44
+	offAttaches   = 48
+
+	entIncarnation = 0
+	entPID         = 4
+	entStart       = 8
+	entPIDNS       = 16
+	entAttached    = 24
+
+	pageSize = 4096
+
+	// LineSize is the alignment and size of a lock's home in the data area:
+	// one cache line, so that no two locks, and no lock and unrelated data,
+	// share one.
+	LineSize = 64
+)
+
+// An owner ID names one attachment of one process to one region: the slot it
+// claimed in the process table and that slot's incarnation at the claim. A
+// process that attaches again, or a later process in the same slot, gets
+// another ID, so an ID outlives neither its process nor its attachment.
+//
+//	bits  0..11  slot, 1..MaxSlots (never 0)
+//	bits 12..29  incarnation of the slot, modulo 2^18
+//
+// IDs fit the 30 bits that a futex owner word gives to the owner.
+const (
+	slotBits        = 12
+	incarnationBits = 18
+	// IDBits is the width of an owner ID.
+	IDBits   = slotBits + incarnationBits
+	MaxSlots = 1<<slotBits - 1
+
+	slotMask        = 1<<slotBits - 1
+	incarnationMask = 1<<incarnationBits - 1
+
+	// DefaultSlots is the size of the process table when Options.Slots is 0.
+	DefaultSlots = 256
+)
+
+func makeID(slot, incarnation uint32) uint32 {
+	return (incarnation&incarnationMask)<<slotBits | slot
+}
+
+// SlotOf returns the process-table slot named by an owner ID.
+func SlotOf(id uint32) int { return int(id & slotMask) }
+
+func incarnationOf(id uint32) uint32 { return id >> slotBits & incarnationMask }
+
+func headerSizeFor(slots int) int {
+	n := headerBytes + slots*entryBytes
+	return (n + pageSize - 1) / pageSize * pageSize
+}

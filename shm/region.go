@@ -1,0 +1,439 @@
+// Package shm maps a region file that several processes share, and knows who
+// is attached to it.
+//
+// A region is a file (in /dev/shm by default) with a versioned header, a
+// table of the processes attached to it, and a data area where the caller
+// places locks and data at offsets of its choosing. Open creates and
+// initialises a region exactly once, however many processes race to open the
+// same new path, and validates the header of an existing one; bad files are
+// refused with a typed error (see Error), never a crash.
+//
+// Every Region holds a slot of the process table for as long as it is open,
+// and a file lock on that slot. Locks in the region name their holder by that
+// slot (an owner ID, see Region.ID), and Probe turns an owner ID back into a
+// verdict on whether its process is alive: the basis of recovery from dead
+// lock holders.
+package shm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/edsrzf/mmap-go"
+
+	"github.com/shmlock/shmlock/internal/owner"
+)
+
+// Dir is where a bare region name is placed.
+const Dir = "/dev/shm"
+
+// Options tune Open.
+type Options struct {
+	// Size is the number of data bytes the caller needs. A new region is
+	// created with exactly this many; an existing region must have at least
+	// this many (else ErrTooSmall). Required to create a region.
+	Size int
+	// Perm is the file mode of a new region file; 0 means 0600. It is set
+	// exactly, regardless of the umask.
+	Perm fs.FileMode
+	// Slots is the size of the process table of a new region: how many
+	// Regions (processes, or several opens in one process) may be attached
+	// at once. 0 means DefaultSlots; at most MaxSlots.
+	Slots int
+	// NoCreate makes Open fail (with fs.ErrNotExist) rather than create a
+	// missing region.
+	NoCreate bool
+	// InitTimeout bounds the wait for another process that is initialising
+	// or validating the region; 0 means 10 s.
+	InitTimeout time.Duration
+}
+
+// Region is one process's attachment to a region file. Its methods are safe
+// for concurrent use, except Close, which must not race with any use of the
+// region or of locks placed in it (its memory is unmapped).
+type Region struct {
+	path  string
+	f     *os.File
+	m     mmap.MMap
+	data  []byte
+	slots int
+	id    uint32 // this attachment's owner ID
+	self  owner.Process
+
+	closed atomic.Bool
+}
+
+// Path resolves a region name: a name without a slash is placed in Dir.
+func Path(name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return "", &Error{Op: "open", Path: name, Kind: ErrInvalid, Detail: "empty or malformed name"}
+	}
+	if !strings.ContainsRune(name, '/') {
+		if name == "." || name == ".." {
+			return "", &Error{Op: "open", Path: name, Kind: ErrInvalid, Detail: "not a file name"}
+		}
+		return filepath.Join(Dir, name), nil
+	}
+	return filepath.Clean(name), nil
+}
+
+// Open opens the region at name (see Path), creating and initialising it if
+// it does not exist, and attaches this process to it.
+func Open(name string, opt Options) (*Region, error) {
+	path, err := Path(name)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(kind error, detail string, err error) (*Region, error) {
+		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: err}
+	}
+	if opt.Size < 0 {
+		return fail(ErrInvalid, fmt.Sprintf("negative size %d", opt.Size), nil)
+	}
+	slots := opt.Slots
+	if slots == 0 {
+		slots = DefaultSlots
+	}
+	if slots < 1 || slots > MaxSlots {
+		return fail(ErrInvalid, fmt.Sprintf("slots %d not in 1..%d", opt.Slots, MaxSlots), nil)
+	}
+	perm := opt.Perm
+	if perm == 0 {
+		perm = 0o600
+	}
+	initTimeout := opt.InitTimeout
+	if initTimeout == 0 {
+		initTimeout = 10 * time.Second
+	}
+
+	// O_NOFOLLOW: a symbolic link planted at the path must not redirect us.
+	// O_NONBLOCK: a FIFO planted there must not hang the open. os adds
+	// O_CLOEXEC, so no child process inherits the descriptor (and with it
+	// our liveness lock).
+	flag := os.O_RDWR | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+	if !opt.NoCreate {
+		flag |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flag, perm)
+	if err != nil {
+		switch {
+		case errors.Is(err, syscall.ELOOP):
+			return fail(ErrInvalid, "is a symbolic link", err)
+		case errors.Is(err, syscall.EISDIR):
+			return fail(ErrNotRegion, "is a directory", err)
+		}
+		return fail(nil, "", err)
+	}
+	r := &Region{path: path, f: f, slots: slots, self: owner.Self()}
+	ok := false
+	defer func() {
+		if !ok {
+			r.release()
+		}
+	}()
+	if fi, err := f.Stat(); err != nil {
+		return fail(nil, "", err)
+	} else if !fi.Mode().IsRegular() {
+		return fail(ErrNotRegion, "not a regular file: "+fi.Mode().Type().String(), nil)
+	}
+	fd := int(f.Fd())
+
+	// Creation, initialisation and validation happen under the lock on
+	// byte 0, so racing openers initialise once and nobody validates a
+	// header that is being written. The kernel drops the lock if we die
+	// holding it, and the magic tells the next opener to start over.
+	if err := lockWait(fd, 0, initTimeout); err != nil {
+		if errors.Is(err, errTimeout) {
+			return fail(ErrBusy, fmt.Sprintf("initialisation lock held for %v", initTimeout), nil)
+		}
+		return fail(nil, "initialisation lock", err)
+	}
+	defer unlockByte(fd, 0)
+
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(nil, "", err)
+	}
+	var hdr [headerBytes]byte
+	if fi.Size() > 0 {
+		if _, err := f.ReadAt(hdr[:min(int64(len(hdr)), fi.Size())], 0); err != nil {
+			return fail(nil, "reading header", err)
+		}
+	}
+	switch {
+	case fi.Size() == 0 && opt.NoCreate:
+		return fail(ErrNotRegion, "file is empty", nil)
+	case fi.Size() == 0, fi.Size() >= 8 && string(hdr[:8]) == magicInit:
+		// New, or a creator died mid-initialisation (it would still hold
+		// the lock we now hold otherwise): initialise from scratch. The
+		// "initialising" magic is ours alone, so no foreign data is lost.
+		if opt.Size == 0 {
+			return fail(ErrInvalid, "Options.Size is required to create a region", nil)
+		}
+		if err := r.initialise(opt.Size, perm); err != nil {
+			return fail(nil, "initialising", err)
+		}
+	default:
+		dataSize, err := validate(hdr[:], fi.Size(), opt.Size)
+		if err != nil {
+			err.Op, err.Path = "open", path
+			return nil, err
+		}
+		slots = int(binary.NativeEndian.Uint32(hdr[offSlots:]))
+		if err := r.mapFile(slots, dataSize); err != nil {
+			return fail(nil, "mmap", err)
+		}
+	}
+	if err := r.attach(); err != nil {
+		if errors.Is(err, ErrFull) {
+			return fail(ErrFull, fmt.Sprintf("all %d slots are held by attached processes", r.slots), nil)
+		}
+		return fail(nil, "attaching", err)
+	}
+	ok = true
+	return r, nil
+}
+
+// initialise writes a fresh header. The caller holds the lock on byte 0.
+func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
+	hs := headerSizeFor(r.slots)
+	// Mark the file first, before it has a size: a crash at any later step
+	// leaves either an empty file or this mark, and both mean "initialise".
+	if err := r.f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := r.f.WriteAt([]byte(magicInit), 0); err != nil {
+		return err
+	}
+	if err := r.f.Truncate(int64(hs) + int64(dataSize)); err != nil {
+		return err
+	}
+	if err := r.f.Chmod(perm); err != nil {
+		return err
+	}
+	if err := r.mapFile(r.slots, dataSize); err != nil {
+		return err
+	}
+	h := r.m[:headerBytes]
+	ne := binary.NativeEndian
+	ne.PutUint32(h[offVersion:], Version)
+	ne.PutUint32(h[offHeaderSize:], uint32(hs))
+	ne.PutUint64(h[offDataSize:], uint64(dataSize))
+	ne.PutUint32(h[offSlots:], uint32(r.slots))
+	ne.PutUint32(h[offMode:], 0)
+	ne.PutUint64(h[offCreated:], uint64(time.Now().UnixNano()))
+	ne.PutUint32(h[offCreator:], uint32(r.self.PID))
+	ne.PutUint32(h[offByteOrder:], byteOrderMark)
+	// The ready magic goes last: an opener that finds it finds the rest.
+	copy(h[offMagic:], magicReady)
+	return nil
+}
+
+// validate checks an existing header against the file size and the caller's
+// needs and returns the data size.
+func validate(h []byte, fileSize int64, want int) (int, *Error) {
+	bad := func(kind error, format string, args ...any) (int, *Error) {
+		return 0, &Error{Kind: kind, Detail: fmt.Sprintf(format, args...)}
+	}
+	ne := binary.NativeEndian
+	if fileSize < headerBytes {
+		if string(h[:min(len(magicReady), int(fileSize))]) != magicReady[:min(len(magicReady), int(fileSize))] {
+			return bad(ErrNotRegion, "%d-byte file without the region magic", fileSize)
+		}
+		return bad(ErrTruncated, "file is %d bytes, shorter than the %d-byte header", fileSize, headerBytes)
+	}
+	if string(h[offMagic:offMagic+8]) != magicReady {
+		return bad(ErrNotRegion, "magic is %q, want %q", h[offMagic:offMagic+8], magicReady)
+	}
+	if bo := ne.Uint32(h[offByteOrder:]); bo != byteOrderMark {
+		return bad(ErrNotRegion, "byte-order mark %#x: written by a machine of another byte order, or corrupt", bo)
+	}
+	if v := ne.Uint32(h[offVersion:]); v != Version {
+		return bad(ErrVersion, "layout version %d; this package reads version %d", v, Version)
+	}
+	slots := ne.Uint32(h[offSlots:])
+	if slots < 1 || slots > MaxSlots {
+		return bad(ErrCorrupt, "process table of %d slots (1..%d allowed)", slots, MaxSlots)
+	}
+	hs := ne.Uint32(h[offHeaderSize:])
+	if int(hs) != headerSizeFor(int(slots)) {
+		return bad(ErrCorrupt, "header size %d, but %d slots need %d", hs, slots, headerSizeFor(int(slots)))
+	}
+	if m := ne.Uint32(h[offMode:]); m != 0 {
+		return bad(ErrCorrupt, "unknown locking mode %d", m)
+	}
+	ds := ne.Uint64(h[offDataSize:])
+	if ds > uint64(maxInt-int(hs)) {
+		return bad(ErrCorrupt, "data size %d is impossible", ds)
+	}
+	total := int64(hs) + int64(ds)
+	if fileSize < total {
+		return bad(ErrTruncated, "file is %d bytes, its header says %d", fileSize, total)
+	}
+	if fileSize > total {
+		return bad(ErrCorrupt, "file is %d bytes, its header says %d", fileSize, total)
+	}
+	if want > int(ds) {
+		return bad(ErrTooSmall, "data area is %d bytes, %d asked", ds, want)
+	}
+	return int(ds), nil
+}
+
+const maxInt = int(^uint(0) >> 1)
+
+func (r *Region) mapFile(slots, dataSize int) error {
+	r.slots = slots
+	hs := headerSizeFor(slots)
+	m, err := mmap.MapRegion(r.f, hs+dataSize, mmap.RDWR, 0, 0)
+	if err != nil {
+		return err
+	}
+	r.m = m
+	r.data = m[hs : hs+dataSize : hs+dataSize]
+	return nil
+}
+
+// attach claims a free slot of the process table: one whose liveness lock
+// nobody holds. Holding that lock is what makes the slot ours; the kernel
+// releases it when this process dies, which is what Probe reads.
+func (r *Region) attach() error {
+	fd := int(r.f.Fd())
+	for s := 1; s <= r.slots; s++ {
+		switch err := tryLockByte(fd, int64(s*entryBytes)); {
+		case err == nil:
+		case errors.Is(err, errLocked):
+			continue
+		default:
+			return err
+		}
+		e := r.entry(s)
+		// The incarnation changes first: from here on every owner word
+		// naming the slot's previous claimant is judged dead without
+		// looking at the fields below, which we are about to overwrite.
+		// (That claimant is indeed gone: we could not hold its lock.)
+		inc := (atomic.LoadUint32(e.incarnation) + 1) & incarnationMask
+		atomic.StoreUint32(e.incarnation, inc)
+		atomic.StoreInt32(e.pid, r.self.PID)
+		atomic.StoreUint64(e.start, r.self.Start)
+		atomic.StoreUint64(e.pidns, r.self.NS)
+		atomic.StoreInt64(e.attached, time.Now().UnixNano())
+		atomic.AddUint64(r.u64(offAttaches), 1)
+		r.id = makeID(uint32(s), inc)
+		return nil
+	}
+	return ErrFull
+}
+
+type entry struct {
+	incarnation *uint32
+	pid         *int32
+	start       *uint64
+	pidns       *uint64
+	attached    *int64
+}
+
+func (r *Region) entry(slot int) entry {
+	b := r.m[slot*entryBytes:]
+	return entry{
+		incarnation: (*uint32)(unsafe.Pointer(&b[entIncarnation])),
+		pid:         (*int32)(unsafe.Pointer(&b[entPID])),
+		start:       (*uint64)(unsafe.Pointer(&b[entStart])),
+		pidns:       (*uint64)(unsafe.Pointer(&b[entPIDNS])),
+		attached:    (*int64)(unsafe.Pointer(&b[entAttached])),
+	}
+}
+
+func (r *Region) u64(off int) *uint64 { return (*uint64)(unsafe.Pointer(&r.m[off])) }
+
+// ID returns this attachment's owner ID: the value that locks in this region
+// record as their holder while this process holds them.
+func (r *Region) ID() uint32 { return r.id }
+
+// Path returns the region file's path.
+func (r *Region) Path() string { return r.path }
+
+// Size returns the size of the data area in bytes.
+func (r *Region) Size() int { return len(r.data) }
+
+// Slots returns the size of the process table.
+func (r *Region) Slots() int { return r.slots }
+
+// Bytes returns the n data bytes at offset off of the data area. The slice
+// aliases the shared mapping: other processes see writes to it at once, and
+// it must not be used after Close.
+func (r *Region) Bytes(off, n int) ([]byte, error) {
+	if off < 0 || n < 0 || off > len(r.data) || n > len(r.data)-off {
+		return nil, &Error{Op: "slice", Path: r.path, Kind: ErrInvalid,
+			Detail: fmt.Sprintf("bytes [%d, %d+%d) outside the %d-byte data area", off, off, n, len(r.data))}
+	}
+	return r.data[off : off+n : off+n], nil
+}
+
+// Line returns the cache line at offset off of the data area as eight 64-bit
+// words, for placing a lock. off must be a multiple of LineSize.
+func (r *Region) Line(off int) (*[LineSize / 8]uint64, error) {
+	if off%LineSize != 0 {
+		return nil, &Error{Op: "line", Path: r.path, Kind: ErrInvalid,
+			Detail: fmt.Sprintf("offset %d is not a multiple of %d: a lock needs a cache line of its own", off, LineSize)}
+	}
+	b, err := r.Bytes(off, LineSize)
+	if err != nil {
+		err.(*Error).Op = "line"
+		return nil, err
+	}
+	// The data area starts on a page boundary, so the line is 64-byte
+	// aligned in memory, as 64-bit atomics need.
+	return (*[LineSize / 8]uint64)(unsafe.Pointer(&b[0])), nil
+}
+
+// Created returns when the region was created, and by which PID.
+func (r *Region) Created() (time.Time, int32) {
+	ne := binary.NativeEndian
+	return time.Unix(0, int64(ne.Uint64(r.m[offCreated:]))), int32(ne.Uint32(r.m[offCreator:]))
+}
+
+// Close detaches from the region and unmaps it. Locks this process still
+// holds in it are abandoned: other processes will find their holder dead and
+// recover them. Close is idempotent.
+func (r *Region) Close() error {
+	if !r.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	return r.release()
+}
+
+func (r *Region) release() error {
+	var err error
+	if r.m != nil {
+		err = r.m.Unmap()
+		r.m, r.data = nil, nil
+	}
+	// Closing the descriptor drops our liveness lock: from now on probes
+	// find this attachment gone.
+	if cerr := r.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Remove deletes the region file. Processes that have it open keep their
+// mapping; a later Open of the same name creates a new region.
+func (r *Region) Remove() error { return Remove(r.path) }
+
+// Remove deletes the region file at name (see Path).
+func Remove(name string) error {
+	path, err := Path(name)
+	if err != nil {
+		return err
+	}
+	return os.Remove(path)
+}

@@ -1,0 +1,321 @@
+package shm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const childEnv = "SHM_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(childEnv); role != "" {
+		// A child never outlives a wedged test by long.
+		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
+		os.Exit(runChild(role, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(role, arg string) int {
+	switch role {
+	case "race-open":
+		// arg: path,start-unix-ns,index. All open at the same instant.
+		f := strings.Split(arg, ",")
+		path := f[0]
+		start, _ := strconv.ParseInt(f[1], 10, 64)
+		index, _ := strconv.Atoi(f[2])
+		time.Sleep(time.Until(time.Unix(0, start)))
+		r, err := Open(path, Options{Size: 4096, Slots: 16})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		created, creator := r.Created()
+		// Leave a mark a second initialisation would wipe out.
+		b, _ := r.Bytes(index*8, 8)
+		binary.NativeEndian.PutUint64(b, uint64(os.Getpid()))
+		fmt.Printf("%d %d %d\n", created.UnixNano(), creator, SlotOf(r.ID()))
+		return 0
+	}
+	return 2
+}
+
+func tempPath(t *testing.T) string {
+	return filepath.Join(t.TempDir(), "region")
+}
+
+func TestCreateOpen(t *testing.T) {
+	path := tempPath(t)
+	a, err := Open(path, Options{Size: 1000})
+	require.NoError(t, err)
+	defer a.Close()
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "mode 0600 unless asked")
+	assert.Equal(t, 1000, a.Size())
+	assert.Equal(t, DefaultSlots, a.Slots())
+
+	b, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer b.Close()
+	assert.NotEqual(t, a.ID(), b.ID(), "two attachments, two owner IDs")
+	assert.NotEqual(t, SlotOf(a.ID()), SlotOf(b.ID()))
+
+	x, _ := a.Bytes(10, 5)
+	copy(x, "hello")
+	y, _ := b.Bytes(10, 5)
+	assert.Equal(t, "hello", string(y), "both see one memory")
+
+	// A slot freed by Close is claimed again with another incarnation.
+	slot, id := SlotOf(b.ID()), b.ID()
+	require.NoError(t, b.Close())
+	require.NoError(t, b.Close(), "Close is idempotent")
+	c, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Equal(t, slot, SlotOf(c.ID()))
+	assert.NotEqual(t, id, c.ID())
+	h := a.Probe(id)
+	assert.Equal(t, Dead, h.State, h.String())
+	assert.Contains(t, h.Reason, "claimed again")
+
+	h = a.Probe(c.ID())
+	assert.Equal(t, Alive, h.State, h.String())
+	assert.EqualValues(t, os.Getpid(), h.PID)
+	assert.Equal(t, Alive, a.Probe(a.ID()).State)
+}
+
+func TestPermExact(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64, Perm: 0o660})
+	require.NoError(t, err)
+	defer r.Close()
+	fi, _ := os.Stat(path)
+	assert.Equal(t, fs.FileMode(0o660), fi.Mode().Perm())
+}
+
+func TestBounds(t *testing.T) {
+	r, err := Open(tempPath(t), Options{Size: 256})
+	require.NoError(t, err)
+	defer r.Close()
+	for _, c := range [][2]int{{-1, 1}, {0, -1}, {0, 257}, {256, 1}, {250, 7}, {1 << 62, 1 << 62}} {
+		_, err := r.Bytes(c[0], c[1])
+		assert.ErrorIs(t, err, ErrInvalid, "%v", c)
+	}
+	_, err = r.Bytes(256, 0)
+	assert.NoError(t, err)
+	for _, off := range []int{1, 8, 63, 256, 224} {
+		_, err := r.Line(off)
+		assert.ErrorIs(t, err, ErrInvalid, "line at %d", off)
+	}
+	l, err := r.Line(192)
+	require.NoError(t, err)
+	l[7] = 1
+	b, _ := r.Bytes(248, 8)
+	assert.Equal(t, byte(1), b[0])
+}
+
+func TestProcessTableFull(t *testing.T) {
+	path := tempPath(t)
+	var open []*Region
+	defer func() {
+		for _, r := range open {
+			r.Close()
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		r, err := Open(path, Options{Size: 64, Slots: 3})
+		require.NoError(t, err)
+		open = append(open, r)
+	}
+	_, err := Open(path, Options{})
+	assert.ErrorIs(t, err, ErrFull)
+	require.NoError(t, open[1].Close())
+	r, err := Open(path, Options{})
+	require.NoError(t, err, "a closed attachment's slot is free again")
+	open = append(open, r)
+}
+
+// header returns a valid header for slots and dataSize.
+func header(slots, dataSize int) []byte {
+	h := make([]byte, headerSizeFor(slots)+dataSize)
+	ne := binary.NativeEndian
+	copy(h, magicReady)
+	ne.PutUint32(h[offVersion:], Version)
+	ne.PutUint32(h[offHeaderSize:], uint32(headerSizeFor(slots)))
+	ne.PutUint64(h[offDataSize:], uint64(dataSize))
+	ne.PutUint32(h[offSlots:], uint32(slots))
+	ne.PutUint32(h[offByteOrder:], byteOrderMark)
+	return h
+}
+
+func TestBadFiles(t *testing.T) {
+	ne := binary.NativeEndian
+	set32 := func(off int, v uint32) func([]byte) []byte {
+		return func(h []byte) []byte { ne.PutUint32(h[off:], v); return h }
+	}
+	for _, tc := range []struct {
+		name   string
+		edit   func([]byte) []byte
+		opt    Options
+		kind   error
+		detail string
+	}{
+		{"valid", func(h []byte) []byte { return h }, Options{}, nil, ""},
+		{"empty, no create", func(h []byte) []byte { return h[:0] }, Options{NoCreate: true}, ErrNotRegion, "empty"},
+		{"short foreign file", func(h []byte) []byte { return []byte("hello\n") }, Options{}, ErrNotRegion, "without the region magic"},
+		{"short region prefix", func(h []byte) []byte { return h[:20] }, Options{}, ErrTruncated, "shorter than the 64-byte header"},
+		{"wrong magic", func(h []byte) []byte { copy(h, "GARBAGE!"); return h }, Options{}, ErrNotRegion, `magic is "GARBAGE!"`},
+		{"zeroed header", func(h []byte) []byte { clear(h[:64]); return h }, Options{}, ErrNotRegion, "magic"},
+		{"future version", set32(offVersion, Version+1), Options{}, ErrVersion, "layout version 2"},
+		{"version 0", set32(offVersion, 0), Options{}, ErrVersion, "layout version 0"},
+		{"other byte order", set32(offByteOrder, 0x04030201), Options{}, ErrNotRegion, "byte order"},
+		{"zero slots", set32(offSlots, 0), Options{}, ErrCorrupt, "0 slots"},
+		{"too many slots", set32(offSlots, MaxSlots+1), Options{}, ErrCorrupt, "slots"},
+		{"header size mismatch", set32(offHeaderSize, 64), Options{}, ErrCorrupt, "header size 64"},
+		{"unknown mode", set32(offMode, 9), Options{}, ErrCorrupt, "mode 9"},
+		{"truncated data", func(h []byte) []byte { return h[:len(h)-1] }, Options{}, ErrTruncated, "its header says"},
+		{"extended file", func(h []byte) []byte { return append(h, 0) }, Options{}, ErrCorrupt, "its header says"},
+		{"absurd data size", func(h []byte) []byte { ne.PutUint64(h[offDataSize:], 1<<63); return h }, Options{}, ErrCorrupt, "impossible"},
+		{"smaller than asked", func(h []byte) []byte { return h }, Options{Size: 129}, ErrTooSmall, "128 bytes, 129 asked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := tempPath(t)
+			require.NoError(t, os.WriteFile(path, tc.edit(header(4, 128)), 0o600))
+			before, _ := os.ReadFile(path)
+			r, err := Open(path, tc.opt)
+			if tc.kind == nil {
+				require.NoError(t, err)
+				r.Close()
+				return
+			}
+			require.Error(t, err)
+			assert.Nil(t, r)
+			assert.ErrorIs(t, err, tc.kind)
+			var e *Error
+			require.True(t, errors.As(err, &e))
+			assert.Equal(t, path, e.Path)
+			assert.Contains(t, err.Error(), path, "the error names the file")
+			assert.Contains(t, err.Error(), tc.detail)
+			after, _ := os.ReadFile(path)
+			assert.Equal(t, before, after, "a refused file is left as it was")
+		})
+	}
+}
+
+func TestBadPaths(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Open("", Options{Size: 64})
+	assert.ErrorIs(t, err, ErrInvalid)
+	_, err = Open("..", Options{Size: 64})
+	assert.ErrorIs(t, err, ErrInvalid)
+
+	_, err = Open(dir, Options{Size: 64})
+	assert.ErrorIs(t, err, ErrNotRegion, "a directory")
+
+	target := filepath.Join(dir, "target")
+	link := filepath.Join(dir, "link")
+	require.NoError(t, os.WriteFile(target, []byte("precious"), 0o600))
+	require.NoError(t, os.Symlink(target, link))
+	_, err = Open(link, Options{Size: 64})
+	assert.ErrorIs(t, err, ErrInvalid, "a symbolic link")
+	assert.Contains(t, fmt.Sprint(err), "symbolic link")
+	b, _ := os.ReadFile(target)
+	assert.Equal(t, "precious", string(b))
+
+	fifo := filepath.Join(dir, "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	done := make(chan error, 1)
+	go func() { _, err := Open(fifo, Options{Size: 64}); done <- err }()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, ErrNotRegion, "a FIFO")
+	case <-time.After(5 * time.Second):
+		t.Fatal("Open hangs on a FIFO")
+	}
+
+	_, err = Open(filepath.Join(dir, "missing"), Options{NoCreate: true})
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	_, err = Open(filepath.Join(dir, "new"), Options{})
+	assert.ErrorIs(t, err, ErrInvalid, "creating needs a size")
+	_, err = Open(filepath.Join(dir, "new"), Options{Size: 64, Slots: MaxSlots + 1})
+	assert.ErrorIs(t, err, ErrInvalid)
+
+	p, err := Path("cache")
+	require.NoError(t, err)
+	assert.Equal(t, "/dev/shm/cache", p, "a bare name lives in /dev/shm")
+}
+
+// A creator that died mid-initialisation leaves the "initialising" magic;
+// the next opener initialises again instead of refusing the file forever.
+func TestInterruptedInitialisation(t *testing.T) {
+	path := tempPath(t)
+	h := header(4, 128)
+	copy(h, magicInit)
+	ne := binary.NativeEndian
+	ne.PutUint32(h[offVersion:], 0) // half written
+	require.NoError(t, os.WriteFile(path, h[:100], 0o600))
+	r, err := Open(path, Options{Size: 256})
+	require.NoError(t, err)
+	defer r.Close()
+	assert.Equal(t, 256, r.Size())
+}
+
+// Many processes open one new path at the same instant: one creates and
+// initialises it, all attach to that one region.
+func TestRacingOpeners(t *testing.T) {
+	const n = 8
+	path := tempPath(t)
+	start := time.Now().Add(300 * time.Millisecond).UnixNano()
+	cmds := make([]*exec.Cmd, n)
+	outs := make([]strings.Builder, n)
+	for i := range cmds {
+		cmd := exec.Command(os.Args[0], "-test.run=^$", fmt.Sprintf("%s,%d,%d", path, start, i))
+		cmd.Env = append(os.Environ(), childEnv+"=race-open")
+		cmd.Stdout, cmd.Stderr = &outs[i], &outs[i]
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		require.NoError(t, cmd.Start())
+		cmds[i] = cmd
+	}
+	watchdog := time.AfterFunc(30*time.Second, func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+		}
+	})
+	defer watchdog.Stop()
+	seen := map[string]int{}
+	for i, cmd := range cmds {
+		require.NoError(t, cmd.Wait(), "child %d: %s", i, outs[i].String())
+		f := strings.Fields(outs[i].String())
+		require.Len(t, f, 3, outs[i].String())
+		seen[f[0]+" "+f[1]]++
+	}
+	require.Len(t, seen, 1, "every opener saw the same creation: %v", seen)
+	r, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer r.Close()
+	marks := 0
+	for i := range n {
+		b, _ := r.Bytes(i*8, 8)
+		if binary.NativeEndian.Uint64(b) != 0 {
+			marks++
+		}
+	}
+	assert.Equal(t, n, marks, "no opener's mark was wiped by a second initialisation")
+	assert.EqualValues(t, n+1, binary.NativeEndian.Uint64(r.m[offAttaches:]))
+}
