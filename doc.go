@@ -1,0 +1,18 @@
+// Package shmlock provides a mutual exclusion lock that lives in shared
+// memory, is shared by every process that maps the same region (see package
+// shm), and survives the death of its holder.
+//
+// A Mutex is one 64-bit owner word in the region. Locking an uncontended Mutex
+// is one compare-and-swap, unlocking one more; everything that makes it
+// robust happens on the slow path. A waiter spins briefly, then sleeps on a
+// futex and probes the holder from time to time. A holder that was killed,
+// crashed or exited while holding is found dead (by its liveness lock in the
+// region file and by its process's state), and exactly one waiter takes the
+// lock over, by one compare-and-swap from the dead holder's exact owner word
+// to its own. That waiter is told (guard.Guard.Recovered), as POSIX robust
+// mutexes return EOWNERDEAD, so it can repair the data the lock protects.
+//
+// A holder that is alive, however slow or stopped, is never robbed; one whose
+// death cannot be verified is not either, and an administrator can free its
+// lock with Mutex.Break, naming its exact owner word.
+package shmlock

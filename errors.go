@@ -1,0 +1,82 @@
+package shmlock
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/shmlock/shmlock/shm"
+)
+
+var (
+	// ErrNotHeld: Unlock of a Mutex that this process does not hold (never
+	// locked, already unlocked, or broken by an administrator meanwhile).
+	ErrNotHeld = errors.New("shmlock: unlock of a mutex not held by this process")
+	// ErrOwnerChanged: Break found another owner than the one it was told.
+	ErrOwnerChanged = errors.New("shmlock: owner changed")
+	// ErrNotLocked: Break was given an owner word that holds nothing.
+	ErrNotLocked = errors.New("shmlock: not locked")
+)
+
+func lockName(path string, off int) string { return path + "@" + strconv.Itoa(off) }
+
+// HeldError is returned when a wait for a lock ends (its context is done)
+// while another process holds it. It wraps the context's error, so
+// errors.Is(err, context.DeadlineExceeded) works.
+type HeldError struct {
+	Lock    string        // region path @ offset
+	Owner   uint64        // the holder's exact owner word: what Break takes
+	Holder  shm.Holder    // who holds it and whether it is alive, and why
+	HeldFor time.Duration // the lock has been held at least this long
+	Waited  time.Duration // how long this call waited
+	Err     error         // the context's error
+}
+
+func (e *HeldError) Unwrap() error { return e.Err }
+
+func (e *HeldError) Error() string {
+	h := e.Holder
+	msg := fmt.Sprintf("shmlock: lock %s: gave up after %v (%v): held for at least %v by pid %d, %s (%s)",
+		e.Lock, e.Waited.Round(time.Millisecond), e.Err, e.HeldFor.Round(time.Millisecond), h.PID, h.State, h.Reason)
+	switch h.State {
+	case shm.Alive:
+		if h.Reason == "this process" {
+			return msg + ". A process that locks a Mutex it already holds waits for itself: unlock it first."
+		}
+		return msg + fmt.Sprintf(". A live holder is never robbed: find out why pid %d does not unlock"+
+			" (ps -o pid,stat,wchan -p %d; a Go process prints its goroutines on SIGQUIT).", h.PID, h.PID)
+	case shm.Unverifiable:
+		return msg + fmt.Sprintf(". Its death cannot be verified from here, so it is not taken over automatically;"+
+			" if that process is known to be gone, free the lock with Mutex.Break(%#x).", e.Owner)
+	default:
+		return msg + ". The next waiter takes it over."
+	}
+}
+
+// NotHeldError is the panic value of an Unlock by a process that does not
+// hold the Mutex. It matches ErrNotHeld.
+type NotHeldError struct {
+	Lock  string
+	Owner uint64 // the owner word found
+}
+
+func (e *NotHeldError) Error() string {
+	return fmt.Sprintf("%v: %s has owner word %#x", ErrNotHeld, e.Lock, e.Owner)
+}
+
+func (e *NotHeldError) Unwrap() error { return ErrNotHeld }
+
+// BreakError is returned by Break when it frees nothing.
+type BreakError struct {
+	Lock  string
+	Owner uint64 // the owner word Break was told
+	Now   uint64 // the owner word found
+	Err   error  // ErrOwnerChanged or ErrNotLocked
+}
+
+func (e *BreakError) Error() string {
+	return fmt.Sprintf("%v: %s: asked to break owner %#x, found %#x; nothing was changed", e.Err, e.Lock, e.Owner, e.Now)
+}
+
+func (e *BreakError) Unwrap() error { return e.Err }

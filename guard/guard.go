@@ -1,0 +1,83 @@
+// Package guard is the release-once guard that shmlock's lockers return.
+//
+// A Guard ends a critical section exactly once. It follows the database/sql
+// transaction idiom:
+//
+//	g, err := mu.Acquire(ctx)
+//	if err != nil {
+//		return err
+//	}
+//	defer g.Release()
+//	… the critical section …
+//	g.Commit()
+//
+// A Release that comes without a Commit is the abort path: the critical
+// section did not finish, because it panicked, called runtime.Goexit (as
+// t.FailNow does) or returned early. The lock then restores the state it
+// protects before releasing (a seqlock marks its record dirty and makes its
+// sequence even again; a plain mutex has nothing to restore), and a panic goes
+// on unwinding with its original value and stack, since Release never calls
+// recover.
+//
+// Why not recover-and-repanic inside the deferred Release? It cannot see
+// runtime.Goexit or an early return, both of which it would treat as success,
+// publishing a half-done write; and re-panicking rewrites the panic ("[recovered]")
+// that the caller sees. Commit states success explicitly, so everything else
+// is, correctly, not success.
+package guard
+
+// Releaser is the lock behind a Guard.
+type Releaser interface {
+	// Release ends the critical section. committed is false on the abort
+	// path, when the protected state may be half updated.
+	Release(committed bool)
+}
+
+// Guard is one hold of a lock. It is used by the goroutine that took it and is
+// not safe for concurrent use.
+type Guard struct {
+	lock      Releaser
+	fence     uint64
+	recovered bool
+	committed bool
+	released  bool
+}
+
+// New returns a guard over a lock just acquired. recovered says the previous
+// holder died (or was broken) without releasing; fence is the acquisition's
+// fencing token.
+func New(lock Releaser, recovered bool, fence uint64) *Guard {
+	return &Guard{lock: lock, recovered: recovered, fence: fence}
+}
+
+// Commit marks the critical section as finished, so the next Release is a
+// normal release. It does not release the lock.
+func (g *Guard) Commit() { g.committed = true }
+
+// Release releases the lock, the first time it is called; later calls do
+// nothing. Without a prior Commit it takes the abort path (see the package
+// documentation).
+func (g *Guard) Release() {
+	if g.released {
+		return
+	}
+	g.released = true
+	g.lock.Release(g.committed)
+}
+
+// Recovered reports whether the previous holder died, or was broken by an
+// administrator, without releasing: the protected state may be half updated
+// and is this holder's to check and repair. Exactly one acquisition is told
+// of each such death.
+func (g *Guard) Recovered() bool { return g.recovered }
+
+// Fence returns the acquisition's fencing token: it grows by one with every
+// acquisition of the lock (modulo 2^32 for a mutex), so a resource can refuse
+// a request carrying a token older than one it has seen.
+func (g *Guard) Fence() uint64 { return g.fence }
+
+// Committed reports whether Commit was called.
+func (g *Guard) Committed() bool { return g.committed }
+
+// Released reports whether Release was called.
+func (g *Guard) Released() bool { return g.released }

@@ -1,0 +1,376 @@
+package shmlock_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// The test region's data area. Children and parent agree on these offsets.
+const (
+	offMutex     = 0
+	offCounter   = 64  // incremented under the lock
+	offJournal   = 72  // worker index + 1 while an increment is in flight
+	offInside    = 128 // owner ID of the holder inside the critical section, 0 if none
+	offViolation = 136 // times two holders were inside at once
+	offRecovered = 144 // acquisitions told Recovered()
+	offHeld      = 152 // pid of a "hold" child once it holds
+	offRecoverer = 160 // pid of the last "recover-hang" child that recovered
+	offStop      = 168 // nonzero: workers stop
+	offAcquired  = 176 // CLOCK_MONOTONIC ns of the last "wait" acquisition
+	offMine      = 256 // per-worker committed increments, 8 bytes each
+	maxWorkers   = 32
+	regionSize   = offMine + 8*maxWorkers
+)
+
+const (
+	roleEnv = "SHMLOCK_TEST_ROLE"
+	argsEnv = "SHMLOCK_TEST_ARGS"
+)
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(roleEnv); role != "" {
+		// Children die with their parent (Pdeathsig) and, failing that,
+		// on their own after a minute, so a wedged test cannot leave
+		// processes behind.
+		time.AfterFunc(60*time.Second, func() {
+			fmt.Fprintln(os.Stderr, "child watchdog fired")
+			os.Exit(3)
+		})
+		os.Exit(runChild(role, strings.Fields(os.Getenv(argsEnv))))
+	}
+	os.Exit(m.Run())
+}
+
+// env is one process's view of the test region.
+type env struct {
+	r  *shm.Region
+	mu *shmlock.Mutex
+}
+
+func openEnv(path string) (*env, error) {
+	r, err := shm.Open(path, shm.Options{Size: regionSize, Slots: 64})
+	if err != nil {
+		return nil, err
+	}
+	mu, err := shmlock.New(r, offMutex)
+	if err != nil {
+		return nil, err
+	}
+	return &env{r: r, mu: mu}, nil
+}
+
+func (e *env) word(off int) *uint64 {
+	b, err := e.r.Bytes(off, 8)
+	if err != nil {
+		panic(err)
+	}
+	return (*uint64)(unsafe.Pointer(&b[0]))
+}
+
+// enter and leave bracket a critical section. enter swaps our owner ID into
+// the "inside" word: finding another there means two holders at once, unless
+// we recovered from a holder that died inside. leave swaps it out again: not
+// finding ours means someone entered while we were inside, which catches a
+// recoverer that robbed a live holder.
+func (e *env) enter(recovered bool) {
+	if old := atomic.SwapUint64(e.word(offInside), uint64(e.r.ID())); old != 0 && !recovered {
+		atomic.AddUint64(e.word(offViolation), 1)
+	}
+}
+
+func (e *env) leave() {
+	if !atomic.CompareAndSwapUint64(e.word(offInside), uint64(e.r.ID()), 0) {
+		atomic.AddUint64(e.word(offViolation), 1)
+	}
+}
+
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+func runChild(role string, args []string) int {
+	e, err := openEnv(args[0])
+	if err != nil {
+		fmt.Println("open:", err)
+		return 1
+	}
+	ctx := context.Background()
+	switch role {
+	case "hold": // hold the lock until killed
+		g, err := e.mu.Acquire(ctx)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		e.enter(g.Recovered())
+		atomic.StoreUint64(e.word(offHeld), uint64(os.Getpid()))
+		select {}
+
+	case "hold-release": // hold for args[1] ms, then release normally
+		ms, _ := strconv.Atoi(args[1])
+		g, _ := e.mu.Acquire(ctx)
+		e.enter(g.Recovered())
+		atomic.StoreUint64(e.word(offHeld), uint64(os.Getpid()))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		e.leave()
+		g.Commit()
+		g.Release()
+		return 0
+
+	case "wait": // wait for the lock, note whether we recovered, release
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		g, err := e.mu.Acquire(ctx)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		atomic.StoreUint64(e.word(offAcquired), uint64(monotonic()))
+		e.enter(g.Recovered())
+		if g.Recovered() {
+			atomic.AddUint64(e.word(offRecovered), 1)
+		}
+		time.Sleep(2 * time.Millisecond)
+		e.leave()
+		g.Commit()
+		g.Release()
+		fmt.Printf("recovered=%v\n", g.Recovered())
+		return 0
+
+	case "recover-hang": // wait; if we recovered, hang inside (to be killed)
+		g, err := e.mu.Acquire(ctx)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		e.enter(g.Recovered())
+		if g.Recovered() {
+			atomic.AddUint64(e.word(offRecovered), 1)
+			atomic.StoreUint64(e.word(offRecoverer), uint64(os.Getpid()))
+			select {}
+		}
+		e.leave()
+		g.Commit()
+		g.Release()
+		return 0
+
+	case "increment": // args: path, worker index, count (0: until stopped)
+		i, _ := strconv.Atoi(args[1])
+		n, _ := strconv.Atoi(args[2])
+		for k := 0; n == 0 || k < n; k++ {
+			if n == 0 && atomic.LoadUint64(e.word(offStop)) != 0 {
+				break
+			}
+			e.increment(i)
+		}
+		return 0
+
+	case "panic": // panic inside a guarded critical section
+		g, _ := e.mu.Acquire(ctx)
+		defer g.Release()
+		e.enter(g.Recovered())
+		panic("boom in the critical section")
+	}
+	fmt.Println("unknown role", role)
+	return 2
+}
+
+// increment adds one to the shared counter and to this worker's own count,
+// under the lock, with a journal that lets a recoverer finish the increment
+// of a worker killed between the two stores. The read-modify-write of the
+// counter is deliberately not atomic, and slow, so that two holders at once
+// would lose updates.
+func (e *env) increment(i int) {
+	g, err := e.mu.Acquire(context.Background())
+	if err != nil {
+		panic(err)
+	}
+	defer g.Release()
+	e.enter(g.Recovered())
+	if g.Recovered() {
+		atomic.AddUint64(e.word(offRecovered), 1)
+		e.repair()
+	}
+	atomic.StoreUint64(e.word(offJournal), uint64(i+1))
+	c := atomic.LoadUint64(e.word(offCounter))
+	for t := time.Now(); time.Since(t) < 20*time.Microsecond; {
+	}
+	atomic.StoreUint64(e.word(offCounter), c+1)
+	atomic.AddUint64(e.word(offMine+8*i), 1)
+	atomic.StoreUint64(e.word(offJournal), 0)
+	e.leave()
+	g.Commit()
+}
+
+// repair completes the increment of a worker that died between bumping the
+// counter and its own count.
+func (e *env) repair() {
+	j := atomic.LoadUint64(e.word(offJournal))
+	if j == 0 {
+		return
+	}
+	if atomic.LoadUint64(e.word(offCounter)) == e.sumMine()+1 {
+		atomic.AddUint64(e.word(offMine+8*int(j-1)), 1)
+	}
+	atomic.StoreUint64(e.word(offJournal), 0)
+}
+
+func (e *env) sumMine() uint64 {
+	var s uint64
+	for i := range maxWorkers {
+		s += atomic.LoadUint64(e.word(offMine + 8*i))
+	}
+	return s
+}
+
+// child is a re-executed test binary playing a role.
+type child struct {
+	cmd    *exec.Cmd
+	out    syncBuffer
+	done   chan struct{}
+	err    error
+	reaped atomic.Bool
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// harness owns a test's region and children, and its watchdog.
+type harness struct {
+	t        *testing.T
+	path     string
+	*env
+	kids     sync.Mutex // guards children
+	children []*child
+}
+
+// newHarness creates a fresh region in /dev/shm for the test, and a watchdog
+// that kills every child and fails the test if it runs longer than limit.
+func newHarness(t *testing.T, limit time.Duration) *harness {
+	path := fmt.Sprintf("%s/shmlock-test-%d-%s", shm.Dir, os.Getpid(), strings.ReplaceAll(t.Name(), "/", "_"))
+	os.Remove(path)
+	e, err := openEnv(path)
+	require.NoError(t, err)
+	h := &harness{t: t, path: path, env: e}
+	wd := time.AfterFunc(limit, func() {
+		h.killAll()
+		t.Errorf("watchdog: test still running after %v; children killed", limit)
+	})
+	t.Cleanup(func() {
+		wd.Stop()
+		h.killAll()
+		e.r.Close()
+		os.Remove(path)
+	})
+	return h
+}
+
+func (h *harness) spawn(role string, args ...string) *child {
+	h.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(append([]string{h.path}, args...), " "))
+	c := &child{cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = &c.out, &c.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(h.t, cmd.Start())
+	h.kids.Lock()
+	h.children = append(h.children, c)
+	h.kids.Unlock()
+	return c
+}
+
+// reap waits for c to exit, in the background.
+func (c *child) reap() {
+	if c.reaped.CompareAndSwap(false, true) {
+		go func() { c.err = c.cmd.Wait(); close(c.done) }()
+	}
+}
+
+// wait waits at most limit for c to exit and returns its output.
+func (c *child) wait(t *testing.T, limit time.Duration) string {
+	t.Helper()
+	c.reap()
+	select {
+	case <-c.done:
+	case <-time.After(limit):
+		c.cmd.Process.Kill()
+		<-c.done
+		t.Fatalf("child %d (%v) did not finish within %v; output:\n%s", c.cmd.Process.Pid, c.cmd.Env[len(c.cmd.Env)-2:], limit, c.out.String())
+	}
+	return c.out.String()
+}
+
+// kill SIGKILLs c and reaps it.
+func (c *child) kill() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	c.reap()
+	<-c.done
+}
+
+func (h *harness) killAll() {
+	h.kids.Lock()
+	defer h.kids.Unlock()
+	for _, c := range h.children {
+		c.cmd.Process.Signal(syscall.SIGKILL)
+		c.reap()
+		<-c.done
+	}
+}
+
+// eventually waits at most limit for cond.
+func (h *harness) eventually(limit time.Duration, what string, cond func() bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("after %v: %s", limit, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (h *harness) load(off int) uint64 { return atomic.LoadUint64(h.word(off)) }
+
+// waitHeld waits until a hold child holds the lock, and returns its pid.
+func (h *harness) waitHeld() int {
+	h.eventually(10*time.Second, "the holder never took the lock", func() bool { return h.load(offHeld) != 0 })
+	return int(h.load(offHeld))
+}
+
+// waitSleepers waits until someone waits on the lock (the waiters bit).
+func (h *harness) waitSleepers() {
+	h.eventually(10*time.Second, "no waiter went to sleep", func() bool { return h.mu.Snapshot().Waiters })
+}

@@ -1,0 +1,381 @@
+package shmlock
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/futex"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// The owner word: 64 bits, the first word of the lock's cache line.
+//
+//	bits  0..29  owner: the holder's owner ID (shm.Region.ID), 0 when free.
+//	             An owner ID names a process's attachment to the region, so it
+//	             is never reused by a later process, even one with the same PID.
+//	bit  30      ownerDied: set, with owner 0, when the holder was found dead
+//	             or broken by an administrator without releasing. The next
+//	             acquirer clears it and is told it recovered.
+//	bit  31      waiters: a waiter may be asleep on the low half of the word;
+//	             whoever releases must wake one. Set by a waiter before it
+//	             sleeps, cleared by every release, and set again by a waiter
+//	             that acquires after sleeping, since it cannot know whether
+//	             others still sleep: that passes the wake-up on. A waiter that
+//	             dies leaves at most one spurious wake-up behind.
+//	bits 32..63  gen: acquisitions so far, modulo 2^32. Every acquisition,
+//	             recovery included, adds one, so a CAS from an owner word seen
+//	             earlier fails if anyone acquired since: a recovery can never
+//	             rob a later holder, even one with the same owner (ABA). The
+//	             holder's gen is its fencing token.
+//
+// The low half follows the layout of a Linux robust futex word (TID, then
+// OWNER_DIED, then FUTEX_WAITERS), and it is the half that changes at every
+// release, so waiters sleep on it with a futex.
+const (
+	ownerMask = 1<<shm.IDBits - 1
+	ownerDied = 1 << 30
+	waiters   = 1 << 31
+	lowHalf   = 1<<32 - 1
+	genOne    = 1 << 32
+)
+
+// The lock's cache line, in 64-bit words. Words 4..7 belong to the object the
+// lock protects (a seqlock keeps its sequence there).
+const (
+	wordOwner      = 0 // the owner word above
+	wordRecoveries = 1 // holders found dead or broken, and taken over
+	wordSinceOwner = 2 // an owner word that a waiter saw held …
+	wordSinceNanos = 3 // … and when (Unix ns): the "held for at least" of errors
+)
+
+// Size is the number of bytes a Mutex occupies in a region: one cache line.
+const Size = shm.LineSize
+
+// Tuning of the slow path.
+const (
+	// spinLoads bounds the test-and-test-and-set spinning before a waiter
+	// considers sleeping; every spinYield loads it yields its thread.
+	spinLoads = 120
+	spinYield = 30
+	// A holder is probed once it has held the same owner word for
+	// probeDelay, then every quarter of the time it has held it so far,
+	// between probeMin and probeMax. Short holds are probed often (a death
+	// is found fast); a holder that works for seconds is probed a few
+	// times a second, at the cost of a system call or two each time.
+	probeDelay = 200 * time.Microsecond
+	probeMin   = 250 * time.Microsecond
+	probeMax   = 16 * time.Millisecond
+)
+
+// Mutex is a mutual exclusion lock shared by the processes that map one
+// region, which survives the death of its holder: the first waiter to find the
+// holder dead takes the lock over and is told so.
+//
+// The zero bytes of a fresh region are an unlocked Mutex. A Mutex is held by a
+// process, not a goroutine: like sync.Mutex, one goroutine may lock it and
+// another unlock it, and locking it twice from one process deadlocks that
+// process (Acquire with a deadline reports "held by this process").
+//
+// Lock and Unlock make *Mutex a sync.Locker. Lock never gives up and cannot say
+// that it recovered a dead holder's lock; Acquire can do both.
+type Mutex struct {
+	line *[8]uint64
+	word *uint64
+	low  *uint32 // the low half of word, for the futex
+	self uint64  // our owner ID
+	r    *shm.Region
+	off  int
+}
+
+// New returns the Mutex that lives at offset off of r's data area. off must be
+// a multiple of Size and leave Size bytes in the data area.
+func New(r *shm.Region, off int) (*Mutex, error) {
+	line, err := r.Line(off)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mutex{line: line, word: &line[wordOwner], self: uint64(r.ID()), r: r, off: off}
+	m.low = (*uint32)(unsafe.Pointer(m.word))
+	if !littleEndian {
+		m.low = (*uint32)(unsafe.Add(unsafe.Pointer(m.word), 4))
+	}
+	return m, nil
+}
+
+var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+
+// Lock locks m, waiting as long as it takes. If the holder is found dead, Lock
+// takes the lock over (see Acquire to be told).
+func (m *Mutex) Lock() {
+	// Fast path: one CAS from an unowned word with nobody asleep.
+	if w := atomic.LoadUint64(m.word); w&lowHalf == 0 &&
+		atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+		return
+	}
+	m.lockSlow(context.Background())
+}
+
+// TryLock locks m if it is free and reports whether it did. It never waits
+// and never probes the holder.
+func (m *Mutex) TryLock() bool {
+	for {
+		w := atomic.LoadUint64(m.word)
+		if w&ownerMask != 0 {
+			return false
+		}
+		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf+genOne|m.self|w&waiters) {
+			if w&ownerDied != 0 {
+				atomic.AddUint64(&m.line[wordRecoveries], 1)
+			}
+			return true
+		}
+	}
+}
+
+// Unlock unlocks m, which this process must hold. Unlock is a CAS rather
+// than a blind store so that it can never release a lock that is no longer
+// ours (after an administrator's Break, say): that panics with an error
+// matching ErrNotHeld instead.
+func (m *Mutex) Unlock() {
+	if w := atomic.LoadUint64(m.word); w&lowHalf == m.self &&
+		atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
+		return
+	}
+	m.unlockSlow()
+}
+
+func (m *Mutex) unlockSlow() {
+	for {
+		w := atomic.LoadUint64(m.word)
+		if w&ownerMask != m.self {
+			panic(&NotHeldError{Lock: m.name(), Owner: w})
+		}
+		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
+			if w&waiters != 0 {
+				futex.Wake(m.low, 1)
+			}
+			return
+		}
+	}
+}
+
+// Acquire locks m, waiting until ctx is done, and returns a guard that
+// releases it. If the previous holder died without releasing, the guard's
+// Recovered reports it, and the protected data is the caller's to check. If
+// ctx ends first, the error is a *HeldError that names the holder, says
+// whether it is alive, and wraps ctx.Err().
+func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
+	w := atomic.LoadUint64(m.word)
+	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+		return guard.New(releaser{m}, false, (w+genOne)>>32), nil
+	}
+	recovered, held, err := m.lockSlow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return guard.New(releaser{m}, recovered, held>>32), nil
+}
+
+// releaser adapts a Mutex to guard.Releaser. A plain mutex has no state of
+// its own to restore on the abort path: the caller's data is the caller's.
+type releaser struct{ m *Mutex }
+
+func (r releaser) Release(committed bool) { r.m.Unlock() }
+
+// lockSlow acquires m after the fast path failed: spin a little, then sleep
+// on the futex between probes of the holder, until the lock is free or its
+// holder is found dead. It returns whether it took over from a dead (or
+// broken) holder, and the owner word it installed.
+func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err error) {
+	var (
+		spins     int
+		slept     bool
+		seen      uint64 // the held owner word being waited out, without the waiters bit
+		seenAt    time.Time
+		nextProbe time.Time
+		last      shm.Holder
+		start     = time.Now()
+	)
+	if ctx.Done() != nil {
+		// Cancellation wakes every sleeper on the word; they re-check.
+		stop := context.AfterFunc(ctx, func() { futex.Wake(m.low, 1<<30) })
+		defer stop()
+	}
+	for {
+		w := atomic.LoadUint64(m.word)
+		if w&ownerMask == 0 {
+			// Free. A waiter that slept keeps the waiters bit set, so
+			// that its release wakes whoever else may be asleep.
+			nw := w&^lowHalf + genOne | m.self | w&waiters
+			if slept {
+				nw |= waiters
+			}
+			if atomic.CompareAndSwapUint64(m.word, w, nw) {
+				if w&ownerDied != 0 {
+					atomic.AddUint64(&m.line[wordRecoveries], 1)
+				}
+				return w&ownerDied != 0, nw, nil
+			}
+			continue
+		}
+		if spins < spinLoads {
+			spins++
+			if spins%spinYield == 0 {
+				runtime.Gosched()
+			}
+			continue
+		}
+		now := time.Now()
+		if w&^waiters != seen {
+			// Another holder, or another hold: the death clock restarts.
+			seen, seenAt = w&^waiters, now
+			nextProbe = now.Add(probeDelay)
+			m.noteHeld(seen, now)
+		}
+		if ctx.Err() != nil {
+			if last.ID != uint32(w&ownerMask) {
+				last = m.r.Probe(uint32(w & ownerMask))
+			}
+			return false, 0, m.heldError(ctx, w, start, last)
+		}
+		if !now.Before(nextProbe) {
+			last = m.r.Probe(uint32(w & ownerMask))
+			if last.State == shm.Dead {
+				// Recovery is this one CAS, from the exact word that
+				// was probed to ours. If anything changed since (a
+				// release, another recovery, a waiter's bit), the CAS
+				// fails and we look again: never a clear-then-retake.
+				// A recoverer that dies right after it is a dead
+				// holder like any other.
+				nw := w&^lowHalf + genOne | m.self | w&waiters
+				if slept {
+					nw |= waiters
+				}
+				if atomic.CompareAndSwapUint64(m.word, w, nw) {
+					atomic.AddUint64(&m.line[wordRecoveries], 1)
+					return true, nw, nil
+				}
+				continue
+			}
+			nextProbe = now.Add(min(max(now.Sub(seenAt)/4, probeMin), probeMax))
+		}
+		if w&waiters == 0 {
+			if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
+				continue
+			}
+			w |= waiters
+		}
+		timeout := nextProbe.Sub(now)
+		if d, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, time.Until(d))
+		}
+		// Sleeps only while the low half still reads our expected value:
+		// a release in between changes it, so no wake-up is lost.
+		futex.Wait(m.low, uint32(w), max(timeout, time.Microsecond))
+		slept = true
+	}
+}
+
+// noteHeld records, for error messages and inspection, that the owner word w
+// was seen held at now. Every value stored is a time at which w was already
+// held, so "held for at least now - stored" is always true.
+func (m *Mutex) noteHeld(w uint64, now time.Time) {
+	s := atomic.LoadUint64(&m.line[wordSinceOwner])
+	if s == w {
+		return
+	}
+	atomic.StoreUint64(&m.line[wordSinceNanos], uint64(now.UnixNano()))
+	atomic.CompareAndSwapUint64(&m.line[wordSinceOwner], s, w)
+}
+
+// heldFor returns how long the owner word w has at least been held, as far as
+// any waiter saw, and no less than since.
+func (m *Mutex) heldFor(w uint64, since time.Time) time.Duration {
+	d := time.Since(since)
+	if atomic.LoadUint64(&m.line[wordSinceOwner]) == w&^waiters {
+		t := time.Unix(0, int64(atomic.LoadUint64(&m.line[wordSinceNanos])))
+		d = max(d, time.Since(t))
+	}
+	return d
+}
+
+func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.Holder) error {
+	if h.ID == 0 && w&ownerMask != 0 {
+		h = m.r.Probe(uint32(w & ownerMask))
+	}
+	return &HeldError{
+		Lock:    m.name(),
+		Owner:   w &^ waiters,
+		Holder:  h,
+		HeldFor: m.heldFor(w, start),
+		Waited:  time.Since(start),
+		Err:     ctx.Err(),
+	}
+}
+
+// Break frees m if, and only if, its owner word is exactly owner: the
+// administrator's way out when a holder cannot be verified dead (in a PID
+// namespace the probe cannot see, say) but is known to be. owner comes from a
+// HeldError or a Snapshot. The next acquirer is told it recovered. Break fails
+// with ErrOwnerChanged if the lock changed hands meanwhile.
+func (m *Mutex) Break(owner uint64) error {
+	if owner&ownerMask == 0 {
+		return &BreakError{Lock: m.name(), Owner: owner, Now: atomic.LoadUint64(m.word), Err: ErrNotLocked}
+	}
+	for {
+		w := atomic.LoadUint64(m.word)
+		// The waiters bit may come and go without changing the hold.
+		if w&^waiters != owner&^waiters {
+			return &BreakError{Lock: m.name(), Owner: owner, Now: w, Err: ErrOwnerChanged}
+		}
+		if atomic.CompareAndSwapUint64(m.word, w, w&^ownerMask|ownerDied) {
+			if w&waiters != 0 {
+				futex.Wake(m.low, 1)
+			}
+			return nil
+		}
+	}
+}
+
+// Snapshot describes the state of a Mutex at one moment.
+type Snapshot struct {
+	Owner      uint64 // the raw owner word (the value Break takes)
+	Held       bool
+	Generation uint32 // acquisitions so far, modulo 2^32
+	Waiters    bool   // a waiter may be asleep
+	OwnerDied  bool   // the last holder died or was broken; the next acquirer recovers
+	Recoveries uint64 // dead or broken holders taken over so far
+	Holder     shm.Holder
+	HeldFor    time.Duration // at least this long, as waiters saw; 0 if no waiter looked
+}
+
+// Snapshot reads m's state and, if it is held, probes the holder. It writes
+// nothing to the region.
+func (m *Mutex) Snapshot() Snapshot {
+	w := atomic.LoadUint64(m.word)
+	s := Snapshot{
+		Owner:      w,
+		Held:       w&ownerMask != 0,
+		Generation: uint32(w >> 32),
+		Waiters:    w&waiters != 0,
+		OwnerDied:  w&ownerDied != 0,
+		Recoveries: atomic.LoadUint64(&m.line[wordRecoveries]),
+	}
+	if s.Held {
+		s.Holder = m.r.Probe(uint32(w & ownerMask))
+		if atomic.LoadUint64(&m.line[wordSinceOwner]) == w&^waiters {
+			s.HeldFor = time.Since(time.Unix(0, int64(atomic.LoadUint64(&m.line[wordSinceNanos]))))
+		}
+	}
+	return s
+}
+
+// Recoveries returns how many times a dead or broken holder of m was taken
+// over.
+func (m *Mutex) Recoveries() uint64 { return atomic.LoadUint64(&m.line[wordRecoveries]) }
+
+func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }
