@@ -270,8 +270,8 @@ func (s *syncBuffer) String() string {
 
 // harness owns a test's region and children, and its watchdog.
 type harness struct {
-	t        *testing.T
-	path     string
+	t    *testing.T
+	path string
 	*env
 	kids     sync.Mutex // guards children
 	children []*child

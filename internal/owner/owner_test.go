@@ -20,8 +20,8 @@ func TestParseStat(t *testing.T) {
 		start uint64
 	}{
 		{"1857 (cat) R" + rest, 'R', 216178},
-		{"42 (a b) c) S" + rest, 'S', 216178},     // spaces and a ')' in the name
-		{"42 ((x)) (y) Z" + rest, 'Z', 216178},    // parentheses everywhere
+		{"42 (a b) c) S" + rest, 'S', 216178},      // spaces and a ')' in the name
+		{"42 ((x)) (y) Z" + rest, 'Z', 216178},     // parentheses everywhere
 		{"42 () T" + rest + " 7 8 9", 'T', 216178}, // empty name, trailing fields
 	} {
 		st, err := ParseStat([]byte(tc.line))
@@ -170,4 +170,3 @@ func waitState(t *testing.T, pid int, want byte) {
 		time.Sleep(time.Millisecond)
 	}
 }
-
