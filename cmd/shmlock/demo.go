@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+const demoWorkerCmd = "demo-worker"
+
+// The demo region's data area.
+const (
+	dMutex     = 0
+	dCounter   = 64  // the shared counter
+	dJournal   = 72  // worker index + 1 while an increment is in flight
+	dRecoverer = 80  // pid of the last worker that recovered the lock
+	dRecovered = 88  // CLOCK_MONOTONIC ns of that recovery
+	dStop      = 96  // nonzero: workers stop
+	dMine      = 128 // per-worker committed increments
+	dMaxWork   = 16
+	dSize      = dMine + 8*dMaxWork
+)
+
+type demoRegion struct {
+	r  *shm.Region
+	mu *shmlock.Mutex
+}
+
+func openDemo(path string) (*demoRegion, error) {
+	r, err := shm.Open(path, shm.Options{Size: dSize})
+	if err != nil {
+		return nil, err
+	}
+	mu, err := shmlock.New(r, dMutex)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return &demoRegion{r: r, mu: mu}, nil
+}
+
+func (d *demoRegion) word(off int) *uint64 {
+	b, _ := d.r.Bytes(off, 8)
+	return (*uint64)(unsafe.Pointer(&b[0]))
+}
+
+func (d *demoRegion) load(off int) uint64 { return atomic.LoadUint64(d.word(off)) }
+
+func (d *demoRegion) committed(workers int) uint64 {
+	var s uint64
+	for i := range workers {
+		s += d.load(dMine + 8*i)
+	}
+	return s
+}
+
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+func demo(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ExitOnError)
+	workers := fs.Int("workers", 3, "worker processes")
+	kills := fs.Int("kills", 3, "holders to SIGKILL")
+	region := fs.String("region", fmt.Sprintf("shmlock-demo-%d", os.Getpid()), "region name or path (removed at the end)")
+	fs.Parse(args)
+	if *workers < 2 || *workers > dMaxWork {
+		return fmt.Errorf("demo: -workers must be in 2..%d", dMaxWork)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	path, err := shm.Path(*region)
+	if err != nil {
+		return err
+	}
+	os.Remove(path)
+	d, err := openDemo(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	defer d.r.Close()
+	say := func(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
+	say("region %s: one robust lock, a counter, and a journal for half-done increments", path)
+
+	procs := make([]*exec.Cmd, *workers)
+	start := func(i int) error {
+		cmd := exec.Command(self, demoWorkerCmd, path, strconv.Itoa(i))
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		procs[i] = cmd
+		return nil
+	}
+	defer func() {
+		for _, p := range procs {
+			if p != nil && p.ProcessState == nil {
+				p.Process.Kill()
+				p.Wait()
+			}
+		}
+	}()
+	for i := range procs {
+		if err := start(i); err != nil {
+			return err
+		}
+	}
+	say("started %d workers; each loops: lock, counter++ (slowly, with a journal), unlock", *workers)
+	time.Sleep(300 * time.Millisecond)
+
+	for k := 1; k <= *kills; k++ {
+		// Find a worker inside its critical section: stop the holder,
+		// and kill it only if it still holds once stopped (it may have
+		// released between our look and the signal).
+		var victim int
+		var snap shmlock.Snapshot
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			snap = d.mu.Snapshot()
+			victim = -1
+			for i, p := range procs {
+				if snap.Held && p.Process.Pid == int(snap.Holder.PID) {
+					victim = i
+				}
+			}
+			if victim >= 0 {
+				procs[victim].Process.Signal(syscall.SIGSTOP)
+				if now := d.mu.Snapshot(); now.Owner == snap.Owner {
+					break
+				}
+				procs[victim].Process.Signal(syscall.SIGCONT)
+			}
+			if time.Now().After(deadline) {
+				return errors.New("demo: no worker ever held the lock")
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		before := d.mu.Recoveries()
+		say("counter is %d; SIGKILL worker %d (pid %d) while it holds the lock (generation %d)",
+			d.load(dCounter), victim, snap.Holder.PID, snap.Generation)
+		killedAt := monotonic()
+		procs[victim].Process.Kill()
+		procs[victim].Wait()
+		deadline := time.Now().Add(5 * time.Second)
+		for d.mu.Recoveries() == before {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("demo: nobody recovered the lock within 5 s: %+v", d.mu.Snapshot())
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		for d.load(dRecovered) < uint64(killedAt) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Microsecond)
+		}
+		say("pid %d took the lock over %v after the kill",
+			d.load(dRecoverer), time.Duration(int64(d.load(dRecovered))-killedAt).Round(time.Microsecond))
+		if err := start(victim); err != nil {
+			return err
+		}
+		say("restarted worker %d as pid %d", victim, procs[victim].Process.Pid)
+		time.Sleep(300 * time.Millisecond)
+	}
+
+	atomic.StoreUint64(d.word(dStop), 1)
+	for _, p := range procs {
+		p.Wait()
+	}
+	// A worker that finished while holding nothing leaves the lock free;
+	// take it once to repair anything left behind, as any process would.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	g, err := d.mu.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	if g.Recovered() {
+		d.repair(*workers, "demo")
+	}
+	g.Commit()
+	g.Release()
+	counter, committed := d.load(dCounter), d.committed(*workers)
+	say("counter = %d, increments committed by the workers = %d, recoveries = %d", counter, committed, d.mu.Recoveries())
+	if counter != committed {
+		return fmt.Errorf("demo: %d increments lost or counted twice", int64(committed)-int64(counter))
+	}
+	say("no increment lost or counted twice; region removed")
+	return nil
+}
+
+// repair completes the increment of a worker that died between bumping the
+// counter and its own count (the journal names it), and clears the journal.
+func (d *demoRegion) repair(workers int, who string) {
+	j := d.load(dJournal)
+	if j == 0 {
+		fmt.Printf("%s: the dead holder had not started an increment: nothing to repair\n", who)
+		return
+	}
+	if d.load(dCounter) == d.committed(workers)+1 {
+		atomic.AddUint64(d.word(dMine+8*int(j-1)), 1)
+		fmt.Printf("%s: journal: worker %d died after counter++ but before recording it: completed it\n", who, j-1)
+	} else {
+		fmt.Printf("%s: journal: worker %d died before counter++: nothing to undo\n", who, j-1)
+	}
+	atomic.StoreUint64(d.word(dJournal), 0)
+}
+
+func demoWorker(args []string) error {
+	if len(args) != 2 {
+		return errors.New("demo-worker: want a region path and a worker index")
+	}
+	i, err := strconv.Atoi(args[1])
+	if err != nil || i < 0 || i >= dMaxWork {
+		return fmt.Errorf("demo-worker: bad index %q", args[1])
+	}
+	d, err := openDemo(args[0])
+	if err != nil {
+		return err
+	}
+	defer d.r.Close()
+	who := fmt.Sprintf("  worker %d (pid %d)", i, os.Getpid())
+	for d.load(dStop) == 0 {
+		g, err := d.mu.Acquire(context.Background())
+		if err != nil {
+			return err
+		}
+		if g.Recovered() {
+			atomic.StoreUint64(d.word(dRecovered), uint64(monotonic()))
+			atomic.StoreUint64(d.word(dRecoverer), uint64(os.Getpid()))
+			fmt.Printf("%s: found the holder dead and took the lock over (told: Recovered)\n", who)
+			d.repair(dMaxWork, who)
+		}
+		atomic.StoreUint64(d.word(dJournal), uint64(i+1))
+		c := d.load(dCounter)
+		// Two windows for a kill to land in: before the counter moves,
+		// and between the counter and this worker's own record of it.
+		time.Sleep(250 * time.Microsecond)
+		atomic.StoreUint64(d.word(dCounter), c+1)
+		time.Sleep(250 * time.Microsecond)
+		atomic.AddUint64(d.word(dMine+8*i), 1)
+		atomic.StoreUint64(d.word(dJournal), 0)
+		g.Commit()
+		g.Release()
+		time.Sleep(50 * time.Microsecond)
+	}
+	return nil
+}

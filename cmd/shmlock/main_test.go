@@ -1,0 +1,32 @@
+package main
+
+import (
+	"os"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	// The demo re-executes its own binary as workers: here, the test binary.
+	if len(os.Args) > 1 && os.Args[1] == demoWorkerCmd {
+		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
+		if err := demoWorker(os.Args[2:]); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestDemo(t *testing.T) {
+	done := make(chan error, 1)
+	go func() { done <- demo([]string{"-kills", "3"}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("demo did not finish within 60 s")
+	}
+}
