@@ -112,12 +112,16 @@ var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(
 // takes the lock over (see Acquire to be told).
 func (m *Mutex) Lock() {
 	// Fast path: one CAS from an unowned word with nobody asleep.
-	if w := atomic.LoadUint64(m.word); w&lowHalf == 0 &&
-		atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
-		return
+	w := atomic.LoadUint64(m.word)
+	if uint32(w) != 0 || !atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+		m.lockWait()
 	}
-	m.lockSlow(context.Background())
 }
+
+// lockWait is Lock's slow path, kept out of line so that Lock inlines.
+//
+//go:noinline
+func (m *Mutex) lockWait() { m.lockSlow(context.Background()) }
 
 // TryLock locks m if it is free and reports whether it did. It never waits
 // and never probes the holder.
@@ -141,11 +145,13 @@ func (m *Mutex) TryLock() bool {
 // ours (after an administrator's Break, say): that panics with an error
 // matching ErrNotHeld instead.
 func (m *Mutex) Unlock() {
-	if w := atomic.LoadUint64(m.word); w&lowHalf == m.self &&
-		atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
-		return
+	// The expected value is ours with nobody asleep: a word that is not
+	// (another owner, the waiters bit, a change since the load) fails the
+	// CAS and goes to the slow path.
+	w := atomic.LoadUint64(m.word) &^ lowHalf
+	if !atomic.CompareAndSwapUint64(m.word, w|m.self, w) {
+		m.unlockSlow()
 	}
-	m.unlockSlow()
 }
 
 func (m *Mutex) unlockSlow() {
