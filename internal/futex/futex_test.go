@@ -1,0 +1,89 @@
+package futex
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+const childEnv = "FUTEX_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(childEnv); path != "" {
+		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
+		word, _ := mapWord(path)
+		atomic.StoreUint32(word, 1) // "about to sleep"
+		start := time.Now()
+		Wait(word, 1, 20*time.Second)
+		fmt.Println(time.Since(start))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func mapWord(path string) (*uint32, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if err := f.Truncate(4096); err != nil {
+		return nil, err
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	return (*uint32)(unsafe.Pointer(&b[0])), nil
+}
+
+// A waiter in another process, asleep with a 20 s timeout, is woken by Wake
+// in this one: the futex is shared, not private.
+func TestWakeAcrossProcesses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "word")
+	word, err := mapWord(path)
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	done := make(chan []byte, 1)
+	go func() { out, _ := cmd.Output(); done <- out }()
+	deadline := time.Now().Add(10 * time.Second)
+	for atomic.LoadUint32(word) != 1 {
+		require.True(t, time.Now().Before(deadline), "child never started")
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // let it fall asleep
+	atomic.StoreUint32(word, 2)
+	Wake(word, 1)
+	select {
+	case out := <-done:
+		t.Logf("child slept %s", out)
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the sleeper in the other process was not woken")
+	}
+}
+
+// Wait returns at once when the word no longer holds the expected value, and
+// after the timeout otherwise.
+func TestWaitValueAndTimeout(t *testing.T) {
+	var w uint32 = 5
+	start := time.Now()
+	Wait(&w, 4, 10*time.Second)
+	require.Less(t, time.Since(start), 5*time.Second, "Wait slept although the value differed")
+	start = time.Now()
+	Wait(&w, 5, 20*time.Millisecond)
+	require.GreaterOrEqual(t, time.Since(start), 15*time.Millisecond)
+	Wait(&w, 5, 0)
+	Wait(&w, 5, -time.Second)
+}
