@@ -104,7 +104,7 @@ func demo(args []string) error {
 	start := func(i int) error {
 		cmd := exec.Command(self, demoWorkerCmd, path, strconv.Itoa(i))
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.SysProcAttr = childAttr()
 		if err := cmd.Start(); err != nil {
 			return err
 		}
