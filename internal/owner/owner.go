@@ -7,12 +7,14 @@
 //
 //  1. The liveness lock. Every attached process holds an OFD byte lock on its
 //     own slot of the region file for as long as it is attached. The kernel
-//     drops it when the last descriptor of that open file description is
-//     closed, which happens at exit of any kind, before the process becomes a
-//     zombie, and whatever PID namespace the prober lives in. Free means the
-//     holder is gone (or closed the region, which abandons its locks).
+//     drops it when the open file description goes away: when its last
+//     descriptor is closed and its mapping unmapped (Region.Close does both),
+//     which exit of any kind does, before the process becomes a zombie. It is
+//     seen from any PID namespace. Free means the holder is gone (or closed
+//     the region, which abandons its locks).
 //  2. The process itself, checked only when it lives in our PID namespace
-//     (a PID from another namespace names some other process here, or none):
+//     (a PID from another namespace names some other process here, or none)
+//     and both it and we read /proc of that namespace (see Self):
 //     kill(pid, 0) failing with ESRCH, a zombie (state Z or X), or a start
 //     time different from the one it published (PID reuse) each prove death.
 //     EPERM proves existence. A PID that is 0, negative or above pid_max is a
@@ -137,17 +139,20 @@ func procEvidence(self, p Process) (v Verdict, ok bool) {
 	}
 	st, err := sys.Stat(int(p.PID))
 	if err != nil {
-		if err == errNoProcess {
+		// kill said it exists. A missing /proc entry does not prove
+		// otherwise (hidepid hides other users' processes), unless kill
+		// now says it is gone: only ESRCH proves death.
+		if err == errNoProcess && sys.Kill0(int(p.PID)) == errNoProcess {
 			return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID)}, true
 		}
-		// kill said it exists but we cannot read its start time: alive as
-		// far as we can tell, though a reused PID cannot be excluded.
-		return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d exists (start time unreadable: %v)", p.PID, err)}, true
+		return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d exists (its /proc entry is unreadable: %v)", p.PID, err)}, true
 	}
 	switch {
 	case st.State == 'Z' || st.State == 'X':
 		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d is a zombie", p.PID), ProcState: st.State}, true
-	case st.Start != p.Start:
+	case p.Start != 0 && st.Start != p.Start:
+		// A start time of 0 means the holder could not read its own:
+		// then a reused PID cannot be told apart, and is not assumed.
 		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d was reused (start time %d, holder's was %d)", p.PID, st.Start, p.Start), ProcState: st.State}, true
 	}
 	return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d is %s", p.PID, describe(st.State)), ProcState: st.State}, true

@@ -3,6 +3,7 @@
 package owner
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -13,6 +14,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+func TestMain(m *testing.M) {
+	if os.Getenv("OWNER_TEST_SELF") != "" {
+		s := Self()
+		fmt.Println(s.PID, s.Start, s.NS)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 func TestParseStat(t *testing.T) {
 	rest := " 1 1 1 0 -1 4194304 122 0 1 0 0 0 0 0 20 0 1 0 216178 3133440 395"
@@ -55,6 +65,9 @@ type recorder struct {
 
 func (r *recorder) Kill0(pid int) error {
 	r.kills = append(r.kills, pid)
+	if pid == 800 && countOf(r.kills, 800) == 1 {
+		return nil // first call: exists; second: gone
+	}
 	if err, ok := r.kill[pid]; ok {
 		return err
 	}
@@ -77,7 +90,7 @@ func withSys(t *testing.T, s Sys) {
 func TestJudgeTable(t *testing.T) {
 	me := Process{PID: 100, Start: 5, NS: 7}
 	rec := &recorder{
-		kill: map[int]error{200: nil, 300: errPermission, 400: nil, 500: nil},
+		kill: map[int]error{200: nil, 300: errPermission, 400: nil, 500: nil, 700: errPermission},
 		stat: map[int]Stat{200: {'S', 50}, 300: {'T', 60}, 400: {'Z', 70}, 500: {'R', 999}},
 	}
 	withSys(t, rec)
@@ -104,6 +117,13 @@ func TestJudgeTable(t *testing.T) {
 		{"pid -1, lock held", Process{-1, 1, 7}, LockHeld, Alive, "impossible pid -1"},
 		{"pid 0, lock unknown", Process{0, 1, 7}, LockUnknown, Unverifiable, "impossible pid 0"},
 		{"min int32", Process{-1 << 31, 1, 7}, LockUnknown, Unverifiable, "impossible pid"},
+		// hidepid: kill says it exists (EPERM), /proc hides it.
+		{"hidden by hidepid", Process{700, 1, 7}, LockHeld, Alive, "unreadable"},
+		{"hidden, lock unknown", Process{700, 1, 7}, LockUnknown, Alive, "unreadable"},
+		// Exists at kill, gone from /proc, and gone at the second kill.
+		{"exited between the calls", Process{800, 1, 7}, LockHeld, Dead, "does not exist"},
+		// The holder could not read its own start time.
+		{"start time unknown", Process{500, 0, 7}, LockHeld, Alive, "running"},
 	} {
 		v := Judge(me, tc.p, tc.live)
 		assert.Equal(t, tc.want, v.State, "%s: %v", tc.name, v)
@@ -171,4 +191,38 @@ func waitState(t *testing.T, pid int, want byte) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func countOf(xs []int, x int) int {
+	n := 0
+	for _, v := range xs {
+		if v == x {
+			n++
+		}
+	}
+	return n
+}
+
+// A process whose /proc belongs to another PID namespace (unshare --pid
+// without --mount-proc) must not publish a namespace: its /proc numbers
+// describe other processes. With its own /proc mounted, it does.
+func TestSelfWithForeignProc(t *testing.T) {
+	if out, err := exec.Command("unshare", "--pid", "--fork", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot create a PID namespace here (needs root and util-linux): %v %s", err, out)
+	}
+	run := func(args ...string) []string {
+		cmd := exec.Command("unshare", append(args, os.Args[0], "-test.run=^$")...)
+		cmd.Env = append(os.Environ(), "OWNER_TEST_SELF=1")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, string(out))
+		return strings.Fields(string(out))
+	}
+	f := run("--pid", "--fork")
+	assert.Equal(t, []string{"1", "0", "0"}, f, "pid 1 of a new namespace reading the host's /proc")
+	f = run("--pid", "--fork", "--mount-proc")
+	require.Len(t, f, 3)
+	assert.Equal(t, "1", f[0])
+	assert.NotEqual(t, "0", f[1], "its own /proc: start time known")
+	assert.NotEqual(t, "0", f[2], "its own /proc: namespace known")
+	assert.NotEqual(t, fmt.Sprint(Self().NS), f[2])
 }

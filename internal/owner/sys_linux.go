@@ -59,8 +59,18 @@ func PIDMax() int32 {
 	return pidMax
 }
 
+// readSelf reads this process's identity. The PID comes from getpid, the
+// start time and namespace from /proc, and /proc may belong to another PID
+// namespace than ours (unshare --pid without --mount-proc, nsenter --pid
+// without --mount, a container given the host's /proc): then its numbers
+// mean other processes, and using them would judge the living dead. So the
+// namespace is published only if /proc/self is us; otherwise it is 0,
+// "unknown", and neither we nor others use process evidence about us.
 func readSelf() Process {
 	p := Process{PID: int32(os.Getpid())}
+	if self, err := os.Readlink("/proc/self"); err != nil || self != strconv.Itoa(os.Getpid()) {
+		return p
+	}
 	if st, err := (realSys{}).Stat(os.Getpid()); err == nil {
 		p.Start = st.Start
 	}
