@@ -79,13 +79,17 @@ const (
 // process that attaches again, or a later process in the same slot, gets
 // another ID, so an ID outlives neither its process nor its attachment.
 //
-//	bits  0..11  slot, 1..MaxSlots (never 0)
-//	bits 12..29  incarnation of the slot, modulo 2^18
+//	bits  0..9   slot, 1..MaxSlots (never 0)
+//	bits 10..29  incarnation of the slot, modulo 2^20
 //
-// IDs fit the 30 bits that a futex owner word gives to the owner.
+// IDs fit the 30 bits that a futex owner word gives to the owner. Slots are
+// claimed round-robin, so an ID comes back only after Slots × 2^20 claims
+// (268 million with the default 256 slots). Only then can a lock that a dead
+// process left held, and that no waiter touched in all that time, be taken
+// for the new claimant's and wait until that process exits.
 const (
-	slotBits        = 12
-	incarnationBits = 18
+	slotBits        = 10
+	incarnationBits = 20
 	// IDBits is the width of an owner ID.
 	IDBits   = slotBits + incarnationBits
 	MaxSlots = 1<<slotBits - 1

@@ -93,6 +93,10 @@ func Open(name string, opt Options) (*Region, error) {
 	if err != nil {
 		return nil, err
 	}
+	return open(path, opt, 10)
+}
+
+func open(path string, opt Options, retries int) (*Region, error) {
 	fail := func(kind error, detail string, err error) (*Region, error) {
 		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: err}
 	}
@@ -162,6 +166,17 @@ func Open(name string, opt Options) (*Region, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return fail(nil, "", err)
+	}
+	// The path may have been removed, and perhaps created anew, between
+	// our open and our lock: then we hold a file nobody else will open,
+	// and would share no lock with the processes using the new one.
+	if pi, err := os.Lstat(path); err != nil || !os.SameFile(fi, pi) {
+		if retries == 0 {
+			return fail(ErrBusy, "the file was replaced while opening, repeatedly", err)
+		}
+		r.release()
+		ok = true // released already
+		return open(path, opt, retries-1)
 	}
 	var hdr [headerBytes]byte
 	if fi.Size() > 0 {
@@ -307,7 +322,12 @@ func (r *Region) mapFile(slots, dataSize int) error {
 // releases it when this process dies, which is what Probe reads.
 func (r *Region) attach() error {
 	fd := int(r.f.Fd())
-	for s := 1; s <= r.slots; s++ {
+	// Round-robin from the count of attachments so far (we hold the lock
+	// on byte 0, so it is ours to read): a slot's incarnation, and with
+	// it the owner IDs, then wraps as late as possible.
+	first := int(atomic.LoadUint64(r.u64(offAttaches)) % uint64(r.slots))
+	for i := range r.slots {
+		s := 1 + (first+i)%r.slots
 		switch err := tryLockByte(fd, int64(s*entryBytes)); {
 		case err == nil:
 		case errors.Is(err, errLocked):

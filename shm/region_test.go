@@ -81,16 +81,29 @@ func TestCreateOpen(t *testing.T) {
 	y, _ := b.Bytes(10, 5)
 	assert.Equal(t, "hello", string(y), "both see one memory")
 
-	// A slot freed by Close is claimed again with another incarnation.
+	// Slots are claimed round-robin; a closed attachment is dead at once
+	// (its liveness lock is free), and once its slot comes round again it
+	// is claimed with another incarnation.
 	slot, id := SlotOf(b.ID()), b.ID()
 	require.NoError(t, b.Close())
 	require.NoError(t, b.Close(), "Close is idempotent")
+	h := a.Probe(id)
+	assert.Equal(t, Dead, h.State, h.String())
+	assert.Contains(t, h.Reason, "liveness lock is free")
 	c, err := Open(path, Options{})
 	require.NoError(t, err)
 	defer c.Close()
-	assert.Equal(t, slot, SlotOf(c.ID()))
-	assert.NotEqual(t, id, c.ID())
-	h := a.Probe(id)
+	assert.Equal(t, slot+1, SlotOf(c.ID()), "round-robin: the next slot, not the one just freed")
+	c2, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer c2.Close()
+	for SlotOf(c2.ID()) != SlotOf(id) {
+		c2.Close()
+		c2, err = Open(path, Options{})
+		require.NoError(t, err)
+	}
+	assert.NotEqual(t, id, c2.ID(), "same slot, another incarnation")
+	h = a.Probe(id)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "claimed again")
 
@@ -98,6 +111,47 @@ func TestCreateOpen(t *testing.T) {
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.EqualValues(t, os.Getpid(), h.PID)
 	assert.Equal(t, Alive, a.Probe(a.ID()).State)
+}
+
+// The path is removed and created anew while an opener waits for the
+// initialisation lock: the opener must attach to the new file, the one
+// everybody else opens, not to the orphan it first opened.
+func TestOpenRaceWithReplace(t *testing.T) {
+	path := tempPath(t)
+	first, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer first.Close()
+	// Hold the initialisation lock, as a slow opener would.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	require.NoError(t, tryLockByte(int(f.Fd()), 0))
+	done := make(chan *Region, 1)
+	go func() {
+		r, err := Open(path, Options{})
+		assert.NoError(t, err)
+		done <- r
+	}()
+	time.Sleep(50 * time.Millisecond) // it has opened the old file and waits
+	require.NoError(t, os.Remove(path))
+	second, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer second.Close()
+	f.Close() // releases the lock on the orphan
+	var r *Region
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open never finished")
+	}
+	require.NotNil(t, r)
+	defer r.Close()
+	fi, _ := r.f.Stat()
+	pi, _ := os.Stat(path)
+	assert.True(t, os.SameFile(fi, pi), "attached to the file at the path")
+	x, _ := second.Bytes(0, 1)
+	x[0] = 7
+	y, _ := r.Bytes(0, 1)
+	assert.Equal(t, byte(7), y[0], "shares memory with the new region's users")
 }
 
 func TestPermExact(t *testing.T) {
