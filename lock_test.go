@@ -335,6 +335,40 @@ func TestUnlockNotHeldAndBreak(t *testing.T) {
 	assert.EqualValues(t, 1, h.mu.Recoveries())
 }
 
+// Lock and TryLock cannot tell their callers that a holder died: the news
+// stays in the word, through their holds and releases, until an Acquire
+// is told, once.
+func TestNewsOfDeathReachesAcquire(t *testing.T) {
+	h := newHarness(t, 60*time.Second)
+	acquire := func() bool {
+		g, err := h.mu.Acquire(context.Background())
+		require.NoError(t, err)
+		defer g.Release()
+		g.Commit()
+		return g.Recovered()
+	}
+
+	// Broken by an administrator, then taken by TryLock.
+	h.mu.Lock()
+	require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+	require.True(t, h.mu.TryLock())
+	assert.True(t, h.mu.Snapshot().OwnerDied)
+	h.mu.Unlock()
+	assert.True(t, acquire(), "the Acquire after TryLock is told")
+	assert.False(t, acquire(), "and only that one")
+
+	// A holder killed, its lock taken over by Lock.
+	holder := h.spawn("hold")
+	h.waitHeld()
+	holder.kill()
+	h.mu.Lock()
+	assert.True(t, h.mu.Snapshot().OwnerDied)
+	h.mu.Unlock()
+	assert.True(t, acquire(), "the Acquire after Lock is told")
+	assert.False(t, acquire())
+	assert.EqualValues(t, 2, h.mu.Recoveries(), "one break, one takeover")
+}
+
 // Cancellation ends a wait promptly, with an error wrapping context.Canceled.
 func TestAcquireCanceled(t *testing.T) {
 	h := newHarness(t, 30*time.Second)

@@ -17,9 +17,12 @@ import (
 //	bits  0..29  owner: the holder's owner ID (shm.Region.ID), 0 when free.
 //	             An owner ID names a process's attachment to the region, so it
 //	             is never reused by a later process, even one with the same PID.
-//	bit  30      ownerDied: set, with owner 0, when the holder was found dead
-//	             or broken by an administrator without releasing. The next
-//	             acquirer clears it and is told it recovered.
+//	bit  30      ownerDied: the lock was taken from a holder that died, or
+//	             that an administrator broke, and nobody who can be told has
+//	             held it since. Break sets it (with owner 0). Lock and TryLock
+//	             cannot tell their callers, so a takeover by them keeps it,
+//	             and so do their releases; the next Acquire clears it and is
+//	             told (Guard.Recovered). So every death is told, once.
 //	bit  31      waiters: a waiter may be asleep on the low half of the word;
 //	             whoever releases must wake one. Set by a waiter before it
 //	             sleeps, cleared by every release, and set again by a waiter
@@ -48,8 +51,10 @@ const (
 const (
 	wordOwner      = 0 // the owner word above
 	wordRecoveries = 1 // holders found dead or broken, and taken over
-	wordSinceOwner = 2 // an owner word that a waiter saw held …
-	wordSinceNanos = 3 // … and when (Unix ns): the "held for at least" of errors
+	// wordSince: a hold a waiter saw, and when: the generation in bits
+	// 32..63, Unix milliseconds modulo 2^32 in bits 0..31. One word, so
+	// the two always belong together: the "held for at least" of errors.
+	wordSince = 2
 )
 
 // Size is the number of bytes a Mutex occupies in a region: one cache line.
@@ -81,7 +86,8 @@ const (
 // process (Acquire with a deadline reports "held by this process").
 //
 // Lock and Unlock make *Mutex a sync.Locker. Lock never gives up and cannot say
-// that it recovered a dead holder's lock; Acquire can do both.
+// that it took over a dead holder's lock; Acquire can do both, and is told of
+// a death even when a Lock or TryLock took the lock over before it.
 type Mutex struct {
 	line *[8]uint64
 	word *uint64
@@ -109,7 +115,8 @@ func New(r *shm.Region, off int) (*Mutex, error) {
 var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
 
 // Lock locks m, waiting as long as it takes. If the holder is found dead, Lock
-// takes the lock over (see Acquire to be told).
+// takes the lock over; having no way to say so, it leaves the news for the
+// next Acquire, which is told (Guard.Recovered).
 func (m *Mutex) Lock() {
 	// Fast path: one CAS from an unowned word with nobody asleep.
 	w := atomic.LoadUint64(m.word)
@@ -121,20 +128,18 @@ func (m *Mutex) Lock() {
 // lockWait is Lock's slow path, kept out of line so that Lock inlines.
 //
 //go:noinline
-func (m *Mutex) lockWait() { m.lockSlow(context.Background()) }
+func (m *Mutex) lockWait() { m.lockSlow(context.Background(), false) }
 
 // TryLock locks m if it is free and reports whether it did. It never waits
-// and never probes the holder.
+// and never probes the holder. It cannot say that the previous holder died,
+// so it leaves that news for the next Acquire (see ownerDied).
 func (m *Mutex) TryLock() bool {
 	for {
 		w := atomic.LoadUint64(m.word)
 		if w&ownerMask != 0 {
 			return false
 		}
-		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf+genOne|m.self|w&waiters) {
-			if w&ownerDied != 0 {
-				atomic.AddUint64(&m.line[wordRecoveries], 1)
-			}
+		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf+genOne|m.self|w&(waiters|ownerDied)) {
 			return true
 		}
 	}
@@ -160,7 +165,8 @@ func (m *Mutex) unlockSlow() {
 		if w&ownerMask != m.self {
 			panic(&NotHeldError{Lock: m.name(), Owner: w})
 		}
-		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
+		// ownerDied stays: the news is for an Acquire (see its bit).
+		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf|w&ownerDied) {
 			if w&waiters != 0 {
 				futex.Wake(m.low, 1)
 			}
@@ -179,7 +185,7 @@ func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
 		return guard.New(releaser{m}, false, (w+genOne)>>32), nil
 	}
-	recovered, held, err := m.lockSlow(ctx)
+	recovered, held, err := m.lockSlow(ctx, true)
 	if err != nil {
 		return nil, err
 	}
@@ -194,9 +200,16 @@ func (r releaser) Release(committed bool) { r.m.Unlock() }
 
 // lockSlow acquires m after the fast path failed: spin a little, then sleep
 // on the futex between probes of the holder, until the lock is free or its
-// holder is found dead. It returns whether it took over from a dead (or
-// broken) holder, and the owner word it installed.
-func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err error) {
+// holder is found dead. tell says whether the caller can be told of a dead
+// (or broken) predecessor; if not, the news stays in ownerDied. It returns
+// whether it told, and the owner word it installed.
+func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held uint64, err error) {
+	// keep is what an acquisition carries over from the word it replaces:
+	// the waiters bit always, ownerDied when the news cannot be told.
+	keep := uint64(waiters)
+	if !tell {
+		keep |= ownerDied
+	}
 	var (
 		spins     int
 		slept     bool
@@ -216,15 +229,12 @@ func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err 
 		if w&ownerMask == 0 {
 			// Free. A waiter that slept keeps the waiters bit set, so
 			// that its release wakes whoever else may be asleep.
-			nw := w&^lowHalf + genOne | m.self | w&waiters
+			nw := w&^lowHalf + genOne | m.self | w&keep
 			if slept {
 				nw |= waiters
 			}
 			if atomic.CompareAndSwapUint64(m.word, w, nw) {
-				if w&ownerDied != 0 {
-					atomic.AddUint64(&m.line[wordRecoveries], 1)
-				}
-				return w&ownerDied != 0, nw, nil
+				return tell && w&ownerDied != 0, nw, nil
 			}
 			continue
 		}
@@ -243,6 +253,11 @@ func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err 
 			m.noteHeld(seen, now)
 		}
 		if ctx.Err() != nil {
+			if slept {
+				// A release may have woken us rather than a waiter
+				// that stays: pass the wake-up on.
+				futex.Wake(m.low, 1)
+			}
 			if last.ID != uint32(w&ownerMask) {
 				last = m.r.Probe(uint32(w & ownerMask))
 			}
@@ -261,9 +276,12 @@ func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err 
 				if slept {
 					nw |= waiters
 				}
+				if !tell {
+					nw |= ownerDied
+				}
 				if atomic.CompareAndSwapUint64(m.word, w, nw) {
 					atomic.AddUint64(&m.line[wordRecoveries], 1)
-					return true, nw, nil
+					return tell, nw, nil
 				}
 				continue
 			}
@@ -286,27 +304,27 @@ func (m *Mutex) lockSlow(ctx context.Context) (recovered bool, held uint64, err 
 	}
 }
 
-// noteHeld records, for error messages and inspection, that the owner word w
-// was seen held at now. Every value stored is a time at which w was already
-// held, so "held for at least now - stored" is always true.
+// noteHeld records, for error messages and inspection, that the hold with
+// owner word w was seen at now. Only the first sighting of a hold stamps it,
+// and every stamp is a time at which that hold already existed, so "held for
+// at least now - stamp" is always true.
 func (m *Mutex) noteHeld(w uint64, now time.Time) {
-	s := atomic.LoadUint64(&m.line[wordSinceOwner])
-	if s == w {
+	s := atomic.LoadUint64(&m.line[wordSince])
+	if s>>32 == w>>32 {
 		return
 	}
-	atomic.StoreUint64(&m.line[wordSinceNanos], uint64(now.UnixNano()))
-	atomic.CompareAndSwapUint64(&m.line[wordSinceOwner], s, w)
+	atomic.CompareAndSwapUint64(&m.line[wordSince], s, w&^lowHalf|uint64(uint32(now.UnixMilli())))
 }
 
-// heldFor returns how long the owner word w has at least been held, as far as
-// any waiter saw, and no less than since.
-func (m *Mutex) heldFor(w uint64, since time.Time) time.Duration {
-	d := time.Since(since)
-	if atomic.LoadUint64(&m.line[wordSinceOwner]) == w&^waiters {
-		t := time.Unix(0, int64(atomic.LoadUint64(&m.line[wordSinceNanos])))
-		d = max(d, time.Since(t))
+// heldFor returns how long the hold with owner word w has at least lasted,
+// as far as any waiter saw: 0 if none stamped it. Correct for holds shorter
+// than 2^32 ms (49 days).
+func (m *Mutex) heldFor(w uint64) time.Duration {
+	s := atomic.LoadUint64(&m.line[wordSince])
+	if s>>32 != w>>32 {
+		return 0
 	}
-	return d
+	return time.Duration(uint32(time.Now().UnixMilli())-uint32(s)) * time.Millisecond
 }
 
 func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.Holder) error {
@@ -317,7 +335,7 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.
 		Lock:    m.name(),
 		Owner:   w &^ waiters,
 		Holder:  h,
-		HeldFor: m.heldFor(w, start),
+		HeldFor: max(m.heldFor(w), time.Since(start)),
 		Waited:  time.Since(start),
 		Err:     ctx.Err(),
 	}
@@ -326,7 +344,8 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.
 // Break frees m if, and only if, its owner word is exactly owner: the
 // administrator's way out when a holder cannot be verified dead (in a PID
 // namespace the probe cannot see, say) but is known to be. owner comes from a
-// HeldError or a Snapshot. The next acquirer is told it recovered. Break fails
+// HeldError or a Snapshot. It counts as a recovery, and the next Acquire is
+// told (Guard.Recovered). Break fails
 // with ErrOwnerChanged if the lock changed hands meanwhile.
 func (m *Mutex) Break(owner uint64) error {
 	if owner&ownerMask == 0 {
@@ -339,6 +358,7 @@ func (m *Mutex) Break(owner uint64) error {
 			return &BreakError{Lock: m.name(), Owner: owner, Now: w, Err: ErrOwnerChanged}
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, w&^ownerMask|ownerDied) {
+			atomic.AddUint64(&m.line[wordRecoveries], 1)
 			if w&waiters != 0 {
 				futex.Wake(m.low, 1)
 			}
@@ -353,7 +373,7 @@ type Snapshot struct {
 	Held       bool
 	Generation uint32 // acquisitions so far, modulo 2^32
 	Waiters    bool   // a waiter may be asleep
-	OwnerDied  bool   // the last holder died or was broken; the next acquirer recovers
+	OwnerDied  bool   // a holder died or was broken, and no Acquire has been told yet
 	Recoveries uint64 // dead or broken holders taken over so far
 	Holder     shm.Holder
 	HeldFor    time.Duration // at least this long, as waiters saw; 0 if no waiter looked
@@ -373,9 +393,7 @@ func (m *Mutex) Snapshot() Snapshot {
 	}
 	if s.Held {
 		s.Holder = m.r.Probe(uint32(w & ownerMask))
-		if atomic.LoadUint64(&m.line[wordSinceOwner]) == w&^waiters {
-			s.HeldFor = time.Since(time.Unix(0, int64(atomic.LoadUint64(&m.line[wordSinceNanos]))))
-		}
+		s.HeldFor = m.heldFor(w)
 	}
 	return s
 }

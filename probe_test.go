@@ -91,9 +91,10 @@ func (h *harness) holdSlotLock(slot int) func() {
 	return func() { f.Close() }
 }
 
-// ownerWord builds an owner word (see mutex.go) naming slot and incarnation.
+// ownerWord builds an owner word (see mutex.go) naming slot and incarnation
+// (an owner ID, see shm/layout.go: the slot in bits 0..9).
 func ownerWord(gen uint32, slot int, incarnation uint32) uint64 {
-	return uint64(gen)<<32 | uint64(incarnation)<<12 | uint64(slot)
+	return uint64(gen)<<32 | uint64(incarnation)<<10 | uint64(slot)
 }
 
 func (h *harness) setOwner(w uint64) { atomic.StoreUint64(h.word(offMutex), w) }
@@ -226,31 +227,44 @@ func TestHolderInAnotherPIDNamespace(t *testing.T) {
 	if out, err := exec.Command(unshare, "--pid", "--fork", "true").CombinedOutput(); err != nil {
 		t.Skipf("cannot create a PID namespace here (needs root): %v %s", err, out)
 	}
-	h := newHarness(t, 60*time.Second)
-	rec := recordKills(t)
-	cmd := exec.Command(unshare, "--pid", "--fork", "--kill-child", os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"=hold", argsEnv+"="+h.path)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	h.waitHeld()
+	for _, tc := range []struct {
+		name, reason string
+		args         []string
+	}{
+		// Its own /proc: it publishes its namespace, which is not ours.
+		{"own proc", "another PID namespace", []string{"--pid", "--fork", "--mount-proc"}},
+		// The host's /proc: its numbers would be wrong, so it publishes none.
+		{"host proc", "PID namespace unknown", []string{"--pid", "--fork"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, 60*time.Second)
+			rec := recordKills(t)
+			args := append(tc.args, "--kill-child", os.Args[0], "-test.run=^$")
+			cmd := exec.Command(unshare, args...)
+			cmd.Env = append(os.Environ(), roleEnv+"=hold", argsEnv+"="+h.path)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			require.NoError(t, cmd.Start())
+			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			h.waitHeld()
 
-	snap := h.mu.Snapshot()
-	assert.EqualValues(t, 1, snap.Holder.PID, "the holder is pid 1 of its namespace")
-	_, err = h.acquire(300 * time.Millisecond)
-	var he *shmlock.HeldError
-	require.ErrorAs(t, err, &he, out.String())
-	assert.Equal(t, shm.Alive, he.Holder.State)
-	assert.Contains(t, he.Error(), "another PID namespace")
-	rec.mu.Lock()
-	assert.NotContains(t, rec.kills, 1, "pid 1 of another namespace was probed here")
-	rec.mu.Unlock()
+			snap := h.mu.Snapshot()
+			assert.EqualValues(t, 1, snap.Holder.PID, "the holder is pid 1 of its namespace")
+			_, err := h.acquire(300 * time.Millisecond)
+			var he *shmlock.HeldError
+			require.ErrorAs(t, err, &he, out.String())
+			assert.Equal(t, shm.Alive, he.Holder.State)
+			assert.Contains(t, he.Error(), tc.reason)
+			rec.mu.Lock()
+			assert.NotContains(t, rec.kills, 1, "pid 1 of another namespace was probed here")
+			rec.mu.Unlock()
 
-	require.NoError(t, cmd.Process.Kill()) // --kill-child takes the holder down
-	cmd.Wait()
-	got, err := h.acquire(recoveryBound)
-	require.NoError(t, err)
-	assert.True(t, got)
+			require.NoError(t, cmd.Process.Kill()) // --kill-child takes the holder down
+			cmd.Wait()
+			got, err := h.acquire(recoveryBound)
+			require.NoError(t, err)
+			assert.True(t, got)
+		})
+	}
 }
