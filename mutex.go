@@ -118,9 +118,10 @@ var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(
 // takes the lock over; having no way to say so, it leaves the news for the
 // next Acquire, which is told (Guard.Recovered).
 func (m *Mutex) Lock() {
-	// Fast path: one CAS from an unowned word with nobody asleep.
+	// Fast path: one CAS from an unowned word with nobody asleep. It
+	// carries ownerDied over: Lock cannot tell, so the news stays.
 	w := atomic.LoadUint64(m.word)
-	if uint32(w) != 0 || !atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+	if uint32(w)&^ownerDied != 0 || !atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
 		m.lockWait()
 	}
 }
@@ -150,10 +151,10 @@ func (m *Mutex) TryLock() bool {
 // ours (after an administrator's Break, say): that panics with an error
 // matching ErrNotHeld instead.
 func (m *Mutex) Unlock() {
-	// The expected value is ours with nobody asleep: a word that is not
-	// (another owner, the waiters bit, a change since the load) fails the
-	// CAS and goes to the slow path.
-	w := atomic.LoadUint64(m.word) &^ lowHalf
+	// The expected value is ours with nobody asleep (and ownerDied as it
+	// is, to be kept): a word that is not (another owner, the waiters bit,
+	// a change since the load) fails the CAS and goes to the slow path.
+	w := atomic.LoadUint64(m.word) &^ (ownerMask | waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w|m.self, w) {
 		m.unlockSlow()
 	}
@@ -261,7 +262,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			if last.ID != uint32(w&ownerMask) {
 				last = m.r.Probe(uint32(w & ownerMask))
 			}
-			return false, 0, m.heldError(ctx, w, start, last)
+			return false, 0, m.heldError(ctx, w, start, seenAt, last)
 		}
 		if !now.Before(nextProbe) {
 			last = m.r.Probe(uint32(w & ownerMask))
@@ -316,6 +317,13 @@ func (m *Mutex) noteHeld(w uint64, now time.Time) {
 	atomic.CompareAndSwapUint64(&m.line[wordSince], s, w&^lowHalf|uint64(uint32(now.UnixMilli())))
 }
 
+func sinceOrZero(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t)
+}
+
 // heldFor returns how long the hold with owner word w has at least lasted,
 // as far as any waiter saw: 0 if none stamped it. Correct for holds shorter
 // than 2^32 ms (49 days).
@@ -327,7 +335,9 @@ func (m *Mutex) heldFor(w uint64) time.Duration {
 	return time.Duration(uint32(time.Now().UnixMilli())-uint32(s)) * time.Millisecond
 }
 
-func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.Holder) error {
+// heldError reports a wait that ended while w was held; seenAt is when this
+// waiter first saw that hold (zero if it never looked).
+func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time, h shm.Holder) error {
 	if h.ID == 0 && w&ownerMask != 0 {
 		h = m.r.Probe(uint32(w & ownerMask))
 	}
@@ -335,7 +345,7 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start time.Time, h shm.
 		Lock:    m.name(),
 		Owner:   w &^ waiters,
 		Holder:  h,
-		HeldFor: max(m.heldFor(w), time.Since(start)),
+		HeldFor: max(m.heldFor(w), sinceOrZero(seenAt)),
 		Waited:  time.Since(start),
 		Err:     ctx.Err(),
 	}

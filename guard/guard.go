@@ -65,10 +65,11 @@ func (g *Guard) Release() {
 	g.lock.Release(g.committed)
 }
 
-// Recovered reports whether the previous holder died, or was broken by an
-// administrator, without releasing: the protected state may be half updated
-// and is this holder's to check and repair. Exactly one acquisition is told
-// of each such death.
+// Recovered reports whether a holder died, or was broken by an
+// administrator, without releasing since the last acquisition that was told:
+// the protected state may be half updated and is this holder's to check and
+// repair. Each such death is told to one acquisition; several deaths before
+// it are told together.
 func (g *Guard) Recovered() bool { return g.recovered }
 
 // Fence returns the acquisition's fencing token: it grows by one with every

@@ -1,6 +1,6 @@
 package shm
 
-// Layout of a region file, version 1. All integers are in the byte order of
+// Layout of a region file, version 2. All integers are in the byte order of
 // the machine that created the region; a region is shared between processes
 // of one machine, and a file of the other byte order is refused by the
 // byteOrder field.
@@ -9,7 +9,7 @@ package shm
 //	  0  magic       [8]byte  "SHMLOCKR" once initialised; "SHMLOCKI" while
 //	                          initialisation runs (a crash leaves it, and the
 //	                          next opener initialises again)
-//	  8  version     uint32   layout version, 1
+//	  8  version     uint32   layout version, 2
 //	 12  headerSize  uint32   offset of the data area: header and process
 //	                          table, rounded up to a page
 //	 16  dataSize    uint64   bytes of the data area
@@ -27,7 +27,8 @@ package shm
 //	  8  start       uint64   claimant's start time, clock ticks after boot
 //	 16  pidns       uint64   inode of the claimant's PID namespace
 //	 24  attached    int64    claim time, Unix nanoseconds
-//	 32  reserved
+//	 32  timens      uint64   inode of the claimant's time namespace
+//	 40  reserved
 //	data area: headerSize .. headerSize+dataSize
 //
 // File locks (all of them OFD locks, fcntl F_OFD_SETLK, so that no lock of
@@ -41,8 +42,11 @@ package shm
 const (
 	magicReady = "SHMLOCKR"
 	magicInit  = "SHMLOCKI"
-	// Version is the layout version this package reads and writes.
-	Version = 1
+	// Version is the layout version this package reads and writes. It
+	// changes with any change of meaning of the file's bytes, the owner ID
+	// and the lock words included: two builds that read one word in two
+	// ways would each judge the other's holds dead.
+	Version = 2
 
 	byteOrderMark = 0x01020304
 
@@ -65,6 +69,7 @@ const (
 	entStart       = 8
 	entPIDNS       = 16
 	entAttached    = 24
+	entTimeNS      = 32
 
 	pageSize = 4096
 
@@ -83,10 +88,11 @@ const (
 //	bits 10..29  incarnation of the slot, modulo 2^20
 //
 // IDs fit the 30 bits that a futex owner word gives to the owner. Slots are
-// claimed round-robin, so an ID comes back only after Slots × 2^20 claims
-// (268 million with the default 256 slots). Only then can a lock that a dead
-// process left held, and that no waiter touched in all that time, be taken
-// for the new claimant's and wait until that process exits.
+// claimed round-robin, so an ID comes back after Slots × 2^20 claims (268
+// million with the default 256 slots), or after 2^20 claims of one slot when
+// all the others stay taken. Only then can a lock that a dead process left
+// held, and that no waiter touched in all that time, be mistaken for the new
+// claimant's and wait until that process exits.
 const (
 	slotBits        = 10
 	incarnationBits = 20

@@ -55,9 +55,10 @@ func (r *Region) Probe(id uint32) Holder {
 		return h
 	}
 	p := owner.Process{
-		PID:   atomic.LoadInt32(e.pid),
-		Start: atomic.LoadUint64(e.start),
-		NS:    atomic.LoadUint64(e.pidns),
+		PID:    atomic.LoadInt32(e.pid),
+		Start:  atomic.LoadUint64(e.start),
+		NS:     atomic.LoadUint64(e.pidns),
+		TimeNS: atomic.LoadUint64(e.timens),
 	}
 	attached := atomic.LoadInt64(e.attached)
 	live := owner.LockUnknown

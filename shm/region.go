@@ -93,10 +93,18 @@ func Open(name string, opt Options) (*Region, error) {
 	if err != nil {
 		return nil, err
 	}
-	return open(path, opt, 10)
+	for range 10 {
+		if r, err := open(path, opt); err != errReplaced {
+			return r, err
+		}
+	}
+	return nil, &Error{Op: "open", Path: path, Kind: ErrBusy, Detail: "the file was replaced while opening, ten times over"}
 }
 
-func open(path string, opt Options, retries int) (*Region, error) {
+// errReplaced: the path named another file once we held the init lock.
+var errReplaced = errors.New("replaced while opening")
+
+func open(path string, opt Options) (*Region, error) {
 	fail := func(kind error, detail string, err error) (*Region, error) {
 		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: err}
 	}
@@ -171,12 +179,7 @@ func open(path string, opt Options, retries int) (*Region, error) {
 	// our open and our lock: then we hold a file nobody else will open,
 	// and would share no lock with the processes using the new one.
 	if pi, err := os.Lstat(path); err != nil || !os.SameFile(fi, pi) {
-		if retries == 0 {
-			return fail(ErrBusy, "the file was replaced while opening, repeatedly", err)
-		}
-		r.release()
-		ok = true // released already
-		return open(path, opt, retries-1)
+		return nil, errReplaced // the deferred calls unlock, then close
 	}
 	var hdr [headerBytes]byte
 	if fi.Size() > 0 {
@@ -345,6 +348,7 @@ func (r *Region) attach() error {
 		atomic.StoreInt32(e.pid, r.self.PID)
 		atomic.StoreUint64(e.start, r.self.Start)
 		atomic.StoreUint64(e.pidns, r.self.NS)
+		atomic.StoreUint64(e.timens, r.self.TimeNS)
 		atomic.StoreInt64(e.attached, time.Now().UnixNano())
 		atomic.AddUint64(r.u64(offAttaches), 1)
 		r.id = makeID(uint32(s), inc)
@@ -359,6 +363,7 @@ type entry struct {
 	start       *uint64
 	pidns       *uint64
 	attached    *int64
+	timens      *uint64
 }
 
 func (r *Region) entry(slot int) entry {
@@ -369,6 +374,7 @@ func (r *Region) entry(slot int) entry {
 		start:       (*uint64)(unsafe.Pointer(&b[entStart])),
 		pidns:       (*uint64)(unsafe.Pointer(&b[entPIDNS])),
 		attached:    (*int64)(unsafe.Pointer(&b[entAttached])),
+		timens:      (*uint64)(unsafe.Pointer(&b[entTimeNS])),
 	}
 }
 

@@ -238,7 +238,7 @@ func TestBadFiles(t *testing.T) {
 		{"short region prefix", func(h []byte) []byte { return h[:20] }, Options{}, ErrTruncated, "shorter than the 64-byte header"},
 		{"wrong magic", func(h []byte) []byte { copy(h, "GARBAGE!"); return h }, Options{}, ErrNotRegion, `magic is "GARBAGE!"`},
 		{"zeroed header", func(h []byte) []byte { clear(h[:64]); return h }, Options{}, ErrNotRegion, "magic"},
-		{"future version", set32(offVersion, Version+1), Options{}, ErrVersion, "layout version 2"},
+		{"future version", set32(offVersion, Version+1), Options{}, ErrVersion, fmt.Sprintf("layout version %d;", Version+1)},
 		{"version 0", set32(offVersion, 0), Options{}, ErrVersion, "layout version 0"},
 		{"other byte order", set32(offByteOrder, 0x04030201), Options{}, ErrNotRegion, "byte order"},
 		{"zero slots", set32(offSlots, 0), Options{}, ErrCorrupt, "0 slots"},

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/owner"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -142,8 +143,11 @@ func demo(args []string) error {
 				}
 			}
 			if victim >= 0 {
+				// SIGSTOP is delivered asynchronously: look at the
+				// lock only once the process is really stopped.
+				pid := procs[victim].Process.Pid
 				procs[victim].Process.Signal(syscall.SIGSTOP)
-				if now := d.mu.Snapshot(); now.Owner == snap.Owner {
+				if waitStopped(pid) && d.mu.Snapshot().Owner == snap.Owner {
 					break
 				}
 				procs[victim].Process.Signal(syscall.SIGCONT)
@@ -202,6 +206,21 @@ func demo(args []string) error {
 	}
 	say("no increment lost or counted twice; region removed")
 	return nil
+}
+
+// waitStopped waits, briefly, until pid is in state T.
+func waitStopped(pid int) bool {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return false
+		}
+		if st, err := owner.ParseStat(b); err == nil && st.State == 'T' {
+			return true
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	return false
 }
 
 // repair completes the increment of a worker that died between bumping the

@@ -14,17 +14,23 @@
 //     the region, which abandons its locks).
 //  2. The process itself, checked only when it lives in our PID namespace
 //     (a PID from another namespace names some other process here, or none)
-//     and both it and we read /proc of that namespace (see Self):
-//     kill(pid, 0) failing with ESRCH, a zombie (state Z or X), or a start
-//     time different from the one it published (PID reuse) each prove death.
-//     EPERM proves existence. A PID that is 0, negative or above pid_max is a
-//     corrupt record: it is never passed to kill (kill(0, …) would signal our
-//     process group, kill(-1, …) every process we may signal).
+//     and both it and we read /proc of that namespace (see Self). kill(pid,
+//  0. failing with ESRCH proves death, EPERM existence. A PID that is 0,
+//     negative or above pid_max is a corrupt record: it is never passed to
+//     kill (kill(0, …) would signal our process group, kill(-1, …) every
+//     process we may signal).
+//  3. What /proc/<pid>/stat says: a zombie (state Z or X, no thread left),
+//     or a start time other than the one it published (PID reuse; compared
+//     only within one time namespace, since /proc shifts start times by the
+//     reader's boot-time offset).
 //
-// A live liveness lock with no contrary evidence from 2 is Alive: a stopped or
-// slow holder is never robbed. Where neither can be read (no lock support, a
-// holder in another namespace) the verdict is Unverifiable, which is not
-// stolen from either.
+// A held liveness lock is overruled only by ESRCH: /proc readings have too
+// many ways to mislead (a time namespace, a thread-group leader that exited
+// while its threads run on, a /proc of another namespace) to rob a process
+// the kernel says is attached. They decide only where the lock cannot be
+// queried. Where nothing can be read (no lock support and a holder in
+// another namespace) the verdict is Unverifiable, which is never stolen
+// from either.
 package owner
 
 import (
@@ -34,9 +40,10 @@ import (
 // Process is what an attached process publishes about itself: enough to find
 // it again and to tell it from a later process that reuses its PID.
 type Process struct {
-	PID   int32  // in its own PID namespace
-	Start uint64 // start time in clock ticks after boot: field 22 of /proc/<pid>/stat
-	NS    uint64 // inode of its PID namespace (/proc/self/ns/pid); 0 if unknown
+	PID    int32  // in its own PID namespace
+	Start  uint64 // start time in clock ticks after boot: field 22 of /proc/<pid>/stat; 0 if unknown
+	NS     uint64 // inode of its PID namespace (/proc/self/ns/pid); 0 if unknown
+	TimeNS uint64 // inode of its time namespace (/proc/self/ns/time); 0 if unknown
 }
 
 // State is the outcome of a probe.
@@ -77,6 +84,8 @@ type Verdict struct {
 	// ProcState is the one-letter state from /proc (R, S, D, T, t, Z, X) when
 	// it was read, 0 otherwise.
 	ProcState byte
+
+	gone bool // the death was proved by ESRCH
 }
 
 func (v Verdict) String() string { return v.State.String() + " (" + v.Reason + ")" }
@@ -84,35 +93,32 @@ func (v Verdict) String() string { return v.State.String() + " (" + v.Reason + "
 // Judge combines the liveness lock and the process evidence for p as seen
 // from self. It never calls kill with a PID below 1 or above pid_max.
 func Judge(self, p Process, live Liveness) Verdict {
-	if live == LockFree {
+	pv, ok := procEvidence(self, p)
+	switch live {
+	case LockFree:
 		v := Verdict{State: Dead, Reason: "its liveness lock is free: it exited or closed the region"}
 		// Say more when we can, for the humans reading the error; the
 		// verdict does not depend on it.
-		if pv, _ := procEvidence(self, p); pv.State == Dead || pv.State == 0 && pv.Reason != "" {
+		if pv.State == Dead || pv.State == 0 && pv.Reason != "" {
 			v.Reason = pv.Reason + "; " + v.Reason
 			v.ProcState = pv.ProcState
 		}
 		return v
-	}
-	pv, ok := procEvidence(self, p)
-	if ok && pv.State == Dead {
-		// Proof of death from the process table outranks a held liveness
-		// lock: the lock can outlive its process only through a descriptor
-		// that escaped to another process (fork without exec, SCM_RIGHTS).
-		return pv
-	}
-	if live == LockHeld {
-		v := Verdict{State: Alive, Reason: "its liveness lock is held"}
-		if ok {
+	case LockHeld:
+		if ok && pv.gone {
+			// The lock can outlive its process only through a descriptor
+			// that escaped to another process (fork without exec,
+			// SCM_RIGHTS); ESRCH settles it.
+			return pv
+		}
+		v := Verdict{State: Alive, Reason: "its liveness lock is held", ProcState: pv.ProcState}
+		if pv.Reason != "" {
 			v.Reason = pv.Reason + "; " + v.Reason
-			v.ProcState = pv.ProcState
-		} else if pv.Reason != "" {
-			v.Reason += "; " + pv.Reason
 		}
 		return v
 	}
 	if ok {
-		return pv // Alive by the process table alone
+		return pv
 	}
 	return Verdict{State: Unverifiable, Reason: pv.Reason + "; and its liveness lock cannot be queried"}
 }
@@ -133,7 +139,7 @@ func procEvidence(self, p Process) (v Verdict, ok bool) {
 	case nil, errPermission:
 		// It exists (EPERM: another user's); look closer below.
 	case errNoProcess:
-		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID)}, true
+		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID), gone: true}, true
 	default:
 		return Verdict{Reason: fmt.Sprintf("pid %d: kill(0): %v", p.PID, err)}, false
 	}
@@ -143,16 +149,18 @@ func procEvidence(self, p Process) (v Verdict, ok bool) {
 		// otherwise (hidepid hides other users' processes), unless kill
 		// now says it is gone: only ESRCH proves death.
 		if err == errNoProcess && sys.Kill0(int(p.PID)) == errNoProcess {
-			return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID)}, true
+			return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d does not exist", p.PID), gone: true}, true
 		}
 		return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d exists (its /proc entry is unreadable: %v)", p.PID, err)}, true
 	}
 	switch {
-	case st.State == 'Z' || st.State == 'X':
+	case (st.State == 'Z' || st.State == 'X') && st.Threads <= 1:
+		// A leader that exited while other threads run on is Z too,
+		// with those threads counted.
 		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d is a zombie", p.PID), ProcState: st.State}, true
-	case p.Start != 0 && st.Start != p.Start:
-		// A start time of 0 means the holder could not read its own:
-		// then a reused PID cannot be told apart, and is not assumed.
+	case p.Start != 0 && p.TimeNS != 0 && p.TimeNS == self.TimeNS && st.Start != p.Start:
+		// Start times are comparable only when the holder published its
+		// own (not 0) and both read them in one time namespace.
 		return Verdict{State: Dead, Reason: fmt.Sprintf("pid %d was reused (start time %d, holder's was %d)", p.PID, st.Start, p.Start), ProcState: st.State}, true
 	}
 	return Verdict{State: Alive, Reason: fmt.Sprintf("pid %d is %s", p.PID, describe(st.State)), ProcState: st.State}, true

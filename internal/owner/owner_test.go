@@ -18,7 +18,7 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("OWNER_TEST_SELF") != "" {
 		s := Self()
-		fmt.Println(s.PID, s.Start, s.NS)
+		fmt.Println(s.PID, s.Start, s.NS, s.TimeNS)
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -88,10 +88,11 @@ func withSys(t *testing.T, s Sys) {
 }
 
 func TestJudgeTable(t *testing.T) {
-	me := Process{PID: 100, Start: 5, NS: 7}
+	me := Process{PID: 100, Start: 5, NS: 7, TimeNS: 3}
+	at := func(pid int32, start, ns uint64) Process { return Process{pid, start, ns, 3} }
 	rec := &recorder{
-		kill: map[int]error{200: nil, 300: errPermission, 400: nil, 500: nil, 700: errPermission},
-		stat: map[int]Stat{200: {'S', 50}, 300: {'T', 60}, 400: {'Z', 70}, 500: {'R', 999}},
+		kill: map[int]error{200: nil, 300: errPermission, 400: nil, 500: nil, 700: errPermission, 900: nil},
+		stat: map[int]Stat{200: {'S', 1, 50}, 300: {'T', 1, 60}, 400: {'Z', 1, 70}, 500: {'R', 1, 999}, 900: {'Z', 3, 90}},
 	}
 	withSys(t, rec)
 	for _, tc := range []struct {
@@ -101,29 +102,36 @@ func TestJudgeTable(t *testing.T) {
 		want   State
 		reason string
 	}{
-		{"alive and sleeping", Process{200, 50, 7}, LockHeld, Alive, "sleeping"},
-		{"another user's, stopped (EPERM)", Process{300, 60, 7}, LockHeld, Alive, "stopped"},
-		{"zombie holding the lock", Process{400, 70, 7}, LockHeld, Dead, "zombie"},
-		{"pid reused", Process{500, 71, 7}, LockHeld, Dead, "reused"},
-		{"no such process", Process{600, 1, 7}, LockHeld, Dead, "does not exist"},
-		{"liveness lock free", Process{200, 50, 7}, LockFree, Dead, "liveness lock is free"},
-		{"other namespace, lock held", Process{1, 9, 8}, LockHeld, Alive, "another PID namespace"},
-		{"other namespace, lock free", Process{1, 9, 8}, LockFree, Dead, "liveness lock is free"},
-		{"other namespace, lock unknown", Process{1, 9, 8}, LockUnknown, Unverifiable, "another PID namespace"},
-		{"namespace unknown", Process{200, 50, 0}, LockUnknown, Unverifiable, "namespace unknown"},
-		{"pid 0, lock free", Process{0, 1, 7}, LockFree, Dead, "impossible pid 0"},
-		{"pid -1, lock free", Process{-1, 1, 7}, LockFree, Dead, "impossible pid -1"},
-		{"pid above pid_max, lock free", Process{PIDMax() + 1, 1, 7}, LockFree, Dead, "impossible pid"},
-		{"pid -1, lock held", Process{-1, 1, 7}, LockHeld, Alive, "impossible pid -1"},
-		{"pid 0, lock unknown", Process{0, 1, 7}, LockUnknown, Unverifiable, "impossible pid 0"},
-		{"min int32", Process{-1 << 31, 1, 7}, LockUnknown, Unverifiable, "impossible pid"},
+		{"alive and sleeping", at(200, 50, 7), LockHeld, Alive, "sleeping"},
+		{"another user's, stopped (EPERM)", at(300, 60, 7), LockHeld, Alive, "stopped"},
+		{"no such process, lock held", at(600, 1, 7), LockHeld, Dead, "does not exist"},
+		{"liveness lock free", at(200, 50, 7), LockFree, Dead, "liveness lock is free"},
+		// A held lock is overruled by ESRCH only, never by /proc readings.
+		{"zombie, lock held", at(400, 70, 7), LockHeld, Alive, "liveness lock is held"},
+		{"pid reused, lock held", at(500, 71, 7), LockHeld, Alive, "liveness lock is held"},
+		// Without the lock, /proc decides.
+		{"zombie, lock unknown", at(400, 70, 7), LockUnknown, Dead, "zombie"},
+		{"zombie leader with live threads", at(900, 90, 7), LockUnknown, Alive, "in state Z"},
+		{"pid reused, lock unknown", at(500, 71, 7), LockUnknown, Dead, "reused"},
+		{"start times of another time namespace", Process{500, 71, 7, 4}, LockUnknown, Alive, "running"},
+		{"time namespace unknown", Process{500, 71, 7, 0}, LockUnknown, Alive, "running"},
+		{"start time unknown", at(500, 0, 7), LockUnknown, Alive, "running"},
+		{"no such process, lock unknown", at(600, 1, 7), LockUnknown, Dead, "does not exist"},
+		{"other namespace, lock held", at(1, 9, 8), LockHeld, Alive, "another PID namespace"},
+		{"other namespace, lock free", at(1, 9, 8), LockFree, Dead, "liveness lock is free"},
+		{"other namespace, lock unknown", at(1, 9, 8), LockUnknown, Unverifiable, "another PID namespace"},
+		{"namespace unknown", at(200, 50, 0), LockUnknown, Unverifiable, "namespace unknown"},
+		{"pid 0, lock free", at(0, 1, 7), LockFree, Dead, "impossible pid 0"},
+		{"pid -1, lock free", at(-1, 1, 7), LockFree, Dead, "impossible pid -1"},
+		{"pid above pid_max, lock free", at(PIDMax()+1, 1, 7), LockFree, Dead, "impossible pid"},
+		{"pid -1, lock held", at(-1, 1, 7), LockHeld, Alive, "impossible pid -1"},
+		{"pid 0, lock unknown", at(0, 1, 7), LockUnknown, Unverifiable, "impossible pid 0"},
+		{"min int32", at(-1<<31, 1, 7), LockUnknown, Unverifiable, "impossible pid"},
 		// hidepid: kill says it exists (EPERM), /proc hides it.
-		{"hidden by hidepid", Process{700, 1, 7}, LockHeld, Alive, "unreadable"},
-		{"hidden, lock unknown", Process{700, 1, 7}, LockUnknown, Alive, "unreadable"},
+		{"hidden by hidepid", at(700, 1, 7), LockHeld, Alive, "unreadable"},
+		{"hidden, lock unknown", at(700, 1, 7), LockUnknown, Alive, "unreadable"},
 		// Exists at kill, gone from /proc, and gone at the second kill.
-		{"exited between the calls", Process{800, 1, 7}, LockHeld, Dead, "does not exist"},
-		// The holder could not read its own start time.
-		{"start time unknown", Process{500, 0, 7}, LockHeld, Alive, "running"},
+		{"exited between the calls", at(800, 1, 7), LockHeld, Dead, "does not exist"},
 	} {
 		v := Judge(me, tc.p, tc.live)
 		assert.Equal(t, tc.want, v.State, "%s: %v", tc.name, v)
@@ -148,7 +156,7 @@ func TestZombieIsDead(t *testing.T) {
 	cmd := exec.Command("sleep", "60")
 	require.NoError(t, cmd.Start())
 	defer cmd.Wait()
-	p := Process{PID: int32(cmd.Process.Pid), NS: Self().NS}
+	p := Process{PID: int32(cmd.Process.Pid), NS: Self().NS, TimeNS: Self().TimeNS}
 	st, err := realSys{}.Stat(cmd.Process.Pid)
 	require.NoError(t, err)
 	p.Start = st.Start
@@ -170,12 +178,13 @@ func TestPIDReuseIsDead(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	st, err := realSys{}.Stat(cmd.Process.Pid)
 	require.NoError(t, err)
-	p := Process{PID: int32(cmd.Process.Pid), Start: st.Start + 1, NS: Self().NS}
-	v := Judge(Self(), p, LockHeld)
+	p := Process{PID: int32(cmd.Process.Pid), Start: st.Start + 1, NS: Self().NS, TimeNS: Self().TimeNS}
+	v := Judge(Self(), p, LockUnknown)
 	assert.Equal(t, Dead, v.State, v.String())
 	assert.Contains(t, v.Reason, "reused")
+	assert.Equal(t, Alive, Judge(Self(), p, LockHeld).State, "a held liveness lock is not overruled by /proc")
 	p.Start = st.Start
-	assert.Equal(t, Alive, Judge(Self(), p, LockHeld).State, "the same process with its own start time")
+	assert.Equal(t, Alive, Judge(Self(), p, LockUnknown).State, "the same process with its own start time")
 }
 
 func waitState(t *testing.T, pid int, want byte) {
@@ -218,9 +227,9 @@ func TestSelfWithForeignProc(t *testing.T) {
 		return strings.Fields(string(out))
 	}
 	f := run("--pid", "--fork")
-	assert.Equal(t, []string{"1", "0", "0"}, f, "pid 1 of a new namespace reading the host's /proc")
+	assert.Equal(t, []string{"1", "0", "0", "0"}, f, "pid 1 of a new namespace reading the host's /proc")
 	f = run("--pid", "--fork", "--mount-proc")
-	require.Len(t, f, 3)
+	require.Len(t, f, 4)
 	assert.Equal(t, "1", f[0])
 	assert.NotEqual(t, "0", f[1], "its own /proc: start time known")
 	assert.NotEqual(t, "0", f[2], "its own /proc: namespace known")

@@ -8,8 +8,9 @@ import (
 
 // Stat is what the probe reads from /proc/<pid>/stat.
 type Stat struct {
-	State byte   // field 3
-	Start uint64 // field 22, clock ticks after boot
+	State   byte   // field 3
+	Threads int    // field 20
+	Start   uint64 // field 22, clock ticks after boot
 }
 
 // ErrStatFormat reports a /proc/<pid>/stat line that does not parse.
@@ -23,14 +24,19 @@ func ParseStat(b []byte) (Stat, error) {
 	if i < 0 || bytes.IndexByte(b, '(') < 0 || bytes.IndexByte(b, '(') > i {
 		return Stat{}, ErrStatFormat
 	}
-	// After ") " come fields 3, 4, …: state is the first, start time the 20th.
+	// After ") " come fields 3, 4, …: state is the first, the thread
+	// count the 18th, the start time the 20th.
 	f := bytes.Fields(b[i+1:])
 	if len(f) < 20 || len(f[0]) != 1 {
+		return Stat{}, ErrStatFormat
+	}
+	threads, err := strconv.Atoi(string(f[17]))
+	if err != nil {
 		return Stat{}, ErrStatFormat
 	}
 	start, err := strconv.ParseUint(string(f[19]), 10, 64)
 	if err != nil {
 		return Stat{}, ErrStatFormat
 	}
-	return Stat{State: f[0][0], Start: start}, nil
+	return Stat{State: f[0][0], Threads: threads, Start: start}, nil
 }

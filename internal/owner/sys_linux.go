@@ -60,15 +60,17 @@ func PIDMax() int32 {
 }
 
 // readSelf reads this process's identity. The PID comes from getpid, the
-// start time and namespace from /proc, and /proc may belong to another PID
+// start time and namespaces from /proc, and /proc may belong to another PID
 // namespace than ours (unshare --pid without --mount-proc, nsenter --pid
 // without --mount, a container given the host's /proc): then its numbers
-// mean other processes, and using them would judge the living dead. So the
-// namespace is published only if /proc/self is us; otherwise it is 0,
-// "unknown", and neither we nor others use process evidence about us.
+// mean other processes, and using them would judge the living dead. The
+// NSpid line of /proc/self/status lists our PID in every namespace from the
+// one /proc belongs to down to ours: a single entry equal to getpid() means
+// /proc is ours. Otherwise nothing but the PID is published, and neither we
+// nor others use /proc evidence about us.
 func readSelf() Process {
 	p := Process{PID: int32(os.Getpid())}
-	if self, err := os.Readlink("/proc/self"); err != nil || self != strconv.Itoa(os.Getpid()) {
+	if !procIsOurs() {
 		return p
 	}
 	if st, err := (realSys{}).Stat(os.Getpid()); err == nil {
@@ -78,5 +80,24 @@ func readSelf() Process {
 	if unix.Stat("/proc/self/ns/pid", &s) == nil {
 		p.NS = s.Ino
 	}
+	if unix.Stat("/proc/self/ns/time", &s) == nil {
+		p.TimeNS = s.Ino
+	}
 	return p
+}
+
+func procIsOurs() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			f := strings.Fields(rest)
+			return len(f) == 1 && f[0] == strconv.Itoa(os.Getpid())
+		}
+	}
+	// Kernels before 4.1 have no NSpid: fall back on /proc/self.
+	self, err := os.Readlink("/proc/self")
+	return err == nil && self == strconv.Itoa(os.Getpid())
 }
