@@ -132,10 +132,12 @@ func TestZombieHolder(t *testing.T) {
 	holder := h.spawn("hold")
 	pid := h.waitHeld()
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL)) // and do not reap it
+	// A killed process is Z while its other threads are still being torn
+	// down; wait until only the zombie leader is left.
 	h.eventually(5*time.Second, "the holder never became a zombie", func() bool {
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 		st, err := owner.ParseStat(b)
-		return err == nil && st.State == 'Z'
+		return err == nil && st.State == 'Z' && st.Threads <= 1
 	})
 	require.NoError(t, syscall.Kill(pid, 0), "kill(pid, 0) succeeds on a zombie")
 
