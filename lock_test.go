@@ -371,6 +371,37 @@ func TestNewsOfDeathReachesAcquire(t *testing.T) {
 	assert.EqualValues(t, 2, h.mu.Recoveries(), "one break, one takeover")
 }
 
+// TryAcquire takes a free lock, or a dead holder's, without waiting, and is
+// told; from a live holder it takes nothing and writes nothing.
+func TestTryAcquire(t *testing.T) {
+	h := newHarness(t, 60*time.Second)
+	g, ok := h.mu.TryAcquire()
+	require.True(t, ok)
+	assert.False(t, g.Recovered())
+	g.Release()
+
+	holder := h.spawn("hold")
+	h.waitHeld()
+	before := h.load(offMutex)
+	_, ok = h.mu.TryAcquire()
+	assert.False(t, ok, "a live holder")
+	assert.Equal(t, before, h.load(offMutex), "nothing written")
+
+	holder.kill()
+	g, ok = h.mu.TryAcquire()
+	require.True(t, ok, "a dead holder")
+	assert.True(t, g.Recovered())
+	g.Release()
+	assert.EqualValues(t, 1, h.mu.Recoveries())
+
+	h.mu.Lock()
+	require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+	g, ok = h.mu.TryAcquire()
+	require.True(t, ok, "a broken lock")
+	assert.True(t, g.Recovered())
+	g.Release()
+}
+
 // Cancellation ends a wait promptly, with an error wrapping context.Canceled.
 func TestAcquireCanceled(t *testing.T) {
 	h := newHarness(t, 30*time.Second)

@@ -146,6 +146,32 @@ func (m *Mutex) TryLock() bool {
 	}
 }
 
+// TryAcquire takes m, without waiting, if it is free or if its holder is
+// found dead by one probe, and returns a guard that is told of a death
+// (Recovered) as Acquire's is. It writes nothing when it fails, so a reader
+// that must not write shared memory may call it to free a lock whose holder
+// died.
+func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
+	w := atomic.LoadUint64(m.word)
+	if w&ownerMask != 0 {
+		if h := m.r.Probe(uint32(w & ownerMask)); h.State != shm.Dead {
+			return nil, false
+		}
+		// The same single CAS from the probed word as lockSlow's.
+		nw := w&^lowHalf + genOne | m.self | w&waiters
+		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
+			return nil, false
+		}
+		atomic.AddUint64(&m.line[wordRecoveries], 1)
+		return guard.New(releaser{m}, true, nw>>32), true
+	}
+	nw := w&^lowHalf + genOne | m.self | w&waiters
+	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
+		return nil, false
+	}
+	return guard.New(releaser{m}, w&ownerDied != 0, nw>>32), true
+}
+
 // Unlock unlocks m, which this process must hold. Unlock is a CAS rather
 // than a blind store so that it can never release a lock that is no longer
 // ours (after an administrator's Break, say): that panics with an error

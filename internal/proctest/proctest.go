@@ -1,0 +1,160 @@
+//go:build linux
+
+// Package proctest runs test children: the test binary re-executed in a
+// role, under a watchdog, so that a regression fails a test instead of
+// hanging it.
+package proctest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	roleEnv = "PROCTEST_ROLE"
+	argsEnv = "PROCTEST_ARGS"
+)
+
+// Dispatch runs the role this process was started in, if any, and exits; call
+// it first in TestMain. A child dies with its parent and after a minute in
+// any case.
+func Dispatch(roles map[string]func(args []string) int) {
+	role := os.Getenv(roleEnv)
+	if role == "" {
+		return
+	}
+	time.AfterFunc(60*time.Second, func() {
+		fmt.Fprintln(os.Stderr, "proctest: child watchdog fired")
+		os.Exit(3)
+	})
+	f, ok := roles[role]
+	if !ok {
+		fmt.Fprintln(os.Stderr, "proctest: unknown role", role)
+		os.Exit(2)
+	}
+	os.Exit(f(strings.Fields(os.Getenv(argsEnv))))
+}
+
+// Harness owns a test's children and its watchdog.
+type Harness struct {
+	t        *testing.T
+	mu       sync.Mutex
+	children []*Child
+}
+
+// New returns a harness that kills every child, and fails the test, if the
+// test runs longer than limit.
+func New(t *testing.T, limit time.Duration) *Harness {
+	h := &Harness{t: t}
+	wd := time.AfterFunc(limit, func() {
+		h.KillAll()
+		t.Errorf("watchdog: test still running after %v; children killed", limit)
+	})
+	t.Cleanup(func() { wd.Stop(); h.KillAll() })
+	return h
+}
+
+// Child is a test child.
+type Child struct {
+	cmd    *exec.Cmd
+	out    buffer
+	done   chan struct{}
+	Err    error // the exit status, once reaped
+	reaped atomic.Bool
+}
+
+// Spawn starts the test binary in role with args.
+func (h *Harness) Spawn(role string, args ...string) *Child {
+	h.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, " "))
+	c := &Child{cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = &c.out, &c.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.children = append(h.children, c)
+	h.mu.Unlock()
+	return c
+}
+
+// Pid returns the child's process ID.
+func (c *Child) Pid() int { return c.cmd.Process.Pid }
+
+// Output returns what the child printed so far.
+func (c *Child) Output() string { return c.out.String() }
+
+func (c *Child) reap() {
+	if c.reaped.CompareAndSwap(false, true) {
+		go func() { c.Err = c.cmd.Wait(); close(c.done) }()
+	}
+}
+
+// Wait waits at most limit for the child to exit, and returns its output.
+func (c *Child) Wait(t *testing.T, limit time.Duration) string {
+	t.Helper()
+	c.reap()
+	select {
+	case <-c.done:
+	case <-time.After(limit):
+		c.cmd.Process.Kill()
+		<-c.done
+		t.Fatalf("child %d did not finish within %v; output:\n%s", c.Pid(), limit, c.out.String())
+	}
+	return c.out.String()
+}
+
+// Kill SIGKILLs the child and reaps it.
+func (c *Child) Kill() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	c.reap()
+	<-c.done
+}
+
+// KillAll kills and reaps every child.
+func (h *Harness) KillAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.children {
+		c.Kill()
+	}
+}
+
+// Eventually waits at most limit for cond, and fails the test otherwise.
+func Eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", limit, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

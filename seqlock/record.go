@@ -1,0 +1,133 @@
+package seqlock
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// Record is a crash-consistent record of fixed size in a region: two copies
+// and the index of the published one. See the package documentation.
+type Record struct {
+	mu   *shmlock.Mutex
+	pub  *uint64
+	seq  [2]*uint64
+	data [2][]uint64
+}
+
+// RecordSize returns the bytes a Record of n data bytes occupies in a region:
+// the mutex's cache line, then two copies rounded up to cache lines.
+func RecordSize(n int) int { return shm.LineSize + 2*roundLine(n) }
+
+// NewRecord returns the Record of n data bytes at offset off of r's data area
+// (a multiple of shm.LineSize). Zero bytes are a published record of zeros.
+func NewRecord(r *shm.Region, off, n int) (*Record, error) {
+	if err := checkSize(n); err != nil {
+		return nil, err
+	}
+	mu, line, err := lockSlot(r, off)
+	if err != nil {
+		return nil, err
+	}
+	rec := &Record{mu: mu, pub: &line[wordPub], seq: [2]*uint64{&line[wordSeq0], &line[wordSeq0+1]}}
+	for i := range rec.data {
+		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
+			return nil, err
+		}
+	}
+	return rec, nil
+}
+
+// Len returns the record's size in bytes.
+func (r *Record) Len() int { return 8 * len(r.data[0]) }
+
+// Mutex returns the writers' lock, for inspection.
+func (r *Record) Mutex() *shmlock.Mutex { return r.mu }
+
+// Read copies the published value into dst, which must be Len bytes long. It
+// never waits for a writer, live or dead; it retries only when a writer
+// rewrote the copy it was reading.
+func (r *Record) Read(dst []byte) error {
+	if len(dst) != r.Len() {
+		return fmt.Errorf("%w: buffer of %d bytes for a %d-byte record", ErrSize, len(dst), r.Len())
+	}
+	for {
+		// Re-read the index every time: a copy whose writer died stays
+		// odd forever, and only the published one is sure to settle.
+		i := atomic.LoadUint64(r.pub) & 1
+		s1 := atomic.LoadUint64(r.seq[i])
+		if s1&1 != 0 {
+			continue // being written: the index has moved on
+		}
+		load(dst, r.data[i])
+		if atomic.LoadUint64(r.seq[i]) == s1 {
+			return nil
+		}
+	}
+}
+
+// RecordWriter is an update in progress on a Record. It writes the copy that
+// is not published, which starts as the published value; Commit before
+// Release publishes it, Release without Commit discards it.
+type RecordWriter struct {
+	*guard.Guard
+	r *Record
+	j uint64 // the copy being written
+}
+
+// Update locks the Record for writing, waiting until ctx is done. Recovered
+// on the writer says the previous writer died; nothing needs repair, since
+// what it wrote was never published.
+func (r *Record) Update(ctx context.Context) (*RecordWriter, error) {
+	g, err := r.mu.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := atomic.LoadUint64(r.pub) & 1
+	j := 1 - p
+	// Make copy j's sequence odd before touching its data: a slow reader
+	// still copying it (it was published two writes ago) sees the change.
+	// A dead writer may have left it odd already: move it on all the same.
+	sj := atomic.LoadUint64(r.seq[j])
+	next := sj | 1
+	if next == sj {
+		next += 2
+	}
+	atomic.StoreUint64(r.seq[j], next)
+	copyWords(r.data[j], r.data[p])
+	return &RecordWriter{Guard: guard.New(recordRelease{r, j}, g.Recovered(), g.Fence()), r: r, j: j}, nil
+}
+
+// Store replaces the whole value with src, which must be Len bytes long.
+func (w *RecordWriter) Store(src []byte) error {
+	if len(src) != w.r.Len() {
+		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), w.r.Len())
+	}
+	return storeAt(w.r.data[w.j], 0, src)
+}
+
+// StoreAt writes src at byte offset off of the value being prepared.
+func (w *RecordWriter) StoreAt(off int, src []byte) error { return storeAt(w.r.data[w.j], off, src) }
+
+// Load copies the value being prepared into dst.
+func (w *RecordWriter) Load(dst []byte) { load(dst, w.r.data[w.j]) }
+
+type recordRelease struct {
+	r *Record
+	j uint64
+}
+
+// Release publishes copy j if the update was committed: its sequence goes
+// even, then the index points at it. Without a commit copy j stays odd and
+// unpublished, and the next writer starts over from the published copy.
+func (rr recordRelease) Release(committed bool) {
+	if committed {
+		atomic.AddUint64(rr.r.seq[rr.j], 1)
+		atomic.StoreUint64(rr.r.pub, rr.j)
+	}
+	rr.r.mu.Unlock()
+}

@@ -1,0 +1,122 @@
+// Package seqlock publishes a record in shared memory to readers in any
+// number of processes, who never write shared memory and never take a lock,
+// and never accept a torn record.
+//
+// Two kinds, both written under a robust shmlock.Mutex, so that a writer that
+// dies is recovered as a dead mutex holder is:
+//
+//   - SeqLock keeps one copy of the data beside a sequence counter. Readers
+//     retry while a write is under way. A writer that panics or dies
+//     mid-write leaves the record dirty: readers are told (ErrDirty), never
+//     handed the bytes as valid, until a writer completes a full write.
+//   - Record keeps two copies and the index of the published one (the Linux
+//     seqcount latch). A writer fills the unpublished copy, starting from the
+//     published value, and publishes it with one store; a writer that dies or
+//     panics at any point leaves the published value intact, and readers never
+//     wait for a writer. It costs twice the memory and one extra copy per
+//     write.
+//
+// Data are copied in and out with 64-bit atomic loads and stores, so sizes
+// are positive multiples of 8 bytes (others are refused with ErrSize).
+//
+// Why atomic word copies: Go's sync/atomic operations are sequentially
+// consistent, but plain loads between two of them may be reordered by a
+// weakly ordered CPU (arm64) past the closing load of the sequence, and plain
+// stores of a writer before its opening store of the sequence; the reader
+// would then validate bytes it had not yet read, or that were not yet
+// written. Atomic word accesses keep every data access between the two
+// sequence accesses. On amd64 an atomic load is a plain MOV: they cost
+// nothing there.
+package seqlock
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+var (
+	// ErrDirty: the last write to a SeqLock did not complete (its writer
+	// panicked or died); the data may be torn. It stays so until a writer
+	// completes a full write.
+	ErrDirty = errors.New("seqlock: record is dirty: its last write did not complete")
+	// ErrSize: a data size that is not a positive multiple of 8, or a buffer
+	// of the wrong length.
+	ErrSize = errors.New("seqlock: bad size")
+)
+
+// The words of the mutex's cache line that belong to the object it protects
+// (see shmlock.Mutex): 4..7.
+const (
+	wordSeq   = 4 // SeqLock: the sequence, odd while a write is under way
+	wordState = 5 // SeqLock: stateDirty while the last write did not complete
+
+	wordPub  = 4 // Record: the index (0 or 1) of the published copy
+	wordSeq0 = 5 // Record: the sequence of copy 0 (copy 1: wordSeq0+1)
+)
+
+// stateDirty is set in the state word while the sequence is odd, so a reader
+// that sees the same even sequence before and after its copy sees a state that
+// belongs to the data it copied.
+const stateDirty = 1
+
+func roundLine(n int) int { return (n + shm.LineSize - 1) / shm.LineSize * shm.LineSize }
+
+func checkSize(n int) error {
+	if n <= 0 || n%8 != 0 {
+		return fmt.Errorf("%w: %d is not a positive multiple of 8", ErrSize, n)
+	}
+	return nil
+}
+
+// words returns the n-byte data area at off as 64-bit words.
+func words(r *shm.Region, off, n int) ([]uint64, error) {
+	b, err := r.Bytes(off, n)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n/8), nil
+}
+
+func load(dst []byte, src []uint64) {
+	for i := range src {
+		binary.NativeEndian.PutUint64(dst[8*i:], atomic.LoadUint64(&src[i]))
+	}
+}
+
+func copyWords(dst, src []uint64) {
+	for i := range src {
+		atomic.StoreUint64(&dst[i], atomic.LoadUint64(&src[i]))
+	}
+}
+
+// storeAt stores src at byte offset off of the words w, merging partial words
+// at either end. Only a writer, who holds the lock, calls it.
+func storeAt(w []uint64, off int, src []byte) error {
+	if off < 0 || off > 8*len(w) || len(src) > 8*len(w)-off {
+		return fmt.Errorf("%w: bytes [%d, %d) outside a %d-byte record", ErrSize, off, off+len(src), 8*len(w))
+	}
+	for len(src) > 0 {
+		i, o := off/8, off%8
+		var b [8]byte
+		binary.NativeEndian.PutUint64(b[:], atomic.LoadUint64(&w[i]))
+		n := copy(b[o:], src)
+		atomic.StoreUint64(&w[i], binary.NativeEndian.Uint64(b[:]))
+		src, off = src[n:], off+n
+	}
+	return nil
+}
+
+func lockSlot(r *shm.Region, off int) (*shmlock.Mutex, *[8]uint64, error) {
+	mu, err := shmlock.New(r, off)
+	if err != nil {
+		return nil, nil, err
+	}
+	line, _ := r.Line(off)
+	return mu, line, nil
+}

@@ -1,0 +1,414 @@
+//go:build linux
+
+package seqlock_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/seqlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// The test region: a SeqLock, a Record, and a line of counters.
+type env struct {
+	r    *shm.Region
+	seq  *seqlock.SeqLock
+	rec  *seqlock.Record
+	ctrs []uint64
+	size int
+}
+
+const (
+	ctrTornSeq  = iota // SeqLock reads accepted that failed verification
+	ctrTornRec         // Record reads accepted that failed verification
+	ctrOKSeq           // SeqLock reads verified
+	ctrOKRec           // Record reads verified
+	ctrDirtySeq        // SeqLock reads told ErrDirty
+	ctrStop            // nonzero: stop
+	ctrHanging         // a hanging writer is mid-write
+	nCtrs
+)
+
+func layout(size int) (seqOff, recOff, ctrOff, total int) {
+	seqOff = 0
+	recOff = seqlock.SeqLockSize(size)
+	ctrOff = recOff + seqlock.RecordSize(size)
+	return seqOff, recOff, ctrOff, ctrOff + shm.LineSize
+}
+
+func open(path string, size int) (*env, error) {
+	seqOff, recOff, ctrOff, total := layout(size)
+	r, err := shm.Open(path, shm.Options{Size: total, Slots: 32})
+	if err != nil {
+		return nil, err
+	}
+	e := &env{r: r, size: size}
+	if e.seq, err = seqlock.NewSeqLock(r, seqOff, size); err != nil {
+		return nil, err
+	}
+	if e.rec, err = seqlock.NewRecord(r, recOff, size); err != nil {
+		return nil, err
+	}
+	b, _ := r.Bytes(ctrOff, 8*nCtrs)
+	e.ctrs = unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), nCtrs)
+	return e, nil
+}
+
+func (e *env) add(c int) { atomic.AddUint64(&e.ctrs[c], 1) }
+
+func (e *env) get(c int) uint64 { return atomic.LoadUint64(&e.ctrs[c]) }
+
+// value fills a record from v: word 0 is v, word i is a mix of v and i, so a
+// record made of words from two writes never verifies.
+func value(v uint64, size int) []byte {
+	b := make([]byte, size)
+	for i := range size / 8 {
+		binary.NativeEndian.PutUint64(b[8*i:], mix(v, i))
+	}
+	return b
+}
+
+func mix(v uint64, i int) uint64 {
+	if i == 0 {
+		return v
+	}
+	return (v+uint64(i))*0x9E3779B97F4A7C15 ^ uint64(i)<<32
+}
+
+func verify(b []byte) bool {
+	v := binary.NativeEndian.Uint64(b)
+	for i := 1; i < len(b)/8; i++ {
+		if binary.NativeEndian.Uint64(b[8*i:]) != mix(v, i) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestMain(m *testing.M) {
+	proctest.Dispatch(map[string]func([]string) int{
+		"writer": writer, "reader": reader, "hang-seq": hangSeq, "hang-rec": hangRec, "read-seq": readSeq,
+	})
+	os.Exit(m.Run())
+}
+
+func mustOpen(args []string) *env {
+	size, _ := strconv.Atoi(args[1])
+	e, err := open(args[0], size)
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// writer writes both records word by word, slowly, so that kills land
+// mid-write; each write is a new value, committed.
+func writer(args []string) int {
+	e := mustOpen(args)
+	ctx := context.Background()
+	for v := uint64(rand.Int64()); e.get(ctrStop) == 0; v++ {
+		b := value(v, e.size)
+		w, err := e.seq.Write(ctx)
+		if err != nil {
+			panic(err)
+		}
+		for i := 0; i < len(b); i += 8 {
+			w.StoreAt(i, b[i:i+8])
+			if i == 8 {
+				time.Sleep(20 * time.Microsecond) // half written
+			}
+		}
+		w.Commit()
+		w.Release()
+
+		u, err := e.rec.Update(ctx)
+		if err != nil {
+			panic(err)
+		}
+		for i := 0; i < len(b); i += 8 {
+			u.StoreAt(i, b[i:i+8])
+			if i == 8 {
+				time.Sleep(20 * time.Microsecond)
+			}
+		}
+		u.Commit()
+		u.Release()
+	}
+	return 0
+}
+
+// reader reads both records until told to stop and counts what it saw.
+func reader(args []string) int {
+	e := mustOpen(args)
+	b := make([]byte, e.size)
+	for e.get(ctrStop) == 0 {
+		switch err := e.seq.Read(b); {
+		case errors.Is(err, seqlock.ErrDirty):
+			e.add(ctrDirtySeq)
+		case err != nil:
+			panic(err)
+		case verify(b):
+			e.add(ctrOKSeq)
+		default:
+			e.add(ctrTornSeq)
+			fmt.Printf("torn SeqLock read: %x\n", b)
+		}
+		if err := e.rec.Read(b); err != nil {
+			panic(err)
+		}
+		if verify(b) {
+			e.add(ctrOKRec)
+		} else {
+			e.add(ctrTornRec)
+			fmt.Printf("torn Record read: %x\n", b)
+		}
+	}
+	return 0
+}
+
+// hangSeq starts a write, stores half a record, and hangs (to be killed).
+func hangSeq(args []string) int {
+	e := mustOpen(args)
+	w, _ := e.seq.Write(context.Background())
+	w.StoreAt(0, value(999, e.size)[:8])
+	e.add(ctrHanging)
+	select {}
+}
+
+func hangRec(args []string) int {
+	e := mustOpen(args)
+	u, _ := e.rec.Update(context.Background())
+	u.StoreAt(0, value(999, e.size)[:8])
+	e.add(ctrHanging)
+	select {}
+}
+
+// readSeq reads the SeqLock once and prints the outcome.
+func readSeq(args []string) int {
+	e := mustOpen(args)
+	b := make([]byte, e.size)
+	err := e.seq.Read(b)
+	fmt.Printf("err=%v verified=%v\n", err, verify(b))
+	return 0
+}
+
+func newEnv(t *testing.T, size int) (*env, string) {
+	path := fmt.Sprintf("%s/seqlock-test-%d-%s", shm.Dir, os.Getpid(), strings.ReplaceAll(t.Name(), "/", "_"))
+	os.Remove(path)
+	e, err := open(path, size)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.r.Close(); os.Remove(path) })
+	return e, path
+}
+
+func (e *env) write(t *testing.T, v uint64) {
+	w, err := e.seq.Write(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, w.Store(value(v, e.size)))
+	w.Commit()
+	w.Release()
+	u, err := e.rec.Update(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, u.Store(value(v, e.size)))
+	u.Commit()
+	u.Release()
+}
+
+// Readers in two processes verify every value they accept while two writer
+// processes write continuously and are SIGKILLed at random: no torn value is
+// ever accepted; SeqLock readers are told of the dirty records the kills
+// leave, and Record readers never see one.
+func TestNoTornReadsUnderKills(t *testing.T) {
+	const size = 64
+	run := 2 * time.Second
+	e, path := newEnv(t, size)
+	h := proctest.New(t, 60*time.Second)
+	e.write(t, 1)
+	sz := strconv.Itoa(size)
+	var readers []*proctest.Child
+	for range 2 {
+		readers = append(readers, h.Spawn("reader", path, sz))
+	}
+	writers := []*proctest.Child{h.Spawn("writer", path, sz), h.Spawn("writer", path, sz)}
+	kills := 0
+	for end := time.Now().Add(run); time.Now().Before(end); {
+		time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
+		i := rand.IntN(len(writers))
+		writers[i].Kill()
+		kills++
+		writers[i] = h.Spawn("writer", path, sz)
+	}
+	atomic.StoreUint64(&e.ctrs[ctrStop], 1)
+	for _, c := range append(readers, writers...) {
+		c.Wait(t, 20*time.Second)
+	}
+	t.Logf("%d kills, %d writer recoveries; SeqLock: %d verified, %d dirty, %d torn; Record: %d verified, %d torn",
+		kills, e.seq.Mutex().Recoveries()+e.rec.Mutex().Recoveries(),
+		e.get(ctrOKSeq), e.get(ctrDirtySeq), e.get(ctrTornSeq), e.get(ctrOKRec), e.get(ctrTornRec))
+	assert.Zero(t, e.get(ctrTornSeq), "torn SeqLock values accepted")
+	assert.Zero(t, e.get(ctrTornRec), "torn Record values accepted")
+	assert.Positive(t, e.get(ctrOKSeq))
+	assert.Positive(t, e.get(ctrOKRec))
+	assert.Positive(t, e.get(ctrDirtySeq), "no kill landed mid-write: the test proved nothing")
+
+	// Clean again after the next full write.
+	atomic.StoreUint64(&e.ctrs[ctrStop], 0)
+	e.write(t, 7)
+	b := make([]byte, size)
+	require.NoError(t, e.seq.Read(b))
+	assert.Equal(t, value(7, size), b)
+	require.NoError(t, e.rec.Read(b))
+	assert.Equal(t, value(7, size), b)
+}
+
+// A writer killed mid-write, and no other writer ever comes: a reader still
+// finishes, recovering the parity itself, and is told the record is dirty.
+func TestDeadWriterReaderRecovers(t *testing.T) {
+	const size = 64
+	e, path := newEnv(t, size)
+	h := proctest.New(t, 60*time.Second)
+	e.write(t, 1)
+	w := h.Spawn("hang-seq", path, strconv.Itoa(size))
+	proctest.Eventually(t, 10*time.Second, "writer never started", func() bool { return e.get(ctrHanging) == 1 })
+	w.Kill()
+	out := h.Spawn("read-seq", path, strconv.Itoa(size)).Wait(t, 10*time.Second)
+	assert.Contains(t, out, "err="+seqlock.ErrDirty.Error())
+	assert.EqualValues(t, 1, e.seq.Mutex().Recoveries(), "the reader took the dead writer's lock over")
+	assert.False(t, e.seq.Mutex().Snapshot().Held, "and released it")
+
+	// The next writer is told it recovered nothing new: the reader was told.
+	ww, err := e.seq.Write(context.Background())
+	require.NoError(t, err)
+	assert.False(t, ww.Recovered())
+	ww.Store(value(2, size))
+	ww.Commit()
+	ww.Release()
+	b := make([]byte, size)
+	require.NoError(t, e.seq.Read(b))
+	assert.True(t, verify(b))
+}
+
+// A live writer stopped mid-write is not robbed by readers: they wait, and
+// a reader with a deadline gives up.
+func TestLiveWriterNotRobbedByReaders(t *testing.T) {
+	const size = 64
+	e, path := newEnv(t, size)
+	h := proctest.New(t, 60*time.Second)
+	w := h.Spawn("hang-seq", path, strconv.Itoa(size))
+	proctest.Eventually(t, 10*time.Second, "writer never started", func() bool { return e.get(ctrHanging) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := e.seq.ReadContext(ctx, make([]byte, size))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Zero(t, e.seq.Mutex().Recoveries())
+	w.Kill()
+}
+
+// Record readers never wait for a writer, alive or dead, and keep the
+// published value.
+func TestRecordIgnoresStuckWriter(t *testing.T) {
+	const size = 64
+	e, path := newEnv(t, size)
+	h := proctest.New(t, 60*time.Second)
+	e.write(t, 5)
+	w := h.Spawn("hang-rec", path, strconv.Itoa(size))
+	proctest.Eventually(t, 10*time.Second, "writer never started", func() bool { return e.get(ctrHanging) == 1 })
+	b := make([]byte, size)
+	require.NoError(t, e.rec.Read(b), "while the writer is alive and mid-write")
+	assert.Equal(t, value(5, size), b)
+	w.Kill()
+	require.NoError(t, e.rec.Read(b), "after it died")
+	assert.Equal(t, value(5, size), b)
+	u, err := e.rec.Update(context.Background())
+	require.NoError(t, err)
+	assert.True(t, u.Recovered())
+	u.Load(b)
+	assert.Equal(t, value(5, size), b, "the next writer starts from the published value")
+	u.StoreAt(8, []byte{1, 2, 3})
+	u.Commit()
+	u.Release()
+	require.NoError(t, e.rec.Read(b))
+	assert.Equal(t, value(5, size)[:8], b[:8])
+	assert.Equal(t, []byte{1, 2, 3}, b[8:11], "a partial update of the published value")
+}
+
+// A writer panics mid-write inside defer Release: the panic propagates, the
+// lock is free, the SeqLock is dirty with an even sequence, the Record keeps
+// its old value.
+func TestWriterPanic(t *testing.T) {
+	const size = 64
+	e, _ := newEnv(t, size)
+	e.write(t, 3)
+	b := make([]byte, size)
+
+	got := func() (r any) {
+		defer func() { r = recover() }()
+		w, err := e.seq.Write(context.Background())
+		require.NoError(t, err)
+		defer w.Release()
+		w.StoreAt(0, value(4, size)[:16])
+		panic("boom")
+	}()
+	assert.Equal(t, "boom", got)
+	assert.ErrorIs(t, e.seq.Read(b), seqlock.ErrDirty, "parity restored, record dirty")
+	assert.True(t, e.seq.Mutex().TryLock(), "lock free")
+	e.seq.Mutex().Unlock()
+
+	got = func() (r any) {
+		defer func() { r = recover() }()
+		u, err := e.rec.Update(context.Background())
+		require.NoError(t, err)
+		defer u.Release()
+		u.StoreAt(0, value(4, size)[:16])
+		panic("boom")
+	}()
+	assert.Equal(t, "boom", got)
+	require.NoError(t, e.rec.Read(b))
+	assert.Equal(t, value(3, size), b, "the old value is kept")
+	assert.True(t, e.rec.Mutex().TryLock())
+	e.rec.Mutex().Unlock()
+
+	e.write(t, 8)
+	require.NoError(t, e.seq.Read(b), "clean after a full write")
+	assert.Equal(t, value(8, size), b)
+}
+
+func TestSizes(t *testing.T) {
+	for _, size := range []int{8, 64, 4096} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			e, _ := newEnv(t, size)
+			e.write(t, uint64(size))
+			b := make([]byte, size)
+			require.NoError(t, e.seq.Read(b))
+			assert.Equal(t, value(uint64(size), size), b)
+			require.NoError(t, e.rec.Read(b))
+			assert.Equal(t, value(uint64(size), size), b)
+			assert.ErrorIs(t, e.seq.Read(make([]byte, size+8)), seqlock.ErrSize)
+			assert.ErrorIs(t, e.rec.Read(b[:size-8]), seqlock.ErrSize)
+		})
+	}
+	e, _ := newEnv(t, 64)
+	for _, n := range []int{0, -8, 12, 63} {
+		_, err := seqlock.NewSeqLock(e.r, 0, n)
+		assert.ErrorIs(t, err, seqlock.ErrSize, "size %d", n)
+		_, err = seqlock.NewRecord(e.r, 0, n)
+		assert.ErrorIs(t, err, seqlock.ErrSize, "size %d", n)
+	}
+	_, err := seqlock.NewSeqLock(e.r, 0, 1<<20)
+	assert.ErrorIs(t, err, shm.ErrInvalid, "larger than the region")
+}
