@@ -31,6 +31,7 @@ const (
 	entPID         = 4
 	entStart       = 8
 	entPIDNS       = 16
+	entTimeNS      = 32
 )
 
 // recordingSys passes the probe's system calls through and records them.
@@ -65,13 +66,15 @@ func recordKills(t *testing.T) *recordingSys {
 	return rec
 }
 
-// setEntry writes slot's process-table entry through the file.
+// setEntry writes slot's process-table entry through the file, with this
+// process's time namespace.
 func (h *harness) setEntry(slot int, incarnation uint32, pid int32, start, pidns uint64) {
 	f, err := os.OpenFile(h.path, os.O_RDWR, 0)
 	require.NoError(h.t, err)
 	defer f.Close()
-	var e [24]byte
+	var e [40]byte
 	ne := binary.NativeEndian
+	ne.PutUint64(e[entTimeNS:], owner.Self().TimeNS)
 	ne.PutUint32(e[entIncarnation:], incarnation)
 	ne.PutUint32(e[entPID:], uint32(pid))
 	ne.PutUint64(e[entStart:], start)
@@ -141,14 +144,22 @@ func TestPIDReuse(t *testing.T) {
 
 	// Liveness lock held (a descriptor escaped): /proc readings, a start
 	// time included, never overrule the kernel's lock (they mislead across
-	// time namespaces, for one); the holder is not robbed.
+	// time namespaces, for one). Not robbed; reported unverifiable, with
+	// the administrator's way out.
 	drop := h.holdSlotLock(slot)
 	h.setOwner(ownerWord(20, slot, 7))
 	_, err = h.acquire(300 * time.Millisecond)
 	var he *shmlock.HeldError
 	require.ErrorAs(t, err, &he)
-	assert.Equal(t, shm.Alive, he.Holder.State)
+	assert.Equal(t, shm.Unverifiable, he.Holder.State)
 	assert.Equal(t, pid, he.Holder.PID)
+	assert.Contains(t, err.Error(), "Mutex.Break(")
+
+	// With its own start time, it is alive.
+	h.setEntry(slot, 7, pid, start, ns)
+	_, err = h.acquire(300 * time.Millisecond)
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, shm.Alive, he.Holder.State)
 
 	// Then the process dies and is reaped: dead although the escaped
 	// descriptor still holds the lock.

@@ -108,8 +108,16 @@ func Judge(self, p Process, live Liveness) Verdict {
 		if ok && pv.gone {
 			// The lock can outlive its process only through a descriptor
 			// that escaped to another process (fork without exec,
-			// SCM_RIGHTS); ESRCH settles it.
+			// SCM_RIGHTS, pidfd_getfd); ESRCH settles it.
 			return pv
+		}
+		if ok && pv.State == Dead {
+			// /proc says dead (a zombie, a reused PID) but the lock is
+			// held: an escaped descriptor, or /proc misleading us. Not
+			// ours to decide; not "alive" either, which would hide the
+			// way out from the operator.
+			return Verdict{State: Unverifiable, ProcState: pv.ProcState,
+				Reason: pv.Reason + "; yet its liveness lock is held: a descriptor of the region may have outlived it"}
 		}
 		v := Verdict{State: Alive, Reason: "its liveness lock is held", ProcState: pv.ProcState}
 		if pv.Reason != "" {

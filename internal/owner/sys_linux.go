@@ -80,11 +80,20 @@ func readSelf() Process {
 	if unix.Stat("/proc/self/ns/pid", &s) == nil {
 		p.NS = s.Ino
 	}
-	if unix.Stat("/proc/self/ns/time", &s) == nil {
+	switch err := unix.Stat("/proc/self/ns/time", &s); err {
+	case nil:
 		p.TimeNS = s.Ino
+	case unix.ENOENT:
+		// A kernel without time namespaces: one time domain for all,
+		// and start times are comparable between any two processes.
+		p.TimeNS = singleTimeDomain
 	}
 	return p
 }
+
+// singleTimeDomain is the TimeNS of every process on a kernel without time
+// namespaces; no namespace inode is that small.
+const singleTimeDomain = 1
 
 func procIsOurs() bool {
 	b, err := os.ReadFile("/proc/self/status")
