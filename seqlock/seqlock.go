@@ -83,7 +83,18 @@ func words(r *shm.Region, off, n int) ([]uint64, error) {
 	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n/8), nil
 }
 
+// load copies src into dst (8*len(src) bytes) with one atomic load a word.
 func load(dst []byte, src []uint64) {
+	p := unsafe.Pointer(unsafe.SliceData(dst))
+	if uintptr(p)%8 == 0 {
+		// The usual case (make and append align to 8): word stores
+		// straight into dst, without a byte shuffle or bounds checks.
+		d := unsafe.Slice((*uint64)(p), len(src))
+		for i := range d {
+			d[i] = atomic.LoadUint64(&src[i])
+		}
+		return
+	}
 	for i := range src {
 		binary.NativeEndian.PutUint64(dst[8*i:], atomic.LoadUint64(&src[i]))
 	}
