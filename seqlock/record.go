@@ -63,6 +63,13 @@ func (r *Record) Read(dst []byte) error {
 		if s1&1 != 0 {
 			continue // being written: the index has moved on
 		}
+		// Copy i may have been written again, committed but not yet (or,
+		// its writer dead, never) published, since we read the index: a
+		// writer only writes the copy that is not published. So the index
+		// must still name copy i now that its sequence is even.
+		if atomic.LoadUint64(r.pub)&1 != i {
+			continue
+		}
 		load(dst, r.data[i])
 		if atomic.LoadUint64(r.seq[i]) == s1 {
 			return nil

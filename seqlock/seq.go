@@ -147,50 +147,71 @@ func (s *SeqLock) closeDeadWrite() {
 }
 
 // Writer is a write in progress on a SeqLock: the sequence is odd from Write
-// until Release. Commit before Release publishes the record as clean;
-// Release without Commit (a panic, an early return) leaves it dirty.
+// until Release. Commit before Release publishes the record, clean unless it
+// was dirty and the write did not Store all of it; Release without Commit (a
+// panic, an early return) leaves it dirty.
 type Writer struct {
 	*guard.Guard
-	s *SeqLock
+	w *seqWrite
+}
+
+// seqWrite is the state of one write: whether the record is dirty, which
+// only a Store of the whole record (and its commit) cures.
+type seqWrite struct {
+	s     *SeqLock
+	dirty bool
 }
 
 // Write locks the SeqLock for writing, waiting until ctx is done. If the
-// previous writer died mid-write, the record is dirty and the Writer's
-// Recovered says so. The caller must Release the Writer.
+// previous writer died mid-write, Recovered says so (unless a reader ended
+// that write first), and Dirty says the record is dirty: half written by a
+// writer that died or aborted. A dirty record stays dirty until a writer
+// Stores the whole of it and commits; StoreAt alone cannot know that every
+// byte is new. The caller must Release the Writer.
 func (s *SeqLock) Write(ctx context.Context) (*Writer, error) {
 	g, err := s.mu.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
 	s.closeDeadWrite()
+	w := &seqWrite{s: s, dirty: atomic.LoadUint64(s.state)&stateDirty != 0}
 	atomic.AddUint64(s.seq, 1) // odd: readers wait from here
-	return &Writer{Guard: guard.New(seqRelease{s}, g.Recovered(), g.Fence()), s: s}, nil
+	return &Writer{Guard: guard.New(w, g.Recovered(), g.Fence()), w: w}, nil
 }
 
-// Store replaces the whole record with src, which must be Len bytes long.
+// Dirty reports whether the record is dirty: the last write before this one
+// did not complete, and this one has not yet stored the whole record.
+func (w *Writer) Dirty() bool { return w.w.dirty }
+
+// Store replaces the whole record with src, which must be Len bytes long. It
+// is the write that makes a dirty record clean (at Commit).
 func (w *Writer) Store(src []byte) error {
-	if len(src) != w.s.Len() {
-		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), w.s.Len())
+	s := w.w.s
+	if len(src) != s.Len() {
+		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), s.Len())
 	}
-	return storeAt(w.s.data, 0, src)
+	if err := storeAt(s.data, 0, src); err != nil {
+		return err
+	}
+	w.w.dirty = false
+	return nil
 }
 
 // StoreAt writes src at byte offset off of the record.
-func (w *Writer) StoreAt(off int, src []byte) error { return storeAt(w.s.data, off, src) }
+func (w *Writer) StoreAt(off int, src []byte) error { return storeAt(w.w.s.data, off, src) }
 
 // Load copies the record as it is now, mid-write, into dst.
-func (w *Writer) Load(dst []byte) { load(dst, w.s.data) }
-
-type seqRelease struct{ s *SeqLock }
+func (w *Writer) Load(dst []byte) { load(dst, w.w.s.data) }
 
 // Release ends a write: the state is set while the sequence is still odd,
-// then the sequence goes even, then the lock is released.
-func (r seqRelease) Release(committed bool) {
+// then the sequence goes even, then the lock is released. The record is
+// clean only if the write committed and left no dirt behind.
+func (w *seqWrite) Release(committed bool) {
 	var st uint64
-	if !committed {
+	if !committed || w.dirty {
 		st = stateDirty
 	}
-	atomic.StoreUint64(r.s.state, st)
-	atomic.AddUint64(r.s.seq, 1)
-	r.s.mu.Unlock()
+	atomic.StoreUint64(w.s.state, st)
+	atomic.AddUint64(w.s.seq, 1)
+	w.s.mu.Unlock()
 }

@@ -127,12 +127,9 @@ func writer(args []string) int {
 		if err != nil {
 			panic(err)
 		}
-		for i := 0; i < len(b); i += 8 {
-			w.StoreAt(i, b[i:i+8])
-			if i == 8 {
-				time.Sleep(20 * time.Microsecond) // half written
-			}
-		}
+		w.StoreAt(0, b[:16])
+		time.Sleep(20 * time.Microsecond) // half written
+		w.Store(b)                        // all of it: a dirty record turns clean
 		w.Commit()
 		w.Release()
 
@@ -291,10 +288,18 @@ func TestDeadWriterReaderRecovers(t *testing.T) {
 	assert.EqualValues(t, 1, e.seq.Mutex().Recoveries(), "the reader took the dead writer's lock over")
 	assert.False(t, e.seq.Mutex().Snapshot().Held, "and released it")
 
-	// The next writer is told it recovered nothing new: the reader was told.
+	// The next writer is not told again (the reader was), but it finds
+	// the record dirty, and a partial write does not clean it.
 	ww, err := e.seq.Write(context.Background())
 	require.NoError(t, err)
 	assert.False(t, ww.Recovered())
+	assert.True(t, ww.Dirty())
+	ww.StoreAt(8, []byte{1})
+	ww.Commit()
+	ww.Release()
+	assert.ErrorIs(t, e.seq.Read(make([]byte, size)), seqlock.ErrDirty, "a partial write left it dirty")
+	ww, err = e.seq.Write(context.Background())
+	require.NoError(t, err)
 	ww.Store(value(2, size))
 	ww.Commit()
 	ww.Release()
@@ -382,6 +387,16 @@ func TestWriterPanic(t *testing.T) {
 	assert.Equal(t, value(3, size), b, "the old value is kept")
 	assert.True(t, e.rec.Mutex().TryLock())
 	e.rec.Mutex().Unlock()
+
+	// A later writer that stores only part of the record does not make
+	// the half-written bytes clean.
+	w, err := e.seq.Write(context.Background())
+	require.NoError(t, err)
+	assert.True(t, w.Dirty())
+	w.StoreAt(56, value(5, size)[56:])
+	w.Commit()
+	w.Release()
+	assert.ErrorIs(t, e.seq.Read(b), seqlock.ErrDirty, "partial commit after an abort")
 
 	e.write(t, 8)
 	require.NoError(t, e.seq.Read(b), "clean after a full write")
