@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/futex"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -124,6 +125,7 @@ func (m *Mutex) Lock() {
 	if uint32(w)&^ownerDied != 0 || !atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
 		m.lockWait()
 	}
+	fault.Hit(fault.MutexAcquired) // model: acquired
 }
 
 // lockWait is Lock's slow path, kept out of line so that Lock inlines.
@@ -141,6 +143,7 @@ func (m *Mutex) TryLock() bool {
 			return false
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf+genOne|m.self|w&(waiters|ownerDied)) {
+			fault.Hit(fault.MutexAcquired)
 			return true
 		}
 	}
@@ -157,11 +160,13 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		if h := m.r.Probe(uint32(w & ownerMask)); h.State != shm.Dead {
 			return nil, false
 		}
+		fault.Hit(fault.MutexProbedDead)
 		// The same single CAS from the probed word as lockSlow's.
 		nw := w&^lowHalf + genOne | m.self | w&waiters
 		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 			return nil, false
 		}
+		fault.Hit(fault.MutexRecovered)
 		atomic.AddUint64(&m.line[wordRecoveries], 1)
 		return guard.New(releaser{m}, true, nw>>32), true
 	}
@@ -169,6 +174,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 		return nil, false
 	}
+	fault.Hit(fault.MutexAcquired)
 	return guard.New(releaser{m}, w&ownerDied != 0, nw>>32), true
 }
 
@@ -194,6 +200,7 @@ func (m *Mutex) unlockSlow() {
 		}
 		// ownerDied stays: the news is for an Acquire (see its bit).
 		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf|w&ownerDied) {
+			fault.Hit(fault.MutexReleasedBeforeWake)
 			if w&waiters != 0 {
 				futex.Wake(m.low, 1)
 			}
@@ -210,12 +217,14 @@ func (m *Mutex) unlockSlow() {
 func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	w := atomic.LoadUint64(m.word)
 	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+		fault.Hit(fault.MutexAcquired)
 		return guard.New(releaser{m}, false, (w+genOne)>>32), nil
 	}
 	recovered, held, err := m.lockSlow(ctx, true)
 	if err != nil {
 		return nil, err
 	}
+	fault.Hit(fault.MutexAcquired)
 	return guard.New(releaser{m}, recovered, held>>32), nil
 }
 
@@ -223,7 +232,10 @@ func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 // its own to restore on the abort path: the caller's data is the caller's.
 type releaser struct{ m *Mutex }
 
-func (r releaser) Release(committed bool) { r.m.Unlock() }
+func (r releaser) Release(committed bool) {
+	fault.Hit(fault.MutexBeforeRelease)
+	r.m.Unlock()
+}
 
 // lockSlow acquires m after the fast path failed: spin a little, then sleep
 // on the futex between probes of the holder, until the lock is free or its
@@ -293,6 +305,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		if !now.Before(nextProbe) {
 			last = m.r.Probe(uint32(w & ownerMask))
 			if last.State == shm.Dead {
+				fault.Hit(fault.MutexProbedDead)
 				// Recovery is this one CAS, from the exact word that
 				// was probed to ours. If anything changed since (a
 				// release, another recovery, a waiter's bit), the CAS
@@ -307,6 +320,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 					nw |= ownerDied
 				}
 				if atomic.CompareAndSwapUint64(m.word, w, nw) {
+					fault.Hit(fault.MutexRecovered)
 					atomic.AddUint64(&m.line[wordRecoveries], 1)
 					return tell, nw, nil
 				}
@@ -320,6 +334,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			}
 			w |= waiters
 		}
+		fault.Hit(fault.MutexWaiterBeforeSleep)
 		timeout := nextProbe.Sub(now)
 		if d, ok := ctx.Deadline(); ok {
 			timeout = min(timeout, time.Until(d))

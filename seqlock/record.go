@@ -7,6 +7,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -59,6 +60,7 @@ func (r *Record) Read(dst []byte) error {
 		// Re-read the index every time: a copy whose writer died stays
 		// odd forever, and only the published one is sure to settle.
 		i := atomic.LoadUint64(r.pub) & 1
+		fault.Hit(fault.RecordReadIndex)
 		s1 := atomic.LoadUint64(r.seq[i])
 		if s1&1 != 0 {
 			continue // being written: the index has moved on
@@ -105,7 +107,9 @@ func (r *Record) Update(ctx context.Context) (*RecordWriter, error) {
 		next += 2
 	}
 	atomic.StoreUint64(r.seq[j], next)
+	fault.Hit(fault.RecordOdd)
 	copyWords(r.data[j], r.data[p])
+	fault.Hit(fault.RecordCopied)
 	return &RecordWriter{Guard: guard.New(recordRelease{r, j}, g.Recovered(), g.Fence()), r: r, j: j}, nil
 }
 
@@ -114,11 +118,13 @@ func (w *RecordWriter) Store(src []byte) error {
 	if len(src) != w.r.Len() {
 		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), w.r.Len())
 	}
-	return storeAt(w.r.data[w.j], 0, src)
+	return storeAt(w.r.data[w.j], 0, src, fault.RecordMidData)
 }
 
 // StoreAt writes src at byte offset off of the value being prepared.
-func (w *RecordWriter) StoreAt(off int, src []byte) error { return storeAt(w.r.data[w.j], off, src) }
+func (w *RecordWriter) StoreAt(off int, src []byte) error {
+	return storeAt(w.r.data[w.j], off, src, fault.RecordMidData)
+}
 
 // Load copies the value being prepared into dst.
 func (w *RecordWriter) Load(dst []byte) { load(dst, w.r.data[w.j]) }
@@ -134,7 +140,9 @@ type recordRelease struct {
 func (rr recordRelease) Release(committed bool) {
 	if committed {
 		atomic.AddUint64(rr.r.seq[rr.j], 1)
+		fault.Hit(fault.RecordEven)
 		atomic.StoreUint64(rr.r.pub, rr.j)
+		fault.Hit(fault.RecordPublished)
 	}
 	rr.r.mu.Unlock()
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -132,6 +133,7 @@ func (s *SeqLock) recoverDeadWriter() {
 	if !ok {
 		return
 	}
+	fault.Hit(fault.SeqReaderTookOver)
 	s.closeDeadWrite()
 	g.Commit()
 	g.Release()
@@ -142,6 +144,7 @@ func (s *SeqLock) recoverDeadWriter() {
 func (s *SeqLock) closeDeadWrite() {
 	if atomic.LoadUint64(s.seq)&1 != 0 {
 		atomic.StoreUint64(s.state, stateDirty)
+		fault.Hit(fault.SeqRepairDirty)
 		atomic.AddUint64(s.seq, 1)
 	}
 }
@@ -176,6 +179,7 @@ func (s *SeqLock) Write(ctx context.Context) (*Writer, error) {
 	s.closeDeadWrite()
 	w := &seqWrite{s: s, dirty: atomic.LoadUint64(s.state)&stateDirty != 0}
 	atomic.AddUint64(s.seq, 1) // odd: readers wait from here
+	fault.Hit(fault.SeqWriteOdd)
 	return &Writer{Guard: guard.New(w, g.Recovered(), g.Fence()), w: w}, nil
 }
 
@@ -190,7 +194,7 @@ func (w *Writer) Store(src []byte) error {
 	if len(src) != s.Len() {
 		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), s.Len())
 	}
-	if err := storeAt(s.data, 0, src); err != nil {
+	if err := storeAt(s.data, 0, src, fault.SeqWriteMidData); err != nil {
 		return err
 	}
 	w.w.dirty = false
@@ -198,7 +202,9 @@ func (w *Writer) Store(src []byte) error {
 }
 
 // StoreAt writes src at byte offset off of the record.
-func (w *Writer) StoreAt(off int, src []byte) error { return storeAt(w.w.s.data, off, src) }
+func (w *Writer) StoreAt(off int, src []byte) error {
+	return storeAt(w.w.s.data, off, src, fault.SeqWriteMidData)
+}
 
 // Load copies the record as it is now, mid-write, into dst.
 func (w *Writer) Load(dst []byte) { load(dst, w.w.s.data) }
@@ -212,6 +218,8 @@ func (w *seqWrite) Release(committed bool) {
 		st = stateDirty
 	}
 	atomic.StoreUint64(w.s.state, st)
+	fault.Hit(fault.SeqReleaseState)
 	atomic.AddUint64(w.s.seq, 1)
+	fault.Hit(fault.SeqReleaseEven)
 	w.s.mu.Unlock()
 }

@@ -37,6 +37,7 @@ import (
 	"unsafe"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -108,7 +109,7 @@ func copyWords(dst, src []uint64) {
 
 // storeAt stores src at byte offset off of the words w, merging partial words
 // at either end. Only a writer, who holds the lock, calls it.
-func storeAt(w []uint64, off int, src []byte) error {
+func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 	if off < 0 || off > 8*len(w) || len(src) > 8*len(w)-off {
 		return fmt.Errorf("%w: bytes [%d, %d) outside a %d-byte record", ErrSize, off, off+len(src), 8*len(w))
 	}
@@ -119,6 +120,9 @@ func storeAt(w []uint64, off int, src []byte) error {
 		n := copy(b[o:], src)
 		atomic.StoreUint64(&w[i], binary.NativeEndian.Uint64(b[:]))
 		src, off = src[n:], off+n
+		if len(src) > 0 {
+			fault.Hit(mid)
+		}
 	}
 	return nil
 }

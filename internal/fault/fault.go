@@ -1,0 +1,77 @@
+// Package fault names the steps of shmlock's protocols at which a process
+// may die, so that tests can kill a real process at each of them.
+//
+// Code calls Hit(P) at every step. In a normal build Hit is an empty function
+// that the compiler removes; built with -tags shmlock_fault, a process whose
+// environment says SHMLOCK_FAULT=<point>:<n> SIGKILLs itself on its n-th pass
+// through that point, and tests may also set a hook to run there.
+//
+// Points are enumerated (All), so a test can walk every one of them, and a
+// point added without a test row fails that test.
+package fault
+
+// Point is a step of a protocol.
+type Point uint8
+
+// The points, in protocol order. Each says what has happened when it is hit.
+const (
+	// Mutex
+	MutexAcquired           Point = iota // the acquiring CAS succeeded (any path)
+	MutexBeforeRelease                   // the holder is about to release
+	MutexReleasedBeforeWake              // released; sleepers not yet woken
+	MutexWaiterBeforeSleep               // the waiters bit is set; not yet asleep
+	MutexProbedDead                      // the holder was probed dead; no CAS yet
+	MutexRecovered                       // the recovery CAS succeeded; not yet counted
+
+	// SeqLock
+	SeqWriteOdd       // the sequence went odd; no data stored yet
+	SeqWriteMidData   // between two data words of a store
+	SeqReleaseState   // the state is stored; the sequence is still odd
+	SeqReleaseEven    // the sequence is even; the lock is still held
+	SeqReaderTookOver // a reader took a dead writer's lock; repair not started
+	SeqRepairDirty    // a dead write was marked dirty; the sequence is still odd
+
+	// Record
+	RecordOdd       // the unpublished copy's sequence is odd; nothing copied
+	RecordCopied    // the published value is copied into the unpublished copy
+	RecordMidData   // between two data words of a store
+	RecordEven      // the copy's sequence is even; not yet published
+	RecordPublished // the index names the new copy; the lock is still held
+	RecordReadIndex // a reader loaded the index (a hook point for slow readers)
+
+	numPoints
+)
+
+var names = [numPoints]string{
+	"mutex-acquired", "mutex-before-release", "mutex-released-before-wake",
+	"mutex-waiter-before-sleep", "mutex-probed-dead", "mutex-recovered",
+	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
+	"seq-reader-took-over", "seq-repair-dirty",
+	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
+}
+
+func (p Point) String() string {
+	if p < numPoints {
+		return names[p]
+	}
+	return "fault.Point(?)"
+}
+
+// All returns every point.
+func All() []Point {
+	ps := make([]Point, numPoints)
+	for i := range ps {
+		ps[i] = Point(i)
+	}
+	return ps
+}
+
+// Parse returns the point named s.
+func Parse(s string) (Point, bool) {
+	for i, n := range names {
+		if n == s {
+			return Point(i), true
+		}
+	}
+	return 0, false
+}
