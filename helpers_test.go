@@ -109,7 +109,14 @@ func monotonic() int64 {
 	return ts.Nano()
 }
 
+// extraRoles are roles that other test files add (they open their own
+// regions).
+var extraRoles = map[string]func(args []string) int{}
+
 func runChild(role string, args []string) int {
+	if f, ok := extraRoles[role]; ok {
+		return f(args)
+	}
 	e, err := openEnv(args[0])
 	if err != nil {
 		fmt.Println("open:", err)
@@ -302,8 +309,15 @@ func newHarness(t *testing.T, limit time.Duration) *harness {
 
 func (h *harness) spawn(role string, args ...string) *child {
 	h.t.Helper()
+	return h.spawnIn(h.path, nil, role, args...)
+}
+
+// spawnIn starts a child on the region at path, with extra environment.
+func (h *harness) spawnIn(path string, env []string, role string, args ...string) *child {
+	h.t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(append([]string{h.path}, args...), " "))
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(append([]string{path}, args...), " "))
+	cmd.Env = append(cmd.Env, env...)
 	c := &child{cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &c.out, &c.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,0 +1,333 @@
+//go:build linux && shmlock_fault
+
+package shmlock_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/seqlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// The crash tests run with: go test -tags shmlock_fault -run CrashPoints .
+// Each row kills a real process at one named step of a protocol (see
+// internal/fault) and checks that the survivors make progress within a
+// bound, that there are never two holders, that the committed count is
+// exact, and that no torn value is accepted.
+
+// The seqlock region: a SeqLock, a Record, and counters.
+const (
+	crashSize = 64
+
+	cTorn    = 0 // reads accepted that failed verification
+	cOK      = 1 // reads verified
+	cStop    = 2 // nonzero: stop
+	cWrites  = 3 // writes committed
+	cHanging = 4 // a hanging writer is mid-write
+)
+
+type seqEnv struct {
+	r    *shm.Region
+	seq  *seqlock.SeqLock
+	rec  *seqlock.Record
+	ctrs []uint64
+}
+
+func openSeqEnv(path string) (*seqEnv, error) {
+	recOff := seqlock.SeqLockSize(crashSize)
+	ctrOff := recOff + seqlock.RecordSize(crashSize)
+	r, err := shm.Open(path, shm.Options{Size: ctrOff + shm.LineSize, Slots: 32})
+	if err != nil {
+		return nil, err
+	}
+	e := &seqEnv{r: r}
+	if e.seq, err = seqlock.NewSeqLock(r, 0, crashSize); err != nil {
+		return nil, err
+	}
+	if e.rec, err = seqlock.NewRecord(r, recOff, crashSize); err != nil {
+		return nil, err
+	}
+	b, _ := r.Bytes(ctrOff, shm.LineSize)
+	e.ctrs = unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), 8)
+	return e, nil
+}
+
+func (e *seqEnv) get(c int) uint64 { return atomic.LoadUint64(&e.ctrs[c]) }
+func (e *seqEnv) add(c int)        { atomic.AddUint64(&e.ctrs[c], 1) }
+
+// crashValue is a record whose words all derive from word 0.
+func crashValue(v uint64) []byte {
+	b := make([]byte, crashSize)
+	for i := range crashSize / 8 {
+		w := v
+		if i > 0 {
+			w = (v+uint64(i))*0x9E3779B97F4A7C15 ^ uint64(i)
+		}
+		*(*uint64)(unsafe.Pointer(&b[8*i])) = w
+	}
+	return b
+}
+
+func crashVerify(b []byte) bool {
+	return string(b) == string(crashValue(*(*uint64)(unsafe.Pointer(&b[0]))))
+}
+
+func init() {
+	extraRoles["crash-writer"] = func(args []string) int { // path kind
+		e, err := openSeqEnv(args[0])
+		if err != nil {
+			panic(err)
+		}
+		ctx := context.Background()
+		for v := uint64(os.Getpid()) << 32; e.get(cStop) == 0; v++ {
+			b := crashValue(v)
+			if args[1] == "seq" {
+				w, err := e.seq.Write(ctx)
+				if err != nil {
+					panic(err)
+				}
+				w.StoreAt(0, b[:16])
+				w.Store(b)
+				w.Commit()
+				w.Release()
+			} else {
+				u, err := e.rec.Update(ctx)
+				if err != nil {
+					panic(err)
+				}
+				u.Store(b)
+				u.Commit()
+				u.Release()
+			}
+			e.add(cWrites)
+		}
+		return 0
+	}
+	extraRoles["crash-reader"] = func(args []string) int { // path
+		e, err := openSeqEnv(args[0])
+		if err != nil {
+			panic(err)
+		}
+		b := make([]byte, crashSize)
+		for e.get(cStop) == 0 {
+			if err := e.seq.Read(b); err == nil {
+				if crashVerify(b) {
+					e.add(cOK)
+				} else {
+					e.add(cTorn)
+					fmt.Printf("torn SeqLock value %x\n", b)
+				}
+			} else if !errors.Is(err, seqlock.ErrDirty) {
+				panic(err)
+			}
+			e.rec.Read(b)
+			if crashVerify(b) || string(b) == string(make([]byte, crashSize)) {
+				e.add(cOK)
+			} else {
+				e.add(cTorn)
+				fmt.Printf("torn Record value %x\n", b)
+			}
+		}
+		return 0
+	}
+	extraRoles["crash-hang"] = func(args []string) int { // path: half a SeqLock write, then hang
+		e, err := openSeqEnv(args[0])
+		if err != nil {
+			panic(err)
+		}
+		w, _ := e.seq.Write(context.Background())
+		w.StoreAt(0, crashValue(1)[:8])
+		e.add(cHanging)
+		select {}
+	}
+	extraRoles["crash-read-once"] = func(args []string) int { // path
+		e, err := openSeqEnv(args[0])
+		if err != nil {
+			panic(err)
+		}
+		err = e.seq.Read(make([]byte, crashSize))
+		fmt.Printf("err=%v\n", err)
+		return 0
+	}
+}
+
+func faultEnv(p fault.Point, n int) []string {
+	return []string{fmt.Sprintf("SHMLOCK_FAULT=%s:%d", p, n)}
+}
+
+// diedAt waits for the victim to kill itself at p.
+func diedAt(t *testing.T, victim *child, p fault.Point) {
+	t.Helper()
+	out := victim.wait(t, 20*time.Second)
+	require.Contains(t, out, "fault: dying at "+p.String(), "the victim never reached the point")
+}
+
+// finalRepair takes the mutex once in the test process, as any process
+// would, and checks the counts.
+func (h *harness) finalCheck(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
+	defer cancel()
+	g, err := h.mu.Acquire(ctx)
+	require.NoError(t, err, "the lock is wedged")
+	if g.Recovered() {
+		h.repair()
+	}
+	g.Release()
+	assert.Equal(t, h.sumMine(), h.load(offCounter), "lost or double-counted increments")
+	assert.Zero(t, h.load(offViolation), "two holders at once")
+}
+
+// mutexUnderLoad: the victim is one of three incrementing workers and dies
+// on its n-th pass through the point; the other two go on.
+func mutexUnderLoad(n int) func(*testing.T, fault.Point) {
+	return func(t *testing.T, p fault.Point) {
+		h := newHarness(t, 60*time.Second)
+		victim := h.spawnIn(h.path, faultEnv(p, n), "increment", "0", "0")
+		a := h.spawn("increment", "1", "0")
+		b := h.spawn("increment", "2", "0")
+		diedAt(t, victim, p)
+		c0 := h.load(offCounter)
+		h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
+		*h.word(offStop) = 1
+		a.wait(t, 20*time.Second)
+		b.wait(t, 20*time.Second)
+		h.finalCheck(t)
+	}
+}
+
+// mutexRecoverer: the victim is the one waiter of a holder that is killed,
+// and dies on its way to recovering (or to sleep); two later workers must
+// still get through.
+func mutexRecoverer(t *testing.T, p fault.Point) {
+	h := newHarness(t, 60*time.Second)
+	holder := h.spawn("hold")
+	h.waitHeld()
+	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
+	h.waitSleepers()
+	holder.kill()
+	diedAt(t, victim, p)
+	a := h.spawn("increment", "1", "100")
+	b := h.spawn("increment", "2", "100")
+	a.wait(t, 20*time.Second)
+	b.wait(t, 20*time.Second)
+	assert.EqualValues(t, 200, h.sumMine()-atomic.LoadUint64(h.word(offMine)))
+	h.finalCheck(t)
+}
+
+func newSeqHarness(t *testing.T) (*harness, *seqEnv, string) {
+	h := newHarness(t, 60*time.Second)
+	path := h.path + "-seq"
+	os.Remove(path)
+	e, err := openSeqEnv(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.r.Close(); os.Remove(path) })
+	return h, e, path
+}
+
+// writerUnderLoad: the victim is one of two writers of the SeqLock or the
+// Record, read by two verifying readers, and dies on its n-th pass.
+func writerUnderLoad(kind string, n int) func(*testing.T, fault.Point) {
+	return func(t *testing.T, p fault.Point) {
+		h, e, path := newSeqHarness(t)
+		r1 := h.spawnIn(path, nil, "crash-reader")
+		r2 := h.spawnIn(path, nil, "crash-reader")
+		w := h.spawnIn(path, nil, "crash-writer", kind)
+		victim := h.spawnIn(path, faultEnv(p, n), "crash-writer", kind)
+		diedAt(t, victim, p)
+		c0 := e.get(cWrites)
+		h.eventually(10*time.Second, "no write after the death", func() bool { return e.get(cWrites) >= c0+100 })
+		o0 := e.get(cOK)
+		h.eventually(10*time.Second, "no read after the death", func() bool { return e.get(cOK) >= o0+100 })
+		atomic.StoreUint64(&e.ctrs[cStop], 1)
+		for _, c := range []*child{r1, r2, w} {
+			c.wait(t, 20*time.Second)
+		}
+		assert.Zero(t, e.get(cTorn), "torn values accepted")
+	}
+}
+
+// seqReaderRecoverer: a writer is killed mid-write; the victim is the reader
+// that recovers it, and dies on the way; another reader must still finish.
+func seqReaderRecoverer(t *testing.T, p fault.Point) {
+	h, e, path := newSeqHarness(t)
+	w := h.spawnIn(path, nil, "crash-hang")
+	h.eventually(10*time.Second, "the writer never started", func() bool { return e.get(cHanging) == 1 })
+	w.kill()
+	victim := h.spawnIn(path, faultEnv(p, 1), "crash-read-once")
+	diedAt(t, victim, p)
+	out := h.spawnIn(path, nil, "crash-read-once").wait(t, 10*time.Second)
+	assert.Contains(t, out, "err="+seqlock.ErrDirty.Error())
+	ww, err := e.seq.Write(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, ww.Store(crashValue(9)))
+	ww.Commit()
+	ww.Release()
+	b := make([]byte, crashSize)
+	require.NoError(t, e.seq.Read(b), "clean after a full write")
+	assert.True(t, crashVerify(b))
+}
+
+// readerUnderLoad: the victim is a reader; writers and other readers go on.
+func readerUnderLoad(n int) func(*testing.T, fault.Point) {
+	return func(t *testing.T, p fault.Point) {
+		h, e, path := newSeqHarness(t)
+		w := h.spawnIn(path, nil, "crash-writer", "rec")
+		r := h.spawnIn(path, nil, "crash-reader")
+		victim := h.spawnIn(path, faultEnv(p, n), "crash-reader")
+		diedAt(t, victim, p)
+		o0 := e.get(cOK)
+		h.eventually(10*time.Second, "no read after the death", func() bool { return e.get(cOK) >= o0+100 })
+		atomic.StoreUint64(&e.ctrs[cStop], 1)
+		w.wait(t, 20*time.Second)
+		r.wait(t, 20*time.Second)
+		assert.Zero(t, e.get(cTorn), "torn values accepted")
+	}
+}
+
+// TestCrashPoints walks every crash point. A point without a row fails.
+func TestCrashPoints(t *testing.T) {
+	rows := map[fault.Point]func(*testing.T, fault.Point){
+		fault.MutexAcquired:           mutexUnderLoad(10),
+		fault.MutexBeforeRelease:      mutexUnderLoad(10),
+		fault.MutexReleasedBeforeWake: mutexUnderLoad(2),
+		fault.MutexWaiterBeforeSleep:  mutexRecoverer,
+		fault.MutexProbedDead:         mutexRecoverer,
+		fault.MutexRecovered:          mutexRecoverer,
+		fault.SeqWriteOdd:             writerUnderLoad("seq", 10),
+		fault.SeqWriteMidData:         writerUnderLoad("seq", 10),
+		fault.SeqReleaseState:         writerUnderLoad("seq", 10),
+		fault.SeqReleaseEven:          writerUnderLoad("seq", 10),
+		fault.SeqReaderTookOver:       seqReaderRecoverer,
+		fault.SeqRepairDirty:          seqReaderRecoverer,
+		fault.RecordOdd:               writerUnderLoad("rec", 10),
+		fault.RecordCopied:            writerUnderLoad("rec", 10),
+		fault.RecordMidData:           writerUnderLoad("rec", 10),
+		fault.RecordEven:              writerUnderLoad("rec", 10),
+		fault.RecordPublished:         writerUnderLoad("rec", 10),
+		fault.RecordReadIndex:         readerUnderLoad(1000),
+	}
+	for _, p := range fault.All() {
+		row, ok := rows[p]
+		if !ok {
+			t.Errorf("crash point %v has no row in this table", p)
+			continue
+		}
+		t.Run(p.String(), func(t *testing.T) { row(t, p) })
+	}
+}
+
+var _ = strings.Contains

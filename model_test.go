@@ -1,0 +1,89 @@
+//go:build linux
+
+package shmlock_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// pan runs SPIN on mutex.pml with the given defines, compiles the verifier
+// with ccflags, runs it with args, and returns its output.
+func pan(t *testing.T, mutate func(string) string, defines []string, ccflags []string, args ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	model, err := os.ReadFile("mutex.pml")
+	require.NoError(t, err)
+	if mutate != nil {
+		m := mutate(string(model))
+		require.NotEqual(t, string(model), m, "the mutation no longer applies to the model")
+		model = []byte(m)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "mutex.pml"), model, 0o644))
+	run := func(name string, args ...string) string {
+		cmd := exec.Command(name, args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s %v:\n%s", name, args, out)
+		return string(out)
+	}
+	run("spin", append(append([]string{}, defines...), "-a", "mutex.pml")...)
+	run("cc", append([]string{"-O2", "-w", "-o", "pan", "pan.c"}, ccflags...)...)
+	cmd := exec.Command("./pan", args...)
+	cmd.Dir = dir
+	out, _ := cmd.CombinedOutput() // pan exits non-zero on a violation
+	return string(out)
+}
+
+var panErrors = regexp.MustCompile(`errors: (\d+)`)
+
+func panErrorCount(t *testing.T, out string) string {
+	m := panErrors.FindStringSubmatch(out)
+	require.NotNil(t, m, "no verdict in pan's output:\n%s", out)
+	return m[1]
+}
+
+// TestModel checks the protocol model with SPIN: mutual exclusion and no
+// accepted torn read in every interleaving with crashes at every step, no
+// non-progress cycle under weak fairness, and that the model does catch the
+// "clear, then retake" recovery bug.
+func TestModel(t *testing.T) {
+	if _, err := exec.LookPath("spin"); err != nil {
+		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
+	}
+	if testing.Short() {
+		t.Skip("model checking takes a few seconds")
+	}
+	safety := pan(t, nil, nil, []string{"-DSAFETY"}, "-m1000000")
+	assert.Equal(t, "0", panErrorCount(t, safety), safety)
+	t.Log("safety:", regexp.MustCompile(`(?m)^\s*[0-9.e+]+ states, stored.*$`).FindString(safety))
+
+	progress := pan(t, nil, nil, []string{"-DNP"}, "-l", "-f", "-m1000000")
+	assert.Equal(t, "0", panErrorCount(t, progress), progress)
+	t.Log("progress:", regexp.MustCompile(`(?m)^\s*[0-9.e+]+ states, stored.*$`).FindString(progress))
+
+	// The model must catch known bugs, or it proves nothing.
+	bug := pan(t, nil, []string{"-DCLEAR_RETAKE"}, []string{"-DSAFETY"}, "-m1000000")
+	assert.Equal(t, "1", panErrorCount(t, bug), "the model misses the clear-then-retake bug:\n%s", bug)
+	assert.Contains(t, bug, "assertion violated (inside==1)")
+	t.Log("clear-then-retake:", regexp.MustCompile(`pan:1: .*`).FindString(bug))
+
+	noDirty := pan(t, func(m string) string {
+		return strings.Replace(m, "seq % 2 == 1 -> dirty = true; CRASH_IN;", "seq % 2 == 1 -> CRASH_IN;", 1)
+	}, nil, []string{"-DSAFETY"}, "-m1000000")
+	assert.Contains(t, noDirty, "assertion violated (a==b)", "the model misses a repair that does not mark dirty")
+	t.Log("repair without dirty:", regexp.MustCompile(`pan:1: .*`).FindString(noDirty))
+
+	noReaderRecovery := pan(t, func(m string) string {
+		return strings.Replace(m, ":: atomic { owner != NONE && !alive[owner] -> owner = _pid; gen++; inside++; assert(inside == 1) }", ":: false ->", 1)
+	}, nil, []string{"-DNP"}, "-l", "-f", "-m1000000")
+	assert.Contains(t, noReaderRecovery, "non-progress cycle", "the model misses readers wedged on a dead writer")
+	t.Log("readers without recovery:", regexp.MustCompile(`pan:1: .*`).FindString(noReaderRecovery))
+}
