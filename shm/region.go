@@ -421,6 +421,25 @@ func (r *Region) Line(off int) (*[LineSize / 8]uint64, error) {
 	return (*[LineSize / 8]uint64)(unsafe.Pointer(&b[0])), nil
 }
 
+// Check reports whether the region file still has the size this mapping
+// needs; ErrTruncated if something shrank it. Touching mapped pages past the
+// end of a truncated file faults: the Go runtime then stops the process with
+// "unexpected fault address" and "signal SIGBUS", or, in a goroutine that
+// called debug.SetPanicOnFault(true), panics with a runtime.Error that can be
+// recovered. A program that shares a region with untrusted writers of the
+// file can Check before trusting it, and use SetPanicOnFault around access.
+func (r *Region) Check() error {
+	fi, err := r.f.Stat()
+	if err != nil {
+		return &Error{Op: "check", Path: r.path, Err: err}
+	}
+	if fi.Size() < int64(len(r.m)) {
+		return &Error{Op: "check", Path: r.path, Kind: ErrTruncated,
+			Detail: fmt.Sprintf("file is %d bytes, the mapping needs %d", fi.Size(), len(r.m))}
+	}
+	return nil
+}
+
 // Created returns when the region was created, and by which PID.
 func (r *Region) Created() (time.Time, int32) {
 	ne := binary.NativeEndian

@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,6 +52,30 @@ func runChild(role, arg string) int {
 		b, _ := r.Bytes(index*8, 8)
 		binary.NativeEndian.PutUint64(b, uint64(os.Getpid()))
 		fmt.Printf("%d %d %d\n", created.UnixNano(), creator, SlotOf(r.ID()))
+		return 0
+	case "touch-truncated":
+		// arg: path[,panic]. Map, wait for the truncation, touch.
+		path, mode, _ := strings.Cut(arg, ",")
+		r, err := Open(path, Options{})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		fmt.Println("mapped")
+		for r.Check() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		fmt.Println("check:", r.Check())
+		if mode == "panic" {
+			debug.SetPanicOnFault(true)
+			defer func() { fmt.Println("recovered:", recover()) }()
+		}
+		b, _ := r.Bytes(r.Size()-1, 1)
+		b[0] = 1
+		return 0
+	case "open-as-nobody":
+		_, err := Open(arg, Options{})
+		fmt.Println("permission:", errors.Is(err, fs.ErrPermission), err)
 		return 0
 	}
 	return 2
@@ -374,4 +400,85 @@ func TestRacingOpeners(t *testing.T) {
 	}
 	assert.Equal(t, n, marks, "no opener's mark was wiped by a second initialisation")
 	assert.EqualValues(t, n+1, binary.NativeEndian.Uint64(r.m[offAttaches:]))
+}
+
+// A region truncated while mapped: Check says so; touching the lost pages
+// stops the process with an explicit SIGBUS report, never silently, or
+// panics recoverably under debug.SetPanicOnFault.
+func TestTruncatedWhileMapped(t *testing.T) {
+	for _, mode := range []string{"crash", "panic"} {
+		t.Run(mode, func(t *testing.T) {
+			path := tempPath(t)
+			r, err := Open(path, Options{Size: 2 * pageSize})
+			require.NoError(t, err)
+			defer r.Close()
+			var out lockedBuffer
+			cmd := exec.Command(os.Args[0], "-test.run=^$", path+","+mode)
+			cmd.Env = append(os.Environ(), childEnv+"=touch-truncated")
+			cmd.Stdout, cmd.Stderr = &out, &out
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			require.NoError(t, cmd.Start())
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(out.String(), "mapped") {
+				require.True(t, time.Now().Before(deadline), out.String())
+				time.Sleep(time.Millisecond)
+			}
+			require.NoError(t, os.Truncate(path, pageSize))
+			assert.ErrorIs(t, r.Check(), ErrTruncated)
+			err = cmd.Wait()
+			got := out.String()
+			assert.Contains(t, got, "check: shm: check "+path+": region file is truncated")
+			if mode == "crash" {
+				assert.Error(t, err)
+				assert.Contains(t, got, "unexpected fault address")
+				assert.Contains(t, got, "SIGBUS")
+			} else {
+				assert.NoError(t, err)
+				assert.Contains(t, got, "recovered: runtime error")
+			}
+		})
+	}
+}
+
+// A region file this user may not open: a typed permission error.
+func TestNoPermission(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run a child as another user")
+	}
+	dir, err := os.MkdirTemp("", "shm-perm")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	bin := filepath.Join(dir, "test.bin")
+	exe, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, exe, 0o755))
+	path := filepath.Join(dir, "region")
+	r, err := Open(path, Options{Size: 64}) // 0600, root's
+	require.NoError(t, err)
+	defer r.Close()
+	cmd := exec.Command(bin, "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=open-as-nobody")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.Contains(t, string(out), "permission: true")
+	assert.Contains(t, string(out), path)
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -33,7 +33,7 @@ func FuzzParseStatComm(f *testing.F) {
 	f.Add(") ) )", byte('T'), uint64(1<<40), 12)
 	f.Add("", byte('R'), uint64(0), 1)
 	f.Fuzz(func(t *testing.T, comm string, state byte, start uint64, threads int) {
-		if strings.ContainsAny(comm, "\x00\n") || len(comm) > 64 || state <= ' ' || state > '~' || state == ')' || threads < 0 {
+		if strings.ContainsAny(comm, "\x00\n") || len(comm) > 64 || !isLetter(state) || threads < 0 {
 			t.Skip()
 		}
 		line := fmt.Sprintf("4242 (%s) %c 1 1 1 0 -1 4194304 122 0 1 0 0 0 0 0 20 0 %d 0 %d 3133440 395\n", comm, state, threads, start)

@@ -27,7 +27,7 @@ func ParseStat(b []byte) (Stat, error) {
 	// After ") " come fields 3, 4, …: state is the first, the thread
 	// count the 18th, the start time the 20th.
 	f := bytes.Fields(b[i+1:])
-	if len(f) < 20 || len(f[0]) != 1 {
+	if len(f) < 20 || len(f[0]) != 1 || !isLetter(f[0][0]) {
 		return Stat{}, ErrStatFormat
 	}
 	threads, err := strconv.Atoi(string(f[17]))
@@ -40,3 +40,6 @@ func ParseStat(b []byte) (Stat, error) {
 	}
 	return Stat{State: f[0][0], Threads: threads, Start: start}, nil
 }
+
+// isLetter: a process state is one letter (R, S, D, Z, T, t, X, I, …).
+func isLetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
