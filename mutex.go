@@ -36,6 +36,11 @@ import (
 //	             rob a later holder, even one with the same owner (ABA). The
 //	             holder's gen is its fencing token.
 //
+// Every step of the protocol is marked by fault.Hit with a named point; the
+// SPIN model in mutex.pml labels its steps with the same names (its acquire,
+// probe, recovery CAS and release are Lock, Probe, the CAS in lockSlow and
+// Unlock here), so a change to either shows where the other must change.
+//
 // The low half follows the layout of a Linux robust futex word (TID, then
 // OWNER_DIED, then FUTEX_WAITERS), and it is the half that changes at every
 // release, so waiters sleep on it with a futex.

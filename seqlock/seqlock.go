@@ -16,6 +16,9 @@
 //     wait for a writer. It costs twice the memory and one extra copy per
 //     write.
 //
+// The SeqLock's steps (Write, closeDeadWrite, Release, recoverDeadWriter) are
+// modelled in ../mutex.pml under the names of the fault.Point marking each.
+//
 // Data are copied in and out with 64-bit atomic loads and stores, so sizes
 // are positive multiples of 8 bytes (others are refused with ErrSize).
 //
