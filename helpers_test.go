@@ -3,7 +3,6 @@
 package shmlock_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -260,22 +260,7 @@ type child struct {
 	reaped atomic.Bool
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = proctest.Buffer
 
 // harness owns a test's region and children, and its watchdog.
 type harness struct {

@@ -13,13 +13,14 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/proctest"
 )
 
 const childEnv = "SHM_TEST_CHILD"
@@ -412,7 +413,7 @@ func TestTruncatedWhileMapped(t *testing.T) {
 			r, err := Open(path, Options{Size: 2 * pageSize})
 			require.NoError(t, err)
 			defer r.Close()
-			var out lockedBuffer
+			var out proctest.Buffer
 			cmd := exec.Command(os.Args[0], "-test.run=^$", path+","+mode)
 			cmd.Env = append(os.Environ(), childEnv+"=touch-truncated")
 			cmd.Stdout, cmd.Stderr = &out, &out
@@ -464,21 +465,4 @@ func TestNoPermission(t *testing.T) {
 	require.NoError(t, err, string(out))
 	assert.Contains(t, string(out), "permission: true")
 	assert.Contains(t, string(out), path)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

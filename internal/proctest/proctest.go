@@ -65,7 +65,7 @@ func New(t *testing.T, limit time.Duration) *Harness {
 // Child is a test child.
 type Child struct {
 	cmd    *exec.Cmd
-	out    buffer
+	out    Buffer
 	done   chan struct{}
 	Err    error // the exit status, once reaped
 	reaped atomic.Bool
@@ -142,18 +142,20 @@ func Eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 	}
 }
 
-type buffer struct {
+// Buffer collects a child's output; it may be read while the child writes.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *buffer) Write(p []byte) (int, error) {
+func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *buffer) String() string {
+// String returns what was written so far.
+func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
