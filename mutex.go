@@ -63,6 +63,11 @@ const (
 	wordSince = 2
 )
 
+// successor is the owner word that an acquisition by owner self installs in
+// place of w: the next generation, self as owner, and of w's flags only those
+// in keep.
+func successor(w, self, keep uint64) uint64 { return w&^lowHalf + genOne | self | w&keep }
+
 // Size is the number of bytes a Mutex occupies in a region: one cache line.
 const Size = shm.LineSize
 
@@ -147,7 +152,7 @@ func (m *Mutex) TryLock() bool {
 		if w&ownerMask != 0 {
 			return false
 		}
-		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf+genOne|m.self|w&(waiters|ownerDied)) {
+		if atomic.CompareAndSwapUint64(m.word, w, successor(w, m.self, waiters|ownerDied)) {
 			fault.Hit(fault.MutexAcquired)
 			return true
 		}
@@ -167,7 +172,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		}
 		fault.Hit(fault.MutexProbedDead)
 		// The same single CAS from the probed word as lockSlow's.
-		nw := w&^lowHalf + genOne | m.self | w&waiters
+		nw := successor(w, m.self, waiters)
 		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 			return nil, false
 		}
@@ -175,7 +180,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		atomic.AddUint64(&m.line[wordRecoveries], 1)
 		return guard.New(releaser{m}, true, nw>>32), true
 	}
-	nw := w&^lowHalf + genOne | m.self | w&waiters
+	nw := successor(w, m.self, waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 		return nil, false
 	}
@@ -273,7 +278,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		if w&ownerMask == 0 {
 			// Free. A waiter that slept keeps the waiters bit set, so
 			// that its release wakes whoever else may be asleep.
-			nw := w&^lowHalf + genOne | m.self | w&keep
+			nw := successor(w, m.self, keep)
 			if slept {
 				nw |= waiters
 			}
@@ -317,7 +322,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				// fails and we look again: never a clear-then-retake.
 				// A recoverer that dies right after it is a dead
 				// holder like any other.
-				nw := w&^lowHalf + genOne | m.self | w&waiters
+				nw := successor(w, m.self, waiters)
 				if slept {
 					nw |= waiters
 				}
