@@ -195,6 +195,9 @@ func TestMain(m *testing.M) {
 }
 
 func runChild(args []string) int {
+	if args[0] == "contend" {
+		return contendChild(args[1:])
+	}
 	role, path, kind := args[0], args[1], args[2]
 	count, _ := strconv.Atoi(args[3])
 	g, err := openRegion(path, 64)

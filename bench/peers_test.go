@@ -1,0 +1,203 @@
+//go:build linux
+
+package bench
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// A peer is a cross-process lock a Go program could use instead of shmlock,
+// behind one small interface. Every peer guards the same counter, in the same
+// shared region, so that contended runs can check the count.
+type peer interface {
+	Lock()
+	Unlock()
+	Close()
+}
+
+// peerNames are fixed so results compare across versions.
+var peerNames = []string{"shmlock", "syncmutex", "naivespin", "flock", "ofd", "sysvsem"}
+
+// peerRegion lays out the lock words the in-memory peers use and the shared
+// counter: shmlock's Mutex at 0, the naive spinlock's word at 64, the
+// counter at 128.
+const (
+	peerMutexOff   = 0
+	peerSpinOff    = 64
+	peerCounterOff = 128
+	peerRegionSize = 192
+)
+
+type peerEnv struct {
+	r       *shm.Region
+	counter *uint64
+	path    string // the region; file locks lock path+".lock"
+}
+
+func openPeerEnv(path string) (*peerEnv, error) {
+	r, err := shm.Open(path, shm.Options{Size: peerRegionSize, Slots: 64})
+	if err != nil {
+		return nil, err
+	}
+	b, _ := r.Bytes(peerCounterOff, 8)
+	return &peerEnv{r: r, counter: (*uint64)(unsafe.Pointer(&b[0])), path: path}, nil
+}
+
+func (e *peerEnv) open(name string) (peer, error) {
+	switch name {
+	case "shmlock":
+		mu, err := shmlock.New(e.r, peerMutexOff)
+		return shmPeer{mu}, err
+	case "syncmutex":
+		return &syncPeer{}, nil
+	case "naivespin":
+		line, err := e.r.Line(peerSpinOff)
+		return spinPeer{&line[0]}, err
+	case "flock", "ofd":
+		fd, err := unix.Open(e.path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if name == "flock" {
+			return flockPeer{fd}, nil
+		}
+		return ofdPeer{fd}, nil
+	case "sysvsem":
+		return openSem(e.path)
+	}
+	return nil, fmt.Errorf("no peer %q", name)
+}
+
+type shmPeer struct{ *shmlock.Mutex }
+
+func (shmPeer) Close() {}
+
+// syncPeer is sync.Mutex: one process only, the floor for a lock word in
+// memory. Its contended runs use goroutines, not processes.
+type syncPeer struct{ sync.Mutex }
+
+func (*syncPeer) Close() {}
+
+// spinPeer is a test-and-test-and-set spinlock on a shared word, with no
+// robustness: what robustness costs is measured against it. A dead holder
+// wedges it for ever.
+type spinPeer struct{ w *uint64 }
+
+func (p spinPeer) Lock() {
+	for i := 0; ; i++ {
+		if atomic.LoadUint64(p.w) == 0 && atomic.CompareAndSwapUint64(p.w, 0, 1) {
+			return
+		}
+		if i%64 == 63 {
+			runtime.Gosched()
+		}
+	}
+}
+
+func (p spinPeer) Unlock() { atomic.StoreUint64(p.w, 0) }
+func (spinPeer) Close()    {}
+
+// flockPeer is flock(2) on a lock file, what gofrs/flock does.
+type flockPeer struct{ fd int }
+
+func (p flockPeer) Lock()   { must(unix.Flock(p.fd, unix.LOCK_EX)) }
+func (p flockPeer) Unlock() { must(unix.Flock(p.fd, unix.LOCK_UN)) }
+func (p flockPeer) Close()  { unix.Close(p.fd) }
+
+// ofdPeer is an open-file-description lock on the lock file's first byte.
+type ofdPeer struct{ fd int }
+
+func (p ofdPeer) Lock() {
+	must(unix.FcntlFlock(uintptr(p.fd), unix.F_OFD_SETLKW, &unix.Flock_t{Type: unix.F_WRLCK, Len: 1}))
+}
+
+func (p ofdPeer) Unlock() {
+	must(unix.FcntlFlock(uintptr(p.fd), unix.F_OFD_SETLK, &unix.Flock_t{Type: unix.F_UNLCK, Len: 1}))
+}
+func (p ofdPeer) Close() { unix.Close(p.fd) }
+
+// semPeer is a System V semaphore taken with SEM_UNDO, which the kernel
+// undoes when its holder dies.
+type semPeer struct{ id int }
+
+type sembuf struct {
+	num uint16
+	op  int16
+	flg int16
+}
+
+const semUndo = 0x1000 // SEM_UNDO
+
+func openSem(path string) (peer, error) {
+	if f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	}
+	key, err := ftok(path+".lock", 's')
+	if err != nil {
+		return nil, err
+	}
+	id, _, errno := unix.Syscall(unix.SYS_SEMGET, uintptr(key), 1, unix.IPC_CREAT|unix.IPC_EXCL|0o600)
+	if errno == unix.EEXIST {
+		id, _, errno = unix.Syscall(unix.SYS_SEMGET, uintptr(key), 1, 0o600)
+	} else if errno == 0 {
+		// New: value 1, free. (SETVAL = 16.)
+		if _, _, e := unix.Syscall6(unix.SYS_SEMCTL, id, 0, 16, 1, 0, 0); e != 0 {
+			return nil, e
+		}
+	}
+	if errno != 0 {
+		return nil, errno
+	}
+	return semPeer{int(id)}, nil
+}
+
+// ftok derives a System V key from a file, as ftok(3) does.
+func ftok(path string, proj byte) (int32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return int32(uint32(st.Ino&0xffff) | uint32(st.Dev&0xff)<<16 | uint32(proj)<<24), nil
+}
+
+func (p semPeer) op(delta int16) {
+	b := sembuf{0, delta, semUndo}
+	for {
+		_, _, e := unix.Syscall(unix.SYS_SEMOP, uintptr(p.id), uintptr(unsafe.Pointer(&b)), 1)
+		if e != unix.EINTR {
+			if e != 0 {
+				panic(e)
+			}
+			return
+		}
+	}
+}
+
+func (p semPeer) Lock()   { p.op(-1) }
+func (p semPeer) Unlock() { p.op(1) }
+func (p semPeer) Close()  {}
+
+// removeSem deletes the semaphore set of path (IPC_RMID = 0).
+func removeSem(path string) {
+	if key, err := ftok(path+".lock", 's'); err == nil {
+		if id, _, e := unix.Syscall(unix.SYS_SEMGET, uintptr(key), 1, 0o600); e == 0 {
+			unix.Syscall(unix.SYS_SEMCTL, id, 0, 0)
+		}
+	}
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}
