@@ -35,12 +35,16 @@ const (
 	peerMutexOff   = 0
 	peerSpinOff    = 64
 	peerCounterOff = 128
+	peerHeldOff    = 136 // recovery: the holder holds
+	peerReadyOff   = 144 // recovery: the waiter is about to wait
+	peerAcqOff     = 152 // recovery: CLOCK_MONOTONIC ns when the waiter got the lock
 	peerRegionSize = 192
 )
 
 type peerEnv struct {
 	r       *shm.Region
 	counter *uint64
+	ctl     []uint64 // held, ready, acquired
 	path    string // the region; file locks lock path+".lock"
 }
 
@@ -49,8 +53,9 @@ func openPeerEnv(path string) (*peerEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, _ := r.Bytes(peerCounterOff, 8)
-	return &peerEnv{r: r, counter: (*uint64)(unsafe.Pointer(&b[0])), path: path}, nil
+	b, _ := r.Bytes(peerCounterOff, 32)
+	w := unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), 4)
+	return &peerEnv{r: r, counter: &w[0], ctl: w[1:], path: path}, nil
 }
 
 func (e *peerEnv) open(name string) (peer, error) {

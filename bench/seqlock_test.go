@@ -195,8 +195,11 @@ func TestMain(m *testing.M) {
 }
 
 func runChild(args []string) int {
-	if args[0] == "contend" {
+	switch args[0] {
+	case "contend":
 		return contendChild(args[1:])
+	case "recover-hold", "recover-wait":
+		return recoverChild(args[0], args[1:])
 	}
 	role, path, kind := args[0], args[1], args[2]
 	count, _ := strconv.Atoi(args[3])
