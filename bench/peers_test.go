@@ -45,7 +45,7 @@ type peerEnv struct {
 	r       *shm.Region
 	counter *uint64
 	ctl     []uint64 // held, ready, acquired
-	path    string // the region; file locks lock path+".lock"
+	path    string   // the region; file locks lock path+".lock"
 }
 
 func openPeerEnv(path string) (*peerEnv, error) {
