@@ -23,6 +23,13 @@ func newPeerEnv(b *testing.B) *peerEnv {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if pthreadPeer != nil {
+		// Initialised here, in the benchmark process, before any child
+		// that uses it exists.
+		if _, err := pthreadPeer(e, true); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.Cleanup(func() {
 		e.r.Close()
 		removeSem(path)

@@ -38,8 +38,13 @@ const (
 	peerHeldOff    = 136 // recovery: the holder holds
 	peerReadyOff   = 144 // recovery: the waiter is about to wait
 	peerAcqOff     = 152 // recovery: CLOCK_MONOTONIC ns when the waiter got the lock
-	peerRegionSize = 192
+	pthreadOff     = 192 // the pthread robust mutex (-tags shmlock_pthread)
+	peerRegionSize = 256
 )
+
+// pthreadPeer opens the cgo robust pthread mutex, in builds with
+// -tags shmlock_pthread (see pthread.go); nil otherwise.
+var pthreadPeer func(e *peerEnv, create bool) (peer, error)
 
 type peerEnv struct {
 	r       *shm.Region
@@ -79,6 +84,8 @@ func (e *peerEnv) open(name string) (peer, error) {
 		return ofdPeer{fd}, nil
 	case "sysvsem":
 		return openSem(e.path)
+	case "pthreadrobust":
+		return pthreadPeer(e, false)
 	}
 	return nil, fmt.Errorf("no peer %q", name)
 }
