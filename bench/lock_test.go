@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,17 +83,24 @@ func BenchmarkContended(b *testing.B) {
 					unix.Getrusage(unix.RUSAGE_SELF, &after)
 					cpu = rusageCPU(&after) - rusageCPU(&before)
 				} else {
+					// Workers start together, once all have started up,
+					// and report the CPU their loops used: start-up is in
+					// neither figure.
 					var cmds []*exec.Cmd
 					for range n {
 						cmds = append(cmds, child(b, "contend", e.path, name, strconv.Itoa(per)))
 					}
+					for atomic.LoadUint64(&e.ctl[ctlReadyN]) < uint64(n) {
+						time.Sleep(50 * time.Microsecond)
+					}
+					start = time.Now()
+					atomic.StoreUint64(&e.ctl[ctlGo], 1)
 					for _, c := range cmds {
 						if err := c.Wait(); err != nil {
 							b.Fatal(err)
 						}
-						ru := c.ProcessState.SysUsage().(*syscall.Rusage)
-						cpu += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 					}
+					cpu = time.Duration(atomic.LoadUint64(&e.ctl[ctlCPU]))
 				}
 				elapsed := time.Since(start)
 				total := uint64(n * per)
@@ -133,6 +140,14 @@ func contendChild(args []string) int {
 		return 1
 	}
 	n, _ := strconv.Atoi(args[2])
+	atomic.AddUint64(&e.ctl[ctlReadyN], 1)
+	for atomic.LoadUint64(&e.ctl[ctlGo]) == 0 {
+		runtime.Gosched()
+	}
+	var before, after unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &before)
 	contend(p, e.counter, n)
+	unix.Getrusage(unix.RUSAGE_SELF, &after)
+	atomic.AddUint64(&e.ctl[ctlCPU], uint64(rusageCPU(&after)-rusageCPU(&before)))
 	return 0
 }

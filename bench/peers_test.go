@@ -38,6 +38,9 @@ const (
 	peerHeldOff    = 136 // recovery: the holder holds
 	peerReadyOff   = 144 // recovery: the waiter is about to wait
 	peerAcqOff     = 152 // recovery: CLOCK_MONOTONIC ns when the waiter got the lock
+	peerReadyN     = 160 // contended: workers at the start line
+	peerGo         = 168 // contended: nonzero once all may start
+	peerCPU        = 176 // contended: CPU ns the workers spent in their loops
 	pthreadOff     = 192 // the pthread robust mutex (-tags shmlock_pthread)
 	peerRegionSize = 256
 )
@@ -49,7 +52,7 @@ var pthreadPeer func(e *peerEnv, create bool) (peer, error)
 type peerEnv struct {
 	r       *shm.Region
 	counter *uint64
-	ctl     []uint64 // held, ready, acquired
+	ctl     []uint64 // held, ready, acquired, readyN, go, cpu
 	path    string   // the region; file locks lock path+".lock"
 }
 
@@ -58,8 +61,8 @@ func openPeerEnv(path string) (*peerEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, _ := r.Bytes(peerCounterOff, 32)
-	w := unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), 4)
+	b, _ := r.Bytes(peerCounterOff, 56)
+	w := unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), 7)
 	return &peerEnv{r: r, counter: &w[0], ctl: w[1:], path: path}, nil
 }
 

@@ -13,10 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// The control words of peerEnv.ctl.
 const (
 	ctlHeld = iota
 	ctlReady
 	ctlAcquired
+	ctlReadyN
+	ctlGo
+	ctlCPU
 )
 
 // BenchmarkRecovery: a holder process is SIGKILLed while a waiter process is
