@@ -129,12 +129,7 @@ func rusageCPU(ru *unix.Rusage) time.Duration {
 
 // contendChild is the "contend" role: path, peer, count.
 func contendChild(args []string) int {
-	e, err := openPeerEnv(args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	p, err := e.open(args[1])
+	e, p, err := openChildPeer(args)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -211,6 +211,16 @@ func removeSem(path string) {
 	}
 }
 
+// openChildPeer opens, in a child, the region args[0] and the peer args[1].
+func openChildPeer(args []string) (*peerEnv, peer, error) {
+	e, err := openPeerEnv(args[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := e.open(args[1])
+	return e, p, err
+}
+
 func must(err error) {
 	if err != nil {
 		panic(err)

@@ -92,12 +92,7 @@ func monotonic() int64 {
 
 // recoverChild is the "recover-hold" and "recover-wait" roles: path, peer.
 func recoverChild(role string, args []string) int {
-	e, err := openPeerEnv(args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	p, err := e.open(args[1])
+	e, p, err := openChildPeer(args)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
