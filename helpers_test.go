@@ -44,6 +44,9 @@ const (
 const (
 	roleEnv = "SHMLOCK_TEST_ROLE"
 	argsEnv = "SHMLOCK_TEST_ARGS"
+	// slowProbesEnv, set in a child's environment, spaces its probes of a
+	// holder half a minute apart after the first.
+	slowProbesEnv = "SHMLOCK_TEST_SLOW_PROBES"
 )
 
 func TestMain(m *testing.M) {
@@ -114,6 +117,9 @@ func monotonic() int64 {
 var extraRoles = map[string]func(args []string) int{}
 
 func runChild(role string, args []string) int {
+	if os.Getenv(slowProbesEnv) != "" {
+		shmlock.SetProbeSchedule(200*time.Microsecond, 30*time.Second, 30*time.Second)
+	}
 	if f, ok := extraRoles[role]; ok {
 		return f(args)
 	}

@@ -49,6 +49,23 @@ func TestHolderKilledWaiterRecovers(t *testing.T) {
 	assert.False(t, h.mu.Snapshot().Held)
 }
 
+// A waiter whose next probe is half a minute away still takes over at once
+// from a holder that dies: the death watch armed at its first probe wakes it.
+func TestDeathWatchWakesWaiter(t *testing.T) {
+	h := newHarness(t, 60*time.Second)
+	holder := h.spawn("hold")
+	h.waitHeld()
+	waiter := h.spawnIn(h.path, []string{slowProbesEnv + "=1"}, "wait")
+	h.waitSleepers()
+	time.Sleep(100 * time.Millisecond) // past its first probe, 200 µs in
+	killed := monotonic()
+	holder.kill()
+	out := waiter.wait(t, 10*time.Second)
+	assert.Contains(t, out, "recovered=true")
+	t.Logf("kill → acquire: %v", time.Duration(int64(h.load(offAcquired))-killed))
+	assert.Zero(t, h.load(offViolation))
+}
+
 // A normal unlock is never reported as a recovery, even to a waiter that slept.
 func TestNormalUnlockIsNotRecovery(t *testing.T) {
 	h := newHarness(t, 60*time.Second)

@@ -87,6 +87,10 @@ const (
 	probeMax   = 16 * time.Millisecond
 )
 
+// probeSchedule is the schedule in force; tests lengthen it to show that a
+// death watch, not a probe, ended a wait.
+var probeSchedule = struct{ delay, min, max time.Duration }{probeDelay, probeMin, probeMax}
+
 // Mutex is a mutual exclusion lock shared by the processes that map one
 // region, which survives the death of its holder: the first waiter to find the
 // holder dead takes the lock over and is told so.
@@ -267,7 +271,16 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		nextProbe time.Time
 		last      shm.Holder
 		start     = time.Now()
+		// A hold that outlasts its first probe gets a death watch: when
+		// the holder's process exits, died is set and the sleepers on
+		// the word are woken, so that this waiter probes at once rather
+		// than at its next scheduled probe. died is nil while no watch
+		// is armed, and one watch fires once.
+		watched   bool
+		died      *atomic.Bool
+		stopWatch = func() {}
 	)
+	defer func() { stopWatch() }()
 	if ctx.Done() != nil {
 		// Cancellation wakes every sleeper on the word; they re-check.
 		stop := context.AfterFunc(ctx, func() { futex.Wake(m.low, 1<<30) })
@@ -298,8 +311,10 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		if w&^waiters != seen {
 			// Another holder, or another hold: the death clock restarts.
 			seen, seenAt = w&^waiters, now
-			nextProbe = now.Add(probeDelay)
+			nextProbe = now.Add(probeSchedule.delay)
 			m.noteHeld(seen, now)
+			stopWatch()
+			stopWatch, watched, died = func() {}, false, nil
 		}
 		if ctx.Err() != nil {
 			if slept {
@@ -312,7 +327,23 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			}
 			return false, 0, m.heldError(ctx, w, start, seenAt, last)
 		}
-		if !now.Before(nextProbe) {
+		fired := died != nil && died.Load()
+		if fired || !now.Before(nextProbe) {
+			if fired {
+				died = nil
+			}
+			if !watched {
+				// Armed before the probe: a death before the watch
+				// began is seen by this probe, and one after it fires
+				// the watch.
+				watched = true
+				f := new(atomic.Bool)
+				died = f
+				stopWatch = m.r.Watch(uint32(w&ownerMask), func() {
+					f.Store(true)
+					futex.Wake(m.low, 1<<30)
+				})
+			}
 			last = m.r.Probe(uint32(w & ownerMask))
 			if last.State == shm.Dead {
 				fault.Hit(fault.MutexProbedDead)
@@ -336,7 +367,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				}
 				continue
 			}
-			nextProbe = now.Add(min(max(now.Sub(seenAt)/4, probeMin), probeMax))
+			nextProbe = now.Add(min(max(now.Sub(seenAt)/4, probeSchedule.min), probeSchedule.max))
 		}
 		if w&waiters == 0 {
 			if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
@@ -349,8 +380,13 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		if d, ok := ctx.Deadline(); ok {
 			timeout = min(timeout, time.Until(d))
 		}
+		if died != nil && died.Load() {
+			continue
+		}
 		// Sleeps only while the low half still reads our expected value:
-		// a release in between changes it, so no wake-up is lost.
+		// a release in between changes it, so no wake-up is lost. A death
+		// watch that fires between the check above and the sleep wakes
+		// nobody; the timeout, the next probe, bounds that rare case.
 		futex.Wait(m.low, uint32(w), max(timeout, time.Microsecond))
 		slept = true
 	}

@@ -69,7 +69,8 @@ type Region struct {
 	id    uint32 // this attachment's owner ID
 	self  owner.Process
 
-	closed atomic.Bool
+	watches watches
+	closed  atomic.Bool
 }
 
 // Path resolves a region name: a name without a slash is placed in Dir.
@@ -453,6 +454,7 @@ func (r *Region) Close() error {
 	if !r.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	r.closeWatches()
 	return r.release()
 }
 

@@ -74,6 +74,15 @@ func runChild(role, arg string) int {
 		b, _ := r.Bytes(r.Size()-1, 1)
 		b[0] = 1
 		return 0
+	case "attach":
+		// arg: path. Attach, say our owner ID, and stay until killed.
+		r, err := Open(arg, Options{})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		fmt.Printf("id=%d\n", r.ID())
+		select {}
 	case "open-as-nobody":
 		_, err := Open(arg, Options{})
 		fmt.Println("permission:", errors.Is(err, fs.ErrPermission), err)

@@ -1,0 +1,159 @@
+//go:build linux
+
+package shm
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/proctest"
+)
+
+// attached starts a child attached to the region at path and returns it with
+// its owner ID. The child is killed when the test ends.
+func attached(t *testing.T, path string) (*exec.Cmd, uint32) {
+	t.Helper()
+	var out proctest.Buffer
+	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=attach")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	proctest.Eventually(t, 10*time.Second, "the child never attached", func() bool {
+		return strings.HasPrefix(out.String(), "id=")
+	})
+	id, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out.String(), "id=")), 10, 32)
+	require.NoError(t, err, out.String())
+	return cmd, uint32(id)
+}
+
+// counter returns a callback that counts its calls.
+func counter() (*atomic.Int32, func()) {
+	n := new(atomic.Int32)
+	return n, func() { n.Add(1) }
+}
+
+// pidfds counts the pidfds that watches hold open: the nonblocking ones
+// (os/exec keeps a blocking pidfd of its own for every child).
+func pidfds(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	n := 0
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l != "anon_inode:[pidfd]" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				if flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64); err == nil && flags&syscall.O_NONBLOCK != 0 {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// A watch fires when the watched process dies, for every caller sharing it,
+// and never for a caller that stopped; stopped and fired watches leave no
+// descriptor behind.
+func TestWatchFiresOnExit(t *testing.T) {
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer r.Close()
+	a, idA := attached(t, path)
+	b, idB := attached(t, path)
+
+	n1, f1 := counter()
+	n2, f2 := counter()
+	nb, fb := counter()
+	r.Watch(idA, f1)
+	r.Watch(idA, f2)
+	stopB := r.Watch(idB, fb)
+	assert.Equal(t, 2, pidfds(t), "one pidfd per watched process, however many callers")
+
+	stopB()
+	assert.Equal(t, 1, pidfds(t), "the last caller's stop closes the pidfd")
+	b.Process.Kill()
+	b.Wait()
+	// Killed, not reaped: the zombie stage is when the pidfd fires.
+	a.Process.Kill()
+	proctest.Eventually(t, 10*time.Second, "the watch did not fire when its process died", func() bool {
+		return n1.Load() == 1 && n2.Load() == 1
+	})
+	a.Wait()
+	time.Sleep(100 * time.Millisecond)
+	assert.EqualValues(t, 1, n1.Load(), "fires once")
+	assert.Zero(t, nb.Load(), "a stopped watch never fires")
+	proctest.Eventually(t, 10*time.Second, "pidfds left open", func() bool { return pidfds(t) == 0 })
+}
+
+// A process known gone is reported at once; our own ID, and a holder in
+// another PID namespace (whose pid means nothing here), are never watched.
+func TestWatchGoneSelfAndForeign(t *testing.T) {
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer r.Close()
+	c, id := attached(t, path)
+
+	// The child's slot record as seen from another PID namespace: the same
+	// pid, another namespace inode. Set up in a second slot of our own.
+	foreign, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer foreign.Close()
+	e := r.entry(SlotOf(foreign.ID()))
+	atomic.StoreInt32(e.pid, int32(c.Process.Pid))
+	atomic.StoreUint64(e.pidns, r.self.NS+1)
+
+	nSelf, fSelf := counter()
+	nForeign, fForeign := counter()
+	r.Watch(r.ID(), fSelf)
+	r.Watch(foreign.ID(), fForeign)
+	assert.Zero(t, pidfds(t), "nothing to watch")
+
+	nGone, fGone := counter()
+	stale := makeID(uint32(SlotOf(id)), incarnationOf(id)-1)
+	r.Watch(stale, fGone)
+	proctest.Eventually(t, 10*time.Second, "a reclaimed slot was not reported gone", func() bool { return nGone.Load() == 1 })
+
+	c.Process.Kill()
+	c.Wait()
+	time.Sleep(200 * time.Millisecond)
+	assert.Zero(t, nSelf.Load())
+	assert.Zero(t, nForeign.Load(), "a pid from another namespace was watched")
+}
+
+// Close ends every watch: no callback afterwards, no descriptor left.
+func TestWatchClose(t *testing.T) {
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	c, id := attached(t, path)
+	n, f := counter()
+	r.Watch(id, f)
+	require.Equal(t, 1, pidfds(t))
+	require.NoError(t, r.Close())
+	proctest.Eventually(t, 10*time.Second, "Close left pidfds open", func() bool { return pidfds(t) == 0 })
+	stop := r.Watch(id, f)
+	stop()
+	c.Process.Kill()
+	c.Wait()
+	time.Sleep(200 * time.Millisecond)
+	assert.Zero(t, n.Load())
+}
