@@ -17,12 +17,18 @@ import (
 )
 
 // A peer is a cross-process lock a Go program could use instead of shmlock,
-// behind one small interface. Every peer guards the same counter, in the same
-// shared region, so that contended runs can check the count.
-type peer interface {
-	Lock()
-	Unlock()
-	Close()
+// held as a sync.Locker, as a program would hold any of them. Each peer is its
+// own dynamic type (shmlock's is *shmlock.Mutex itself), so an interface call
+// reaches its Lock with no wrapper in between. Peers that hold a resource
+// also have a Close method (see closePeer). Every peer guards the same
+// counter, in the same shared region, so that contended runs can check the
+// count.
+type peer = sync.Locker
+
+func closePeer(p peer) {
+	if c, ok := p.(interface{ Close() }); ok {
+		c.Close()
+	}
 }
 
 // peerNames are fixed so results compare across versions.
@@ -69,10 +75,11 @@ func openPeerEnv(path string) (*peerEnv, error) {
 func (e *peerEnv) open(name string) (peer, error) {
 	switch name {
 	case "shmlock":
-		mu, err := shmlock.New(e.r, peerMutexOff)
-		return shmPeer{mu}, err
+		return shmlock.New(e.r, peerMutexOff)
 	case "syncmutex":
-		return &syncPeer{}, nil
+		// One process only, the floor for a lock word in memory. Its
+		// contended runs use goroutines, not processes.
+		return new(sync.Mutex), nil
 	case "naivespin":
 		line, err := e.r.Line(peerSpinOff)
 		return spinPeer{&line[0]}, err
@@ -93,16 +100,6 @@ func (e *peerEnv) open(name string) (peer, error) {
 	return nil, fmt.Errorf("no peer %q", name)
 }
 
-type shmPeer struct{ *shmlock.Mutex }
-
-func (shmPeer) Close() {}
-
-// syncPeer is sync.Mutex: one process only, the floor for a lock word in
-// memory. Its contended runs use goroutines, not processes.
-type syncPeer struct{ sync.Mutex }
-
-func (*syncPeer) Close() {}
-
 // spinPeer is a test-and-test-and-set spinlock on a shared word, with no
 // robustness: what robustness costs is measured against it. A dead holder
 // wedges it for ever.
@@ -120,7 +117,6 @@ func (p spinPeer) Lock() {
 }
 
 func (p spinPeer) Unlock() { atomic.StoreUint64(p.w, 0) }
-func (spinPeer) Close()    {}
 
 // flockPeer is flock(2) on a lock file, what gofrs/flock does.
 type flockPeer struct{ fd int }
@@ -200,7 +196,6 @@ func (p semPeer) op(delta int16) {
 
 func (p semPeer) Lock()   { p.op(-1) }
 func (p semPeer) Unlock() { p.op(1) }
-func (p semPeer) Close()  {}
 
 // removeSem deletes the semaphore set of path (IPC_RMID = 0).
 func removeSem(path string) {

@@ -77,5 +77,3 @@ func (p pthreadMutex) Unlock() {
 	C.robust_unlock(p.m)
 	runtime.UnlockOSThread()
 }
-
-func (pthreadMutex) Close() {}

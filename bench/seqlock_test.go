@@ -196,8 +196,8 @@ func TestMain(m *testing.M) {
 
 func runChild(args []string) int {
 	switch args[0] {
-	case "contend":
-		return contendChild(args[1:])
+	case "contend", "xadd":
+		return contendChild(args[0], args[1:])
 	case "recover-hold", "recover-wait":
 		return recoverChild(args[0], args[1:])
 	}
