@@ -147,7 +147,7 @@ func (m *Mutex) Lock() {
 	// carries ownerDied over: Lock cannot tell, so the news stays.
 	w := atomic.LoadUint64(m.word)
 	if w&(lowHalf&^ownerDied) == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
-		m.held = w + genOne | m.self
+		m.took(w + genOne | m.self)
 		fault.Hit(fault.MutexAcquired) // model: acquired
 		return
 	}
@@ -172,7 +172,7 @@ func (m *Mutex) TryLock() bool {
 			return false
 		}
 		if nw := successor(w, m.self, waiters|ownerDied); atomic.CompareAndSwapUint64(m.word, w, nw) {
-			m.held = nw
+			m.took(nw)
 			fault.Hit(fault.MutexAcquired)
 			return true
 		}
@@ -196,7 +196,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 			return nil, false
 		}
-		m.held = nw
+		m.took(nw)
 		fault.Hit(fault.MutexRecovered)
 		atomic.AddUint64(&m.line[wordRecoveries], 1)
 		return guard.New(releaser{m}, true, nw>>32), true
@@ -205,7 +205,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 		return nil, false
 	}
-	m.held = nw
+	m.took(nw)
 	fault.Hit(fault.MutexAcquired)
 	return guard.New(releaser{m}, w&ownerDied != 0, nw>>32), true
 }
@@ -222,9 +222,17 @@ func (m *Mutex) Unlock() {
 	// acquiring and the releasing locked instruction costs a nanosecond, a
 	// sixth of the pair.
 	h := m.held &^ waiters
+	raceRelease(m)
 	if !atomic.CompareAndSwapUint64(m.word, h, h&^ownerMask) {
 		m.unlockSlow()
 	}
+}
+
+// took records w, the owner word an acquisition just installed by its CAS, as
+// Unlock's expected value.
+func (m *Mutex) took(w uint64) {
+	raceAcquire(m)
+	m.held = w
 }
 
 func (m *Mutex) unlockSlow() {
@@ -252,7 +260,7 @@ func (m *Mutex) unlockSlow() {
 func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	w := atomic.LoadUint64(m.word)
 	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
-		m.held = w + genOne | m.self
+		m.took(w + genOne | m.self)
 		fault.Hit(fault.MutexAcquired)
 		return guard.New(releaser{m}, false, (w+genOne)>>32), nil
 	}
@@ -318,7 +326,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				nw |= waiters
 			}
 			if atomic.CompareAndSwapUint64(m.word, w, nw) {
-				m.held = nw
+				m.took(nw)
 				return tell && w&ownerDied != 0, nw, nil
 			}
 			continue
@@ -384,7 +392,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 					nw |= ownerDied
 				}
 				if atomic.CompareAndSwapUint64(m.word, w, nw) {
-					m.held = nw
+					m.took(nw)
 					fault.Hit(fault.MutexRecovered)
 					atomic.AddUint64(&m.line[wordRecoveries], 1)
 					return tell, nw, nil
