@@ -309,6 +309,11 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		watched   bool
 		died      *atomic.Bool
 		stopWatch = func() {}
+		// quick is the next interval between probes after a watch fired
+		// but the probe did not yet find the holder dead (its liveness
+		// lock can outlast its exit for a moment): it doubles from
+		// probeDelay until the schedule's own interval is no longer.
+		quick time.Duration
 	)
 	defer func() { stopWatch() }()
 	if ctx.Done() != nil {
@@ -345,7 +350,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			nextProbe = now.Add(probeSchedule.delay)
 			m.noteHeld(seen, now)
 			stopWatch()
-			stopWatch, watched, died = func() {}, false, nil
+			stopWatch, watched, died, quick = func() {}, false, nil, 0
 		}
 		if ctx.Err() != nil {
 			if slept {
@@ -361,7 +366,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		fired := died != nil && died.Load()
 		if fired || !now.Before(nextProbe) {
 			if fired {
-				died = nil
+				died, quick = nil, probeSchedule.delay
 			}
 			if !watched {
 				// Armed before the probe: a death before the watch
@@ -399,7 +404,15 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				}
 				continue
 			}
-			nextProbe = now.Add(min(max(now.Sub(seenAt)/4, probeSchedule.min), probeSchedule.max))
+			interval := min(max(now.Sub(seenAt)/4, probeSchedule.min), probeSchedule.max)
+			if quick > 0 {
+				if quick < interval {
+					interval, quick = quick, 2*quick
+				} else {
+					quick = 0
+				}
+			}
+			nextProbe = now.Add(interval)
 		}
 		if w&waiters == 0 {
 			if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {

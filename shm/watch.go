@@ -1,27 +1,57 @@
 package shm
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // A death watch turns the exit of an attached process into a prompt call, so
 // that a lock waiter probes the holder at once rather than at its next
 // scheduled probe. A watch is a hint and never evidence: the caller still
-// probes, and only a Dead verdict licenses a recovery. A watch that cannot be
-// set up (a holder in another PID namespace, a system without pidfds), or
-// that watches the wrong process (the holder died and its PID was reused
-// before the watch began), leaves the caller on its probe schedule: slower,
-// never wrong.
+// probes, and only a Dead verdict licenses a recovery. The call may even come
+// a little before the probe can see the death (the liveness lock goes when
+// the last reference to the holder's mapping does, and a reader of its /proc
+// files holds one for a moment), so a caller that finds its holder not yet
+// Dead after a call should probe again soon. A watch that cannot be set up (a
+// holder in another PID namespace, a system without pidfds), or that watches
+// the wrong process (the holder died and its PID was reused before the watch
+// began), leaves the caller on its probe schedule: slower, never wrong.
+//
+// One wait serves every caller that watches the same attachment, and it
+// outlives them: it ends when the process exits, when its slot is claimed by
+// another attachment, or when the Region is closed. So a process that holds
+// locks again and again costs one pidfd, opened once, and a caller's stop is
+// a map deletion, not a system call.
 type watches struct {
 	mu     sync.Mutex
-	m      map[uint32]*watch // by owner ID; one wait per watched process
+	slots  map[int]*watch // by process-table slot: the attachment last watched there
 	closed bool
 }
 
-// watch is the wait for one owner ID's process to exit, shared by every
-// caller of Watch on that ID in this Region.
+// watch is the wait for one attachment's process to exit.
 type watch struct {
-	fns    map[uint64]func() // nil once fired
-	next   uint64
-	cancel func() // ends the wait; set by startWatch
+	id     uint32
+	calls  map[*watchCall]struct{} // nil once fired
+	cancel func()                  // ends the wait; set by startWatch
+}
+
+// watchCall is one caller's f, called at most once: state goes from armed to
+// stopped (by stop) or to started (by the watch), never both.
+type watchCall struct {
+	f     func()
+	state atomic.Int32
+}
+
+const (
+	callArmed = iota
+	callStopped
+	callStarted
+)
+
+func (c *watchCall) start() {
+	if c.state.CompareAndSwap(callArmed, callStarted) {
+		c.f()
+	}
 }
 
 // watchStart is what startWatch managed.
@@ -34,82 +64,97 @@ const (
 )
 
 // Watch calls f once, in its own goroutine, when the process attached as id
-// exits, unless stop is called first. If the process is known gone already, f
-// is called at once. If no watch is possible, f is never called. Call Watch
-// before the probe whose verdict you act on: a death before the watch began
-// is then seen by that probe.
+// exits, unless stop is called first: f never starts after stop returns. If
+// the process is known gone already, f is called at once. If no watch is
+// possible, f is never called. Call Watch before the probe whose verdict you
+// act on: a death before the watch began is then seen by that probe.
 //
-// Watches cost a file descriptor and a parked goroutine per watched process,
-// however many callers share them, for as long as any caller has not stopped.
+// A watch costs a file descriptor and a parked goroutine per watched process,
+// however many callers share it, until that process exits, its slot is
+// claimed again, or r is closed.
 func (r *Region) Watch(id uint32, f func()) (stop func()) {
+	c := &watchCall{f: f}
+	stop = func() { r.unwatch(id, c) }
 	ws := &r.watches
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	if ws.closed {
 		return func() {}
 	}
-	w := ws.m[id]
+	slot := SlotOf(id)
+	w := ws.slots[slot]
+	if w != nil && w.id != id {
+		// Another attachment of the slot: the one watched before is
+		// gone (its slot could not be claimed otherwise). Tell its
+		// callers, and watch the new one.
+		delete(ws.slots, slot)
+		w.cancel()
+		for c := range w.calls {
+			go c.start()
+		}
+		w = nil
+	}
 	if w == nil {
-		w = &watch{fns: map[uint64]func(){}}
+		w = &watch{id: id, calls: map[*watchCall]struct{}{}}
 		switch r.startWatch(id, w) {
 		case watchNone:
 			return func() {}
 		case watchGone:
-			go f()
-			return func() {}
+			go c.start()
+			return stop
 		}
-		if ws.m == nil {
-			ws.m = map[uint32]*watch{}
+		if ws.slots == nil {
+			ws.slots = map[int]*watch{}
 		}
-		ws.m[id] = w
+		ws.slots[slot] = w
 	}
-	k := w.next
-	w.next++
-	w.fns[k] = f
-	return func() {
-		ws.mu.Lock()
-		delete(w.fns, k)
-		var cancel func()
-		if len(w.fns) == 0 && ws.m[id] == w {
-			// The last caller lost interest before the process exited.
-			delete(ws.m, id)
-			cancel = w.cancel
-		}
-		ws.mu.Unlock()
-		if cancel != nil {
-			cancel()
-		}
+	w.calls[c] = struct{}{}
+	return stop
+}
+
+// unwatch forgets c; the wait itself goes on for the next caller.
+func (r *Region) unwatch(id uint32, c *watchCall) {
+	c.state.CompareAndSwap(callArmed, callStopped)
+	ws := &r.watches
+	ws.mu.Lock()
+	if w := ws.slots[SlotOf(id)]; w != nil && w.id == id {
+		delete(w.calls, c)
 	}
+	ws.mu.Unlock()
 }
 
 // fire runs when the process watched by w exited.
-func (r *Region) fire(id uint32, w *watch) {
+func (r *Region) fire(w *watch) {
 	ws := &r.watches
 	ws.mu.Lock()
-	if ws.m[id] == w {
-		delete(ws.m, id)
+	slot := SlotOf(w.id)
+	if ws.slots[slot] == w {
+		delete(ws.slots, slot)
 	}
-	fns := w.fns
-	w.fns = nil
+	calls := w.calls
+	w.calls = nil
 	ws.mu.Unlock()
-	for _, f := range fns {
-		f()
+	for c := range calls {
+		c.start()
 	}
 }
 
-// closeWatches ends every wait and drops every callback that is not already
-// being called.
+// closeWatches ends every wait and stops every callback, but those of a watch
+// that fired just before, which may still be starting.
 func (r *Region) closeWatches() {
 	ws := &r.watches
 	ws.mu.Lock()
 	ws.closed = true
-	m := ws.m
-	ws.m = nil
-	for _, w := range m {
-		w.fns = nil
+	slots := ws.slots
+	ws.slots = nil
+	for _, w := range slots {
+		for c := range w.calls {
+			c.state.CompareAndSwap(callArmed, callStopped)
+		}
+		w.calls = nil
 	}
 	ws.mu.Unlock()
-	for _, w := range m {
+	for _, w := range slots {
 		w.cancel()
 	}
 }

@@ -11,10 +11,11 @@ import (
 
 // startWatch waits for the process attached as id to exit, through a pidfd
 // registered with the Go runtime's poller: no thread is parked, and closing the
-// pidfd cancels the wait. A pidfd turns readable once its process has exited,
-// after the kernel closed its files and so dropped its liveness lock (exit
-// closes files before it reports the process dead), so the probe that
-// follows the call finds the lock free.
+// pidfd cancels the wait. A pidfd turns readable once its process has exited.
+// Exit closes the process's files first, but the liveness lock goes only with
+// the last reference to the region file, and the process's mapping holds one
+// until its memory is torn down, which a reader of its /proc files can delay
+// for a moment: the probe that follows may still find the lock held.
 func (r *Region) startWatch(id uint32, w *watch) watchStart {
 	slot := SlotOf(id)
 	if id>>IDBits != 0 || slot == 0 || slot > r.slots || id == r.id {
@@ -66,7 +67,7 @@ func (r *Region) startWatch(id uint32, w *watch) watchStart {
 			}
 		})
 		if err == nil {
-			r.fire(id, w)
+			r.fire(w)
 		}
 		// Otherwise the wait was cancelled (the file closed), or the
 		// poller cannot wait on pidfds here: probes find the death.

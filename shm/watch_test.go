@@ -69,8 +69,8 @@ func pidfds(t *testing.T) int {
 }
 
 // A watch fires when the watched process dies, for every caller sharing it,
-// and never for a caller that stopped; stopped and fired watches leave no
-// descriptor behind.
+// and never for a caller that stopped. The wait outlives its callers (the next
+// waiter reuses it) and ends, closing its pidfd, when the process exits.
 func TestWatchFiresOnExit(t *testing.T) {
 	path := tempPath(t)
 	r, err := Open(path, Options{Size: 64})
@@ -88,7 +88,11 @@ func TestWatchFiresOnExit(t *testing.T) {
 	assert.Equal(t, 2, pidfds(t), "one pidfd per watched process, however many callers")
 
 	stopB()
-	assert.Equal(t, 1, pidfds(t), "the last caller's stop closes the pidfd")
+	assert.Equal(t, 2, pidfds(t), "the wait outlives its last caller")
+	nb2, fb2 := counter()
+	stopB = r.Watch(idB, fb2)
+	assert.Equal(t, 2, pidfds(t), "and serves the next one")
+	stopB()
 	b.Process.Kill()
 	b.Wait()
 	// Killed, not reaped: the zombie stage is when the pidfd fires.
@@ -99,8 +103,47 @@ func TestWatchFiresOnExit(t *testing.T) {
 	a.Wait()
 	time.Sleep(100 * time.Millisecond)
 	assert.EqualValues(t, 1, n1.Load(), "fires once")
-	assert.Zero(t, nb.Load(), "a stopped watch never fires")
+	assert.Zero(t, nb.Load()+nb2.Load(), "a stopped watch never fires")
 	proctest.Eventually(t, 10*time.Second, "pidfds left open", func() bool { return pidfds(t) == 0 })
+}
+
+// f never starts after stop returns, even for a process known gone, whose f
+// is started at once.
+func TestWatchStopBeforeStart(t *testing.T) {
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer r.Close()
+	_, id := attached(t, path)
+	stale := makeID(uint32(SlotOf(id)), incarnationOf(id)-1)
+	n, f := counter()
+	for range 100 {
+		r.Watch(stale, f)()
+	}
+	time.Sleep(100 * time.Millisecond)
+	assert.Zero(t, n.Load(), "f started after stop")
+}
+
+// A new attachment in a watched slot ends the old watch and tells its
+// callers: the attachment they watched is gone.
+func TestWatchSlotClaimedAgain(t *testing.T) {
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 64})
+	require.NoError(t, err)
+	defer r.Close()
+	_, id := attached(t, path)
+	nOld, fOld := counter()
+	r.Watch(id, fOld)
+	require.Equal(t, 1, pidfds(t))
+	// The ID the slot's next claimant will have.
+	next := makeID(uint32(SlotOf(id)), incarnationOf(id)+1)
+	nNew, fNew := counter()
+	r.Watch(next, fNew)
+	proctest.Eventually(t, 10*time.Second, "the old watch's callers were not told", func() bool { return nOld.Load() == 1 })
+	// The slot's record is still the old claimant's, so the new ID reads as
+	// gone too: no claimant ever had it.
+	proctest.Eventually(t, 10*time.Second, "the unknown claimant was not reported gone", func() bool { return nNew.Load() == 1 })
+	proctest.Eventually(t, 10*time.Second, "the old pidfd stayed open", func() bool { return pidfds(t) == 0 })
 }
 
 // A process known gone is reported at once; our own ID, and a holder in
