@@ -17,20 +17,24 @@ func byteLock(typ int16, off int64) *unix.Flock_t {
 }
 
 // tryLockByte takes an exclusive lock on one byte, or fails with errLocked.
-func tryLockByte(fd int, off int64) error {
-	err := unix.FcntlFlock(uintptr(fd), cmdSetLock, byteLock(unix.F_WRLCK, off))
+func tryLockByte(fd int, off int64) error { return tryLock(fd, unix.F_WRLCK, off) }
+
+// tryLock takes a lock of type typ (F_WRLCK, exclusive, or F_RDLCK, shared)
+// on one byte, or fails with errLocked.
+func tryLock(fd int, typ int16, off int64) error {
+	err := unix.FcntlFlock(uintptr(fd), cmdSetLock, byteLock(typ, off))
 	if err == unix.EAGAIN || err == unix.EACCES {
 		return errLocked
 	}
 	return err
 }
 
-// lockWait takes an exclusive lock on one byte, waiting at most timeout. It
+// lockWait takes a lock of type typ on one byte, waiting at most timeout. It
 // polls rather than blocking in F_SETLKW so that the wait is bounded.
-func lockWait(fd int, off int64, timeout time.Duration) error {
+func lockWait(fd int, typ int16, off int64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for sleep := 50 * time.Microsecond; ; sleep = min(2*sleep, 10*time.Millisecond) {
-		err := tryLockByte(fd, off)
+		err := tryLock(fd, typ, off)
 		if err != errLocked {
 			return err
 		}

@@ -1,6 +1,6 @@
 package shm
 
-// Layout of a region file, version 2. All integers are in the byte order of
+// Layout of a region file, version 3. All integers are in the byte order of
 // the machine that created the region; a region is shared between processes
 // of one machine, and a file of the other byte order is refused by the
 // byteOrder field.
@@ -9,7 +9,7 @@ package shm
 //	  0  magic       [8]byte  "SHMLOCKR" once initialised; "SHMLOCKI" while
 //	                          initialisation runs (a crash leaves it, and the
 //	                          next opener initialises again)
-//	  8  version     uint32   layout version, 2
+//	  8  version     uint32   layout version, 3
 //	 12  headerSize  uint32   offset of the data area: header and process
 //	                          table, rounded up to a page
 //	 16  dataSize    uint64   bytes of the data area
@@ -29,7 +29,9 @@ package shm
 //	 24  attached    int64    claim time, Unix nanoseconds
 //	 32  timens      uint64   inode of the claimant's time namespace
 //	 40  reserved
-//	data area: headerSize .. headerSize+dataSize
+//	data area: headerSize .. headerSize+dataSize; word 3 of a lock's line
+//	  is its placement tag (place.go), so that tools find the locks
+//	  (version 3; version 2 had no tags)
 //
 // File locks (all of them OFD locks, fcntl F_OFD_SETLK, so that no lock of
 // one kind is ever invisible to a lock of another kind):
@@ -46,7 +48,7 @@ const (
 	// changes with any change of meaning of the file's bytes, the owner ID
 	// and the lock words included: two builds that read one word in two
 	// ways would each judge the other's holds dead.
-	Version = 2
+	Version = 3
 
 	byteOrderMark = 0x01020304
 

@@ -80,7 +80,28 @@ func (r *Region) Probe(id uint32) Holder {
 		return h
 	}
 	v := owner.Judge(r.self, p, live)
-	h.PID, h.Attached = p.PID, time.Unix(0, attached)
+	h.PID = p.PID
+	if attached != 0 {
+		h.Attached = time.Unix(0, attached)
+	}
 	h.State, h.Reason, h.ProcState = v.State, v.Reason, v.ProcState
 	return h
+}
+
+// Attachments probes every slot of the process table that was ever claimed
+// and returns the holders that are not Dead (attached now, or not verifiably
+// gone), in slot order. It reads only.
+func (r *Region) Attachments() []Holder {
+	var hs []Holder
+	for s := 1; s <= r.slots; s++ {
+		e := r.entry(s)
+		inc := atomic.LoadUint32(e.incarnation)
+		if inc == 0 && atomic.LoadInt32(e.pid) == 0 {
+			continue // never claimed
+		}
+		if h := r.Probe(makeID(uint32(s), inc)); h.State != Dead {
+			hs = append(hs, h)
+		}
+	}
+	return hs
 }

@@ -29,6 +29,7 @@ import (
 	"unsafe"
 
 	"github.com/edsrzf/mmap-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock/internal/owner"
 )
@@ -69,6 +70,8 @@ type Region struct {
 	id    uint32 // this attachment's owner ID
 	self  owner.Process
 
+	readOnly bool // mapped read-only, attached to no slot (OpenReadOnly)
+
 	watches watches
 	closed  atomic.Bool
 }
@@ -94,8 +97,26 @@ func Open(name string, opt Options) (*Region, error) {
 	if err != nil {
 		return nil, err
 	}
+	return openRetry(path, opt, false)
+}
+
+// OpenReadOnly maps the existing region at name (see Path) read-only, to look
+// at it without changing it: it creates nothing, claims no slot of the
+// process table, and writes nothing to the file (the mapping would fault if
+// anything tried). Probe, Line and Bytes work on it; locks cannot be taken
+// through it. It waits, like Open, while another process initialises the
+// region.
+func OpenReadOnly(name string) (*Region, error) {
+	path, err := Path(name)
+	if err != nil {
+		return nil, err
+	}
+	return openRetry(path, Options{NoCreate: true}, true)
+}
+
+func openRetry(path string, opt Options, readOnly bool) (*Region, error) {
 	for range 10 {
-		if r, err := open(path, opt); err != errReplaced {
+		if r, err := open(path, opt, readOnly); err != errReplaced {
 			return r, err
 		}
 	}
@@ -105,7 +126,7 @@ func Open(name string, opt Options) (*Region, error) {
 // errReplaced: the path named another file once we held the init lock.
 var errReplaced = errors.New("replaced while opening")
 
-func open(path string, opt Options) (*Region, error) {
+func open(path string, opt Options, readOnly bool) (*Region, error) {
 	fail := func(kind error, detail string, err error) (*Region, error) {
 		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: err}
 	}
@@ -133,7 +154,10 @@ func open(path string, opt Options) (*Region, error) {
 	// O_CLOEXEC, so no child process inherits the descriptor (and with it
 	// our liveness lock).
 	flag := os.O_RDWR | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
-	if !opt.NoCreate {
+	switch {
+	case readOnly:
+		flag = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+	case !opt.NoCreate:
 		flag |= os.O_CREATE
 	}
 	f, err := os.OpenFile(path, flag, perm)
@@ -146,7 +170,7 @@ func open(path string, opt Options) (*Region, error) {
 		}
 		return fail(nil, "", err)
 	}
-	r := &Region{path: path, f: f, slots: slots, self: owner.Self()}
+	r := &Region{path: path, f: f, slots: slots, self: owner.Self(), readOnly: readOnly}
 	ok := false
 	defer func() {
 		if !ok {
@@ -164,7 +188,12 @@ func open(path string, opt Options) (*Region, error) {
 	// byte 0, so racing openers initialise once and nobody validates a
 	// header that is being written. The kernel drops the lock if we die
 	// holding it, and the magic tells the next opener to start over.
-	if err := lockWait(fd, 0, initTimeout); err != nil {
+	// A reader takes the lock shared: it only keeps initialisers out.
+	initLock := int16(unix.F_WRLCK)
+	if readOnly {
+		initLock = unix.F_RDLCK
+	}
+	if err := lockWait(fd, initLock, 0, initTimeout); err != nil {
 		if errors.Is(err, errTimeout) {
 			return fail(ErrBusy, fmt.Sprintf("initialisation lock held for %v", initTimeout), nil)
 		}
@@ -191,6 +220,8 @@ func open(path string, opt Options) (*Region, error) {
 	switch {
 	case fi.Size() == 0 && opt.NoCreate:
 		return fail(ErrNotRegion, "file is empty", nil)
+	case readOnly && fi.Size() >= 8 && string(hdr[:8]) == magicInit:
+		return fail(ErrNotRegion, "not initialised: its creator died while initialising it (the next Open initialises it)", nil)
 	case fi.Size() == 0, fi.Size() >= 8 && string(hdr[:8]) == magicInit:
 		// New, or a creator died mid-initialisation (it would still hold
 		// the lock we now hold otherwise): initialise from scratch. The
@@ -211,6 +242,10 @@ func open(path string, opt Options) (*Region, error) {
 		if err := r.mapFile(slots, dataSize); err != nil {
 			return fail(nil, "mmap", err)
 		}
+	}
+	if readOnly {
+		ok = true
+		return r, nil
 	}
 	if err := r.attach(); err != nil {
 		if errors.Is(err, ErrFull) {
@@ -312,7 +347,11 @@ const maxInt = int(^uint(0) >> 1)
 func (r *Region) mapFile(slots, dataSize int) error {
 	r.slots = slots
 	hs := headerSizeFor(slots)
-	m, err := mmap.MapRegion(r.f, hs+dataSize, mmap.RDWR, 0, 0)
+	mode := mmap.RDWR
+	if r.readOnly {
+		mode = mmap.RDONLY
+	}
+	m, err := mmap.MapRegion(r.f, hs+dataSize, mode, 0, 0)
 	if err != nil {
 		return err
 	}
@@ -385,6 +424,9 @@ func (r *Region) u64(off int) *uint64 { return (*uint64)(unsafe.Pointer(&r.m[off
 // record as their holder while this process holds them.
 func (r *Region) ID() uint32 { return r.id }
 
+// ReadOnly reports whether r was opened with OpenReadOnly.
+func (r *Region) ReadOnly() bool { return r.readOnly }
+
 // Path returns the region file's path.
 func (r *Region) Path() string { return r.path }
 
@@ -440,6 +482,10 @@ func (r *Region) Check() error {
 	}
 	return nil
 }
+
+// Attaches returns how many attachments the region has had since it was
+// created (information: it may lag by one while another process attaches).
+func (r *Region) Attaches() uint64 { return atomic.LoadUint64(r.u64(offAttaches)) }
 
 // Created returns when the region was created, and by which PID.
 func (r *Region) Created() (time.Time, int32) {

@@ -83,6 +83,18 @@ func runChild(role, arg string) int {
 		}
 		fmt.Printf("id=%d\n", r.ID())
 		select {}
+	case "write-read-only":
+		// arg: path. Writing through a read-only mapping faults.
+		r, err := OpenReadOnly(arg)
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		debug.SetPanicOnFault(true)
+		defer func() { fmt.Println("recovered:", recover()) }()
+		b, _ := r.Bytes(0, 1)
+		b[0] = 1
+		return 0
 	case "open-as-nobody":
 		_, err := Open(arg, Options{})
 		fmt.Println("permission:", errors.Is(err, fs.ErrPermission), err)

@@ -1,0 +1,191 @@
+package shm
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Placement tags are how tools find the locks in a region. Every lock lives
+// at the start of a cache line of the data area (see Line), and the
+// constructors of shmlock and seqlock tag that line by writing into its word
+// 3, which no lock uses otherwise:
+//
+//	bits 48..63  tagMagic, 0x534c ("SL")
+//	bits 40..47  kind: KindMutex, KindSeqLock or KindRecord
+//	bits 16..39  the protected data's size in 8-byte words (0 for a Mutex)
+//	bits  0..15  check: a hash of the line's offset and the bits above, so
+//	             that the image of a tagged line stored at another offset
+//	             (in a record's data, say) does not read as a tag
+//
+// A SeqLock's or Record's line holds its writers' Mutex too; its tag names
+// the SeqLock or Record. Placements lists the tags; the locks themselves
+// never read them.
+const (
+	tagWord  = 3
+	tagMagic = 0x534c
+	tagWords = 1<<24 - 1
+)
+
+// Kind is the kind of lock at a tagged line.
+type Kind uint8
+
+// The kinds of lock a line can hold.
+const (
+	KindMutex   Kind = 1 + iota // shmlock.Mutex
+	KindSeqLock                 // seqlock.SeqLock: one copy of the data after the line
+	KindRecord                  // seqlock.Record: two copies of the data after the line
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindMutex:
+		return "mutex"
+	case KindSeqLock:
+		return "seqlock"
+	case KindRecord:
+		return "record"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// Placement is a lock found in a region: the offset of its line in the data
+// area, its kind, and the size of the data it protects (0 for a Mutex).
+type Placement struct {
+	Off  int  `json:"offset"`
+	Kind Kind `json:"-"`
+	Size int  `json:"size"`
+}
+
+// Bytes returns how many bytes of the data area the lock occupies from Off:
+// its line, and its data rounded up to whole lines.
+func (p Placement) Bytes() int {
+	data := (p.Size + LineSize - 1) / LineSize * LineSize
+	switch p.Kind {
+	case KindSeqLock:
+		return LineSize + data
+	case KindRecord:
+		return LineSize + 2*data
+	}
+	return LineSize
+}
+
+func makeTag(off int, k Kind, size int) uint64 {
+	t := uint64(tagMagic)<<48 | uint64(k)<<40 | uint64(size/8)<<16
+	return t | tagCheck(off, t)
+}
+
+func tagCheck(off int, t uint64) uint64 {
+	return (uint64(off) ^ t>>16) * 0x9e3779b97f4a7c15 >> 48
+}
+
+// parseTag reads the tag word t of the line at off.
+func parseTag(off int, t uint64) (Placement, bool) {
+	k := Kind(t >> 40)
+	if t>>48 != tagMagic || k < KindMutex || k > KindRecord || t&0xffff != tagCheck(off, t&^0xffff) {
+		return Placement{}, false
+	}
+	p := Placement{Off: off, Kind: k, Size: int(t>>16&tagWords) * 8}
+	if (k == KindMutex) != (p.Size == 0) {
+		return Placement{}, false
+	}
+	return p, true
+}
+
+// Place tags the line at off as holding a lock of kind k that protects size
+// bytes (0 for a Mutex), for Placements to find. The constructors of shmlock
+// and seqlock call it. It is idempotent, and a Mutex placed on a SeqLock's or
+// Record's line accepts that tag (it is that lock's writers' Mutex). It
+// refuses, with ErrInvalid, a line tagged as another lock, or one whose tag
+// word holds something else (data placed over it, or the line of a lock
+// whose data it overlaps), and a read-only region.
+func (r *Region) Place(off int, k Kind, size int) error {
+	fail := func(format string, args ...any) error {
+		return &Error{Op: "place", Path: r.path, Kind: ErrInvalid, Detail: fmt.Sprintf(format, args...)}
+	}
+	if k < KindMutex || k > KindRecord || size < 0 || size%8 != 0 || size/8 > tagWords || (k == KindMutex) != (size == 0) {
+		return fail("no %v of %d bytes can be placed", k, size)
+	}
+	line, err := r.Line(off)
+	if err != nil {
+		return err
+	}
+	if off+(Placement{Off: off, Kind: k, Size: size}).Bytes() > len(r.data) {
+		return fail("a %v of %d bytes at offset %d does not fit the %d-byte data area", k, size, off, len(r.data))
+	}
+	if r.readOnly {
+		return fail("the region is open read-only")
+	}
+	want := makeTag(off, k, size)
+	for {
+		old := atomic.LoadUint64(&line[tagWord])
+		p, ok := parseTag(off, old)
+		switch {
+		case old == want, ok && k == KindMutex:
+			return nil
+		case old == 0, ok && p.Kind == KindMutex:
+			// A fresh line, or the Mutex a SeqLock or Record
+			// constructor placed first.
+			if atomic.CompareAndSwapUint64(&line[tagWord], old, want) {
+				return nil
+			}
+		case ok:
+			return fail("offset %d holds a %v of %d bytes, not a %v of %d bytes", off, p.Kind, p.Size, k, size)
+		default:
+			return fail("offset %d is not the line of a lock: its word 3 holds %#x, no placement tag (data placed over it?)", off, old)
+		}
+	}
+}
+
+// Placement returns the lock tagged at off, if any.
+func (r *Region) Placement(off int) (Placement, bool) {
+	line, err := r.Line(off)
+	if err != nil {
+		return Placement{}, false
+	}
+	return parseTag(off, atomic.LoadUint64(&line[tagWord]))
+}
+
+// Placements lists the locks tagged in the data area, in offset order. It
+// reads only, and skips the holes of a sparse region file, so that listing
+// a large region does not bring its untouched pages into memory.
+func (r *Region) Placements() []Placement {
+	var ps []Placement
+	for off := 0; off+LineSize <= len(r.data); {
+		start, end := r.dataRange(off)
+		for off = start; off < end && off+LineSize <= len(r.data); {
+			p, ok := r.Placement(off)
+			if !ok {
+				off += LineSize
+				continue
+			}
+			ps = append(ps, p)
+			off += p.Bytes() // the lock's data lines hold no tags
+		}
+		off = max(off, end)
+	}
+	return ps
+}
+
+// dataRange returns the first range [start, end) of the data area at or
+// after off that the file holds data for (a hole reads as zeros, and so holds
+// no tag), in whole lines. Where the file system cannot tell, it is all data.
+func (r *Region) dataRange(off int) (start, end int) {
+	hs := int64(len(r.m) - len(r.data))
+	fd := int(r.f.Fd())
+	d, err := unix.Seek(fd, hs+int64(off), unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return len(r.data), len(r.data) // no data after off
+	}
+	if err != nil || d < hs+int64(off) {
+		return off, len(r.data)
+	}
+	h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+	if err != nil || h <= d {
+		h = int64(len(r.m))
+	}
+	start = int(d-hs) / LineSize * LineSize
+	end = min((int(h-hs)+LineSize-1)/LineSize*LineSize, len(r.data))
+	return start, end
+}

@@ -1,0 +1,144 @@
+//go:build linux
+
+package shm
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func sum(t *testing.T, path string) [32]byte {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return sha256.Sum256(b)
+}
+
+// A read-only open attaches nothing, writes nothing (its mapping faults on a
+// write), and refuses what is not a ready region, typed.
+func TestOpenReadOnly(t *testing.T) {
+	path := tempPath(t)
+	w, err := Open(path, Options{Size: 4096, Slots: 4})
+	require.NoError(t, err)
+	require.NoError(t, w.Place(0, KindMutex, 0))
+	before := sum(t, path)
+
+	r, err := OpenReadOnly(path)
+	require.NoError(t, err)
+	assert.True(t, r.ReadOnly())
+	assert.Zero(t, r.ID(), "no slot claimed")
+	assert.EqualValues(t, 1, r.Attaches())
+	require.Len(t, r.Attachments(), 1, "only the writer is attached")
+	assert.Equal(t, Alive, r.Attachments()[0].State)
+	assert.Equal(t, []Placement{{Off: 0, Kind: KindMutex}}, r.Placements())
+	assert.ErrorIs(t, r.Place(64, KindMutex, 0), ErrInvalid)
+	require.NoError(t, r.Close())
+	require.NoError(t, w.Close())
+	assert.Equal(t, before, sum(t, path), "a read-only open changed the file")
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=write-read-only")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	got, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(got))
+	assert.Contains(t, string(got), "recovered: runtime error", "a write through the read-only mapping must fault")
+	assert.Equal(t, before, sum(t, path))
+
+	_, err = OpenReadOnly(path + ".missing")
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	empty := tempPath(t) + "-empty"
+	require.NoError(t, os.WriteFile(empty, nil, 0o600))
+	_, err = OpenReadOnly(empty)
+	assert.ErrorIs(t, err, ErrNotRegion)
+	half := tempPath(t) + "-half"
+	require.NoError(t, os.WriteFile(half, []byte(magicInit+"rest of a header"), 0o600))
+	_, err = OpenReadOnly(half)
+	assert.ErrorIs(t, err, ErrNotRegion)
+	assert.Contains(t, err.Error(), "not initialised")
+	b, _ := os.ReadFile(half)
+	assert.Equal(t, magicInit+"rest of a header", string(b), "left as it was, for the next Open to initialise")
+}
+
+// Placements finds exactly the locks placed, never the image of a tag copied
+// elsewhere, and Place refuses two kinds of lock on one line, or data.
+func TestPlacements(t *testing.T) {
+	r, err := Open(tempPath(t), Options{Size: 4096})
+	require.NoError(t, err)
+	defer r.Close()
+	require.NoError(t, r.Place(0, KindMutex, 0))
+	require.NoError(t, r.Place(64, KindMutex, 0)) // a SeqLock's constructor places its Mutex first
+	require.NoError(t, r.Place(64, KindSeqLock, 64))
+	require.NoError(t, r.Place(64, KindMutex, 0), "its Mutex, placed again by another process")
+	require.NoError(t, r.Place(192, KindRecord, 120))
+	want := []Placement{{0, KindMutex, 0}, {64, KindSeqLock, 64}, {192, KindRecord, 120}}
+	assert.Equal(t, want, r.Placements())
+	assert.Equal(t, 64+64, want[1].Bytes())
+	assert.Equal(t, 64+2*128, want[2].Bytes())
+
+	// The image of a tagged line stored in a SeqLock's data, and in a
+	// free line: neither reads as a lock.
+	line0, _ := r.Line(0)
+	for _, off := range []int{128, 1024} {
+		l, _ := r.Line(off)
+		for w := range l {
+			atomic.StoreUint64(&l[w], atomic.LoadUint64(&line0[w]))
+		}
+	}
+	assert.Equal(t, want, r.Placements())
+
+	for _, c := range []struct {
+		off  int
+		k    Kind
+		size int
+	}{
+		{64, KindRecord, 64},   // a SeqLock's line
+		{64, KindSeqLock, 128}, // of another size
+		{192, KindSeqLock, 120},
+		{1024, KindMutex, 0},    // data in word 3
+		{2048, KindSeqLock, 12}, // not whole words
+		{4032, KindSeqLock, 64}, // does not fit
+		{32, KindMutex, 0},      // not a line
+	} {
+		assert.ErrorIs(t, r.Place(c.off, c.k, c.size), ErrInvalid, "%+v", c)
+	}
+	assert.Equal(t, want, r.Placements())
+}
+
+// Listing the locks of a large sparse region reads only the pages that hold
+// data: the holes stay holes, and out of memory.
+func TestPlacementsSkipHoles(t *testing.T) {
+	path := fmt.Sprintf("%s/shm-test-sparse-%d", Dir, os.Getpid())
+	os.Remove(path)
+	defer os.Remove(path)
+	const size = 16 << 20
+	w, err := Open(path, Options{Size: size})
+	require.NoError(t, err)
+	defer w.Close()
+	require.NoError(t, w.Place(0, KindMutex, 0))
+	require.NoError(t, w.Place(size/2, KindRecord, 64))
+	require.NoError(t, w.Place(size-64, KindMutex, 0))
+
+	r, err := OpenReadOnly(path)
+	require.NoError(t, err)
+	defer r.Close()
+	assert.Equal(t, []Placement{{0, KindMutex, 0}, {size / 2, KindRecord, 64}, {size - 64, KindMutex, 0}}, r.Placements())
+	vec := make([]byte, (len(r.data)+4095)/4096)
+	_, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&r.data[0])), uintptr(len(r.data)), uintptr(unsafe.Pointer(&vec[0])))
+	require.Zero(t, errno)
+	resident := 0
+	for _, v := range vec {
+		resident += int(v & 1)
+	}
+	t.Logf("%d of %d data pages resident in the inspecting process", resident, len(vec))
+	assert.LessOrEqual(t, resident, 8, "the scan touched the holes")
+}
