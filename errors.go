@@ -26,6 +26,8 @@ func lockName(path string, off int) string { return path + "@" + strconv.Itoa(of
 // errors.Is(err, context.DeadlineExceeded) works.
 type HeldError struct {
 	Lock    string        // region path @ offset
+	Path    string        // the region file
+	Off     int           // the lock's offset in the region's data area
 	Owner   uint64        // the holder's exact owner word: what Break takes
 	Holder  shm.Holder    // who holds it and whether it is alive, and why
 	HeldFor time.Duration // the lock has been held at least this long
@@ -45,10 +47,13 @@ func (e *HeldError) Error() string {
 			return msg + ". A process that locks a Mutex it already holds waits for itself: unlock it first."
 		}
 		return msg + fmt.Sprintf(". A live holder is never robbed: find out why pid %d does not unlock"+
-			" (ps -o pid,stat,wchan -p %d; a Go process prints its goroutines on SIGQUIT).", h.PID, h.PID)
+			" (ps -o pid,stat,wchan -p %d; a Go process prints its goroutines on SIGQUIT;"+
+			" 'shmlock inspect %s' shows every lock of the region and its holder).", h.PID, h.PID, e.Path)
 	case shm.Unverifiable:
 		return msg + fmt.Sprintf(". Its death cannot be verified from here, so it is not taken over automatically;"+
-			" if that process is known to be gone, free the lock with Mutex.Break(%#x).", e.Owner)
+			" if that process is known to be gone, free the lock with 'shmlock break %s %d --owner %#x'"+
+			" (or Mutex.Break(%#x)); 'shmlock inspect %s' shows every lock of the region and its holder.",
+			e.Path, e.Off, e.Owner, e.Owner, e.Path)
 	default:
 		return msg + ". The next waiter takes it over."
 	}

@@ -120,8 +120,16 @@ type Mutex struct {
 }
 
 // New returns the Mutex that lives at offset off of r's data area. off must be
-// a multiple of Size and leave Size bytes in the data area.
+// a multiple of Size and leave Size bytes in the data area. New tags the line
+// (shm.Region.Place), so that tools such as shmlock inspect find the lock; it
+// fails with shm.ErrInvalid on a read-only region (use Inspect there) and on
+// a line that holds another kind of lock, or data.
 func New(r *shm.Region, off int) (*Mutex, error) {
+	// The tag lets tools find the lock (shm.Region.Placements); it also
+	// refuses a line that holds another lock, or data.
+	if err := r.Place(off, shm.KindMutex, 0); err != nil {
+		return nil, err
+	}
 	line, err := r.Line(off)
 	if err != nil {
 		return nil, err
@@ -475,6 +483,8 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time
 	}
 	return &HeldError{
 		Lock:    m.name(),
+		Path:    m.r.Path(),
+		Off:     m.off,
 		Owner:   w &^ waiters,
 		Holder:  h,
 		HeldFor: max(m.heldFor(w), sinceOrZero(seenAt)),
@@ -538,6 +548,19 @@ func (m *Mutex) Snapshot() Snapshot {
 		s.HeldFor = m.heldFor(w)
 	}
 	return s
+}
+
+// Inspect returns the Snapshot of the Mutex at offset off of r without
+// writing anything, so r may be open read-only (shm.OpenReadOnly): how tools
+// look at a lock they do not use. off is the lock's line, as for New; the
+// writers' Mutex of a SeqLock or Record is at its own offset.
+func Inspect(r *shm.Region, off int) (Snapshot, error) {
+	line, err := r.Line(off)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	m := &Mutex{line: line, word: &line[wordOwner], r: r, off: off}
+	return m.Snapshot(), nil
 }
 
 // Recoveries returns how many times a dead or broken holder of m was taken

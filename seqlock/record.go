@@ -30,7 +30,7 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, line, err := lockSlot(r, off)
+	mu, line, err := lockSlot(r, off, shm.KindRecord, n)
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, line, err := lockSlot(r, off)
+	mu, line, err := lockSlot(r, off, shm.KindSeqLock, n)
 	if err != nil {
 		return nil, err
 	}

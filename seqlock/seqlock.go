@@ -130,9 +130,12 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 	return nil
 }
 
-func lockSlot(r *shm.Region, off int) (*shmlock.Mutex, *[8]uint64, error) {
+func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]uint64, error) {
 	mu, err := shmlock.New(r, off)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := r.Place(off, k, n); err != nil {
 		return nil, nil, err
 	}
 	line, _ := r.Line(off)
