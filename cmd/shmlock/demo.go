@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/owner"
+	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -32,12 +34,15 @@ const (
 	dStop      = 96  // nonzero: workers stop
 	dMine      = 128 // per-worker committed increments
 	dMaxWork   = 16
-	dSize      = dMine + 8*dMaxWork
+	dRecord    = dMine + 8*dMaxWork // a seqlock.Record of dRecBytes: the counter, in every word
+	dRecBytes  = 64
+	dSize      = dRecord + 64 + 2*dRecBytes
 )
 
 type demoRegion struct {
-	r  *shm.Region
-	mu *shmlock.Mutex
+	r   *shm.Region
+	mu  *shmlock.Mutex
+	rec *seqlock.Record
 }
 
 func openDemo(path string) (*demoRegion, error) {
@@ -50,7 +55,26 @@ func openDemo(path string) (*demoRegion, error) {
 		r.Close()
 		return nil, err
 	}
-	return &demoRegion{r: r, mu: mu}, nil
+	rec, err := seqlock.NewRecord(r, dRecord, dRecBytes)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return &demoRegion{r: r, mu: mu, rec: rec}, nil
+}
+
+// recordValue reads the record and checks it: every word must hold the same
+// value, a counter value some worker published whole. It returns the value
+// and whether the read was whole.
+func (d *demoRegion) recordValue(buf []byte) (uint64, bool) {
+	d.rec.Read(buf)
+	v := binary.NativeEndian.Uint64(buf)
+	for w := 8; w < len(buf); w += 8 {
+		if binary.NativeEndian.Uint64(buf[w:]) != v {
+			return v, false
+		}
+	}
+	return v, true
 }
 
 func (d *demoRegion) word(off int) *uint64 {
@@ -99,7 +123,36 @@ func demo(args []string) error {
 	defer os.Remove(path)
 	defer d.r.Close()
 	say := func(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
-	say("region %s: one robust lock, a counter, and a journal for half-done increments", path)
+	say("region %s: one robust lock, a counter, a journal for half-done increments,", path)
+	say("  and a %d-byte record that holders rewrite word by word with the counter's value", dRecBytes)
+
+	// The demo process reads the record all along, without any lock, and
+	// checks every read: all words equal, never going backwards.
+	var reads, torn, backwards atomic.Uint64
+	stopReading := make(chan struct{})
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		buf := make([]byte, dRecBytes)
+		var last uint64
+		for {
+			select {
+			case <-stopReading:
+				return
+			default:
+			}
+			v, whole := d.recordValue(buf)
+			reads.Add(1)
+			switch {
+			case !whole:
+				torn.Add(1)
+			case v < last:
+				backwards.Add(1)
+			}
+			last = max(last, v)
+			time.Sleep(20 * time.Microsecond)
+		}
+	}()
 
 	procs := make([]*exec.Cmd, *workers)
 	start := func(i int) error {
@@ -175,6 +228,8 @@ func demo(args []string) error {
 		}
 		say("pid %d took the lock over %v after the kill",
 			d.load(dRecoverer), time.Duration(int64(d.load(dRecovered))-killedAt).Round(time.Microsecond))
+		v, whole := d.recordValue(make([]byte, dRecBytes))
+		say("the record, read without a lock, holds %d, whole=%v: a copy the dead holder half wrote is never published", v, whole)
 		if err := start(victim); err != nil {
 			return err
 		}
@@ -186,6 +241,8 @@ func demo(args []string) error {
 	for _, p := range procs {
 		p.Wait()
 	}
+	close(stopReading)
+	<-readerDone
 	// A worker that finished while holding nothing leaves the lock free;
 	// take it once to repair anything left behind, as any process would.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -204,7 +261,13 @@ func demo(args []string) error {
 	if counter != committed {
 		return fmt.Errorf("demo: %d increments lost or counted twice", int64(committed)-int64(counter))
 	}
-	say("no increment lost or counted twice; region removed")
+	v, whole := d.recordValue(make([]byte, dRecBytes))
+	say("record: %d lock-free reads while holders were killed mid-write: %d torn, %d gone backwards; it holds %d, whole=%v",
+		reads.Load(), torn.Load(), backwards.Load(), v, whole)
+	if torn.Load() != 0 || backwards.Load() != 0 || !whole {
+		return errors.New("demo: a reader was handed a torn or stale record")
+	}
+	say("no increment lost or counted twice, no torn value read; region removed")
 	return nil
 }
 
@@ -240,6 +303,26 @@ func (d *demoRegion) repair(workers int, who string) {
 	atomic.StoreUint64(d.word(dJournal), 0)
 }
 
+// publish writes v into every word of the record, slowly, so that a kill
+// can land half way; readers see the previous value until the commit.
+func (d *demoRegion) publish(v uint64) error {
+	u, err := d.rec.Update(context.Background())
+	if err != nil {
+		return err
+	}
+	defer u.Release()
+	var w [8]byte
+	binary.NativeEndian.PutUint64(w[:], v)
+	for off := 0; off < dRecBytes; off += 8 {
+		u.StoreAt(off, w[:])
+		if off == dRecBytes/2 {
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	u.Commit()
+	return nil
+}
+
 func demoWorker(args []string) error {
 	if len(args) != 2 {
 		return errors.New("demo-worker: want a region path and a worker index")
@@ -267,13 +350,17 @@ func demoWorker(args []string) error {
 		}
 		atomic.StoreUint64(d.word(dJournal), uint64(i+1))
 		c := d.load(dCounter)
-		// Two windows for a kill to land in: before the counter moves,
-		// and between the counter and this worker's own record of it.
+		// Three windows for a kill to land in: before the counter moves,
+		// between the counter and this worker's own record of it, and in
+		// the middle of rewriting the record.
 		time.Sleep(250 * time.Microsecond)
 		atomic.StoreUint64(d.word(dCounter), c+1)
 		time.Sleep(250 * time.Microsecond)
 		atomic.AddUint64(d.word(dMine+8*i), 1)
 		atomic.StoreUint64(d.word(dJournal), 0)
+		if err := d.publish(c + 1); err != nil {
+			return err
+		}
 		g.Commit()
 		g.Release()
 		time.Sleep(50 * time.Microsecond)

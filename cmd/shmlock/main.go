@@ -1,10 +1,13 @@
 // Command shmlock is the operator's tool for shmlock regions.
 //
 //	shmlock demo      start workers on a fresh region, kill holders, narrate the recoveries
+//	shmlock inspect   show a region's processes and locks, and their holders (read-only)
+//	shmlock break     free a lock whose holder cannot be verified dead, by its exact owner word
 //	shmlock torture   kill workers at random for a while, and report any violation
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -13,6 +16,11 @@ import (
 const usage = `usage: shmlock <command> [flags]
 
 commands:
+  inspect show a region's header, attached processes and every lock in it:
+          free or held, by which pid, alive / dead / unverifiable and why, for
+          how long; read-only (-json for scripts)
+  break   free a lock whose holder cannot be verified dead (another PID
+          namespace) but is known to be gone, by its exact owner word
   demo    start worker processes that share a counter under one robust lock,
           SIGKILL the holder in the middle of its critical section, and narrate
           who noticed, how long recovery took, and that no increment was lost
@@ -33,6 +41,10 @@ func main() {
 	}
 	var err error
 	switch cmd, args := flag.Arg(0), flag.Args()[1:]; cmd {
+	case "inspect":
+		err = inspectCmd(args)
+	case "break":
+		err = breakCmd(args)
 	case "demo":
 		err = demo(args)
 	case demoWorkerCmd:
@@ -46,7 +58,11 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errHelp):
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "shmlock:", err)
 		os.Exit(1)
 	}

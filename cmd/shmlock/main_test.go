@@ -9,6 +9,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	cliMain()
 	// The demo re-executes its own binary as workers: here, the test binary.
 	if len(os.Args) > 1 && (os.Args[1] == demoWorkerCmd || os.Args[1] == tortureWorkerCmd) {
 		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
