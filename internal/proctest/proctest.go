@@ -71,14 +71,21 @@ type Child struct {
 	reaped atomic.Bool
 }
 
+// Command returns the test binary, to be started in role with args (for
+// benchmarks, which have no Harness). It dies with its parent.
+func Command(role string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, " "))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
 // Spawn starts the test binary in role with args.
 func (h *Harness) Spawn(role string, args ...string) *Child {
 	h.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, " "))
+	cmd := Command(role, args...)
 	c := &Child{cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &c.out, &c.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		h.t.Fatal(err)
 	}
