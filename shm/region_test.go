@@ -83,6 +83,19 @@ func runChild(role, arg string) int {
 		}
 		fmt.Printf("id=%d\n", r.ID())
 		select {}
+	case "attach-detach":
+		// arg: path. Attach, say our owner ID, detach a moment later, and
+		// live on until killed.
+		r, err := Open(arg, Options{})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		fmt.Printf("id=%d\n", r.ID())
+		time.Sleep(200 * time.Millisecond)
+		r.Close()
+		fmt.Println("detached")
+		select {}
 	case "write-read-only":
 		// arg: path. Writing through a read-only mapping faults.
 		r, err := OpenReadOnly(arg)

@@ -18,10 +18,11 @@ import (
 // began), leaves the caller on its probe schedule: slower, never wrong.
 //
 // One wait serves every caller that watches the same attachment, and it
-// outlives them: it ends when the process exits, when its slot is claimed by
-// another attachment, or when the Region is closed. So a process that holds
-// locks again and again costs one pidfd, opened once, and a caller's stop is
-// a map deletion, not a system call.
+// outlives them: it ends when the process exits, when the Region is closed,
+// or once its slot is claimed by another attachment (at the next Watch of the
+// new one, or when the last caller stops). So a process that holds locks
+// again and again costs one pidfd, opened once, and a caller's stop is a map
+// deletion, not a system call.
 type watches struct {
 	mu     sync.Mutex
 	slots  map[int]*watch // by process-table slot: the attachment last watched there
@@ -64,14 +65,16 @@ const (
 )
 
 // Watch calls f once, in its own goroutine, when the process attached as id
-// exits, unless stop is called first: f never starts after stop returns. If
-// the process is known gone already, f is called at once. If no watch is
-// possible, f is never called. Call Watch before the probe whose verdict you
-// act on: a death before the watch began is then seen by that probe.
+// exits, unless stop is called first: f never starts after stop returns
+// (stop does not wait for an f that has started). If the attachment is known
+// gone already (its slot was claimed again since), f is called at once. If no
+// watch is possible, f is never called. Call Watch before the probe whose
+// verdict you act on: a death before the watch began is then seen by that
+// probe.
 //
-// A watch costs a file descriptor and a parked goroutine per watched process,
-// however many callers share it, until that process exits, its slot is
-// claimed again, or r is closed.
+// A watch costs a file descriptor and a parked goroutine per watched
+// attachment, however many callers share it, until its process exits, its
+// slot is claimed again, or r is closed: at most one per slot.
 func (r *Region) Watch(id uint32, f func()) (stop func()) {
 	c := &watchCall{f: f}
 	stop = func() { r.unwatch(id, c) }
@@ -82,11 +85,18 @@ func (r *Region) Watch(id uint32, f func()) (stop func()) {
 		return func() {}
 	}
 	slot := SlotOf(id)
+	if !r.current(id) {
+		// An ID from a lock word that an attachment since gone left
+		// held (or a corrupt one): nothing to wait for, and the slot's
+		// watch, if any, belongs to whoever claimed it since.
+		go c.start()
+		return stop
+	}
 	w := ws.slots[slot]
 	if w != nil && w.id != id {
-		// Another attachment of the slot: the one watched before is
-		// gone (its slot could not be claimed otherwise). Tell its
-		// callers, and watch the new one.
+		// The slot's current attachment is not the one watched before,
+		// which is gone (its slot could not be claimed otherwise). Tell
+		// its callers, and watch the new one.
 		delete(ws.slots, slot)
 		w.cancel()
 		for c := range w.calls {
@@ -112,15 +122,34 @@ func (r *Region) Watch(id uint32, f func()) (stop func()) {
 	return stop
 }
 
-// unwatch forgets c; the wait itself goes on for the next caller.
+// unwatch forgets c. The wait itself goes on for the next caller, unless
+// its attachment is gone from the slot (it detached and another claimed the
+// slot, its process living on): then nobody will need it again.
 func (r *Region) unwatch(id uint32, c *watchCall) {
 	c.state.CompareAndSwap(callArmed, callStopped)
 	ws := &r.watches
 	ws.mu.Lock()
-	if w := ws.slots[SlotOf(id)]; w != nil && w.id == id {
+	slot := SlotOf(id)
+	var cancel func()
+	if w := ws.slots[slot]; w != nil && w.id == id {
 		delete(w.calls, c)
+		if len(w.calls) == 0 && !r.current(id) {
+			delete(ws.slots, slot)
+			cancel = w.cancel
+		}
 	}
 	ws.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// current reports whether id names the attachment that holds its slot of the
+// process table now (or held it last, if it detached since).
+func (r *Region) current(id uint32) bool {
+	slot := SlotOf(id)
+	return id>>IDBits == 0 && slot >= 1 && slot <= r.slots &&
+		atomic.LoadUint32(r.entry(slot).incarnation) == incarnationOf(id)
 }
 
 // fire runs when the process watched by w exited.

@@ -21,20 +21,28 @@ import (
 // attached starts a child attached to the region at path and returns it with
 // its owner ID. The child is killed when the test ends.
 func attached(t *testing.T, path string) (*exec.Cmd, uint32) {
+	c, id, _ := attachedAs(t, "attach", path)
+	return c, id
+}
+
+// attachedAs starts a child in role ("attach" or "attach-detach") and returns
+// it, its owner ID and its output so far.
+func attachedAs(t *testing.T, role, path string) (*exec.Cmd, uint32, *proctest.Buffer) {
 	t.Helper()
-	var out proctest.Buffer
+	out := new(proctest.Buffer)
 	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=attach")
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), childEnv+"="+role)
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	proctest.Eventually(t, 10*time.Second, "the child never attached", func() bool {
-		return strings.HasPrefix(out.String(), "id=")
+		return strings.Contains(out.String(), "\n")
 	})
-	id, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out.String(), "id=")), 10, 32)
+	first, _, _ := strings.Cut(out.String(), "\n")
+	id, err := strconv.ParseUint(strings.TrimPrefix(first, "id="), 10, 32)
 	require.NoError(t, err, out.String())
-	return cmd, uint32(id)
+	return cmd, uint32(id), out
 }
 
 // counter returns a callback that counts its calls.
@@ -132,26 +140,72 @@ func TestWatchStopBeforeStart(t *testing.T) {
 	assert.Zero(t, late.Load(), "f started after stop returned")
 }
 
-// A new attachment in a watched slot ends the old watch and tells its
-// callers: the attachment they watched is gone.
+// A slot claimed again while its old attachment's process lives on (it
+// detached): the next Watch of the new attachment ends the old wait and tells
+// its callers; a wait nobody needs any more is dropped when its last caller
+// stops.
 func TestWatchSlotClaimedAgain(t *testing.T) {
+	// open returns a region in which we hold slot 1, so that children
+	// take turns in slot 2.
+	open := func(t *testing.T) (*Region, string) {
+		path := tempPath(t)
+		r, err := Open(path, Options{Size: 64, Slots: 2})
+		require.NoError(t, err)
+		t.Cleanup(func() { r.Close() })
+		return r, path
+	}
+	t.Run("replaced by the next Watch", func(t *testing.T) {
+		r, path := open(t)
+		nA, fA := counter()
+		_, idA, outA := attachedAs(t, "attach-detach", path)
+		r.Watch(idA, fA)
+		require.Equal(t, 1, pidfds(t))
+		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.String(), "detached") })
+		_, idB := attached(t, path)
+		require.Equal(t, SlotOf(idA), SlotOf(idB), "B claims the slot A left")
+		nB, fB := counter()
+		defer r.Watch(idB, fB)()
+		proctest.Eventually(t, 10*time.Second, "A's callers were not told A is gone", func() bool { return nA.Load() == 1 })
+		assert.Equal(t, 1, pidfds(t), "A's pidfd closed, B's opened")
+		time.Sleep(100 * time.Millisecond)
+		assert.Zero(t, nB.Load(), "B reported gone while it lives")
+	})
+	t.Run("dropped at the last stop", func(t *testing.T) {
+		r, path := open(t)
+		nA, fA := counter()
+		_, idA, outA := attachedAs(t, "attach-detach", path)
+		stopA := r.Watch(idA, fA)
+		require.Equal(t, 1, pidfds(t))
+		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.String(), "detached") })
+		_, idB := attached(t, path)
+		require.Equal(t, SlotOf(idA), SlotOf(idB))
+		stopA()
+		proctest.Eventually(t, 10*time.Second, "a wait for an attachment gone from its slot stayed open", func() bool { return pidfds(t) == 0 })
+		assert.Zero(t, nA.Load(), "stopped")
+	})
+}
+
+// A stale ID (from a lock word that a dead attachment left held) is reported
+// gone at once, and leaves alone the watch of whoever holds its slot now.
+func TestWatchStaleIDSparesTheLiving(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64})
+	r, err := Open(path, Options{Size: 64, Slots: 2})
 	require.NoError(t, err)
 	defer r.Close()
-	_, id := attached(t, path)
-	nOld, fOld := counter()
-	r.Watch(id, fOld)
+	a, idA := attached(t, path)
+	a.Process.Kill()
+	a.Wait()
+	_, idB := attached(t, path)
+	require.Equal(t, SlotOf(idA), SlotOf(idB))
+	nB, fB := counter()
+	defer r.Watch(idB, fB)()
 	require.Equal(t, 1, pidfds(t))
-	// The ID the slot's next claimant will have.
-	next := makeID(uint32(SlotOf(id)), incarnationOf(id)+1)
-	nNew, fNew := counter()
-	r.Watch(next, fNew)
-	proctest.Eventually(t, 10*time.Second, "the old watch's callers were not told", func() bool { return nOld.Load() == 1 })
-	// The slot's record is still the old claimant's, so the new ID reads as
-	// gone too: no claimant ever had it.
-	proctest.Eventually(t, 10*time.Second, "the unknown claimant was not reported gone", func() bool { return nNew.Load() == 1 })
-	proctest.Eventually(t, 10*time.Second, "the old pidfd stayed open", func() bool { return pidfds(t) == 0 })
+	nA, fA := counter()
+	defer r.Watch(idA, fA)()
+	proctest.Eventually(t, 5*time.Second, "A was not reported gone", func() bool { return nA.Load() == 1 })
+	time.Sleep(100 * time.Millisecond)
+	assert.Zero(t, nB.Load(), "B's waiters told B died while B lives")
+	assert.Equal(t, 1, pidfds(t), "B's wait was closed")
 }
 
 // A process known gone is reported at once; our own ID, and a holder in
