@@ -1,0 +1,145 @@
+//go:build linux
+
+// Package robust registers, from pure Go, a Linux robust futex list on a
+// dedicated OS thread, so that when the thread's process dies, of any cause
+// (SIGKILL, exit, an unrecovered panic, exec), the kernel marks every lock
+// word in the list that names the thread as its owner, and wakes one waiter
+// sleeping on each (kernel Documentation/locking/robust-futex-ABI.rst).
+//
+// This is the first building block of a kernel-notified mode for shmlock
+// (issue 7); the locks do not use it yet.
+//
+// The kernel's ABI, for one thread:
+//
+//	head:   {next, futex_offset, list_op_pending}, registered with
+//	        set_robust_list(head, 24) by the thread itself
+//	entry:  a pointer-sized word holding the next entry's address (the
+//	        head's address ends the list); bit 0 set would mean a PI futex
+//	futex:  the 32-bit word at entry + futex_offset: bits 0..29 the owner's
+//	        TID (in its own PID namespace), bit 30 FUTEX_OWNER_DIED, bit 31
+//	        FUTEX_WAITERS
+//
+// At the thread's exit the kernel walks at most 2048 entries, and stops at the
+// first it cannot read. For each futex word whose TID is the dying thread's it
+// writes (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED, and if FUTEX_WAITERS was
+// set wakes one waiter in a shared FUTEX_WAIT on it. Words of other owners
+// are left alone: that comparison is all that keeps a list from marking a
+// lock its thread does not hold.
+//
+// Entries need not lie beside their futex words: one futex_offset serves a
+// whole list, so a list may keep its entries in private memory laid out like
+// the shared region (entry at shadow + o, futex at region + o, futex_offset =
+// region - shadow). Then no shared byte holds a pointer of this process.
+package robust
+
+import (
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Owner-word bits the kernel reads and writes.
+const (
+	TIDMask   = 1<<30 - 1
+	OwnerDied = 1 << 30
+	Waiters   = 1 << 31
+)
+
+// head is struct robust_list_head.
+type head struct {
+	next    uintptr
+	offset  int64
+	pending uintptr
+}
+
+// List is a robust list registered on a dedicated thread that lives as long
+// as the process, or until Close.
+type List struct {
+	mu   sync.Mutex // serialises changes of the list
+	head *head      // in a page of its own, outside the Go heap
+	page []byte
+	tid  int32
+	quit chan struct{}
+	done chan struct{}
+}
+
+// ErrUnsupported: the kernel refused set_robust_list.
+var ErrUnsupported = errors.New("robust: set_robust_list is not available")
+
+// New starts the thread and registers an empty list whose entries are at
+// futex word - offset.
+func New(offset int64) (*List, error) {
+	page, err := unix.Mmap(-1, 0, unix.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, err
+	}
+	l := &List{head: (*head)(unsafe.Pointer(&page[0])), page: page, quit: make(chan struct{}), done: make(chan struct{})}
+	l.head.next = uintptr(unsafe.Pointer(l.head)) // empty: the head points at itself
+	l.head.offset = offset
+	ready := make(chan error)
+	go func() {
+		// The thread stays locked to this goroutine, which never
+		// returns before Close: it is the list's owner, and its TID the
+		// owner value of every lock word the list covers. Returning
+		// while locked ends the thread.
+		runtime.LockOSThread()
+		_, _, errno := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(l.head)), unsafe.Sizeof(head{}), 0)
+		if errno != 0 {
+			ready <- errors.Join(ErrUnsupported, errno)
+			return
+		}
+		l.tid = int32(unix.Gettid())
+		ready <- nil
+		<-l.quit
+		// Unregister before the thread ends, so that its exit walks
+		// nothing that may be unmapped by then.
+		unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, 0, unsafe.Sizeof(head{}), 0)
+		close(l.done)
+	}()
+	if err := <-ready; err != nil {
+		unix.Munmap(page)
+		return nil, err
+	}
+	return l, nil
+}
+
+// TID returns the owner value (bits 0..29) that a lock word must hold for the
+// kernel to mark it when this list's process dies.
+func (l *List) TID() int32 { return l.tid }
+
+// Link adds the entry at e (e + offset is a lock's futex word) to the front
+// of the list. e must stay mapped and readable until Clear or Close, outside
+// the Go heap, and 8-aligned. list_op_pending covers the two stores: a death
+// between them still has the kernel look at e.
+func (l *List) Link(e unsafe.Pointer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	store(&l.head.pending, uintptr(e))
+	store((*uintptr)(e), l.head.next)
+	store(&l.head.next, uintptr(e))
+	store(&l.head.pending, 0)
+}
+
+// Clear empties the list, so that the memory its entries lie in may be
+// unmapped.
+func (l *List) Clear() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	store(&l.head.next, uintptr(unsafe.Pointer(l.head)))
+}
+
+// Close empties the list, unregisters it and ends its thread.
+func (l *List) Close() {
+	l.Clear()
+	close(l.quit)
+	<-l.done
+	unix.Munmap(l.page)
+}
+
+// store writes a word the kernel may read at the thread's death: an atomic
+// store, so that neither the compiler nor the CPU reorders the list's steps.
+func store(p *uintptr, v uintptr) { atomic.StoreUintptr(p, v) }
