@@ -26,7 +26,14 @@ const (
 	tagWord  = 3
 	tagMagic = 0x534c
 	tagWords = 1<<24 - 1
+	// placeLookBack bounds how far back Place looks for a lock whose data
+	// the line would lie in.
+	placeLookBack = 64 << 10
 )
+
+// MaxPlacedSize is the largest data size a placed SeqLock or Record can
+// have: the tag holds it in 24 bits of 8-byte words (just under 128 MiB).
+const MaxPlacedSize = tagWords * 8
 
 // Kind is the kind of lock at a tagged line.
 type Kind uint8
@@ -94,12 +101,13 @@ func parseTag(off int, t uint64) (Placement, bool) {
 }
 
 // Place tags the line at off as holding a lock of kind k that protects size
-// bytes (0 for a Mutex), for Placements to find. The constructors of shmlock
-// and seqlock call it. It is idempotent, and a Mutex placed on a SeqLock's or
-// Record's line accepts that tag (it is that lock's writers' Mutex). It
-// refuses, with ErrInvalid, a line tagged as another lock, or one whose tag
-// word holds something else (data placed over it, or the line of a lock
-// whose data it overlaps), and a read-only region.
+// bytes (0 for a Mutex; at most MaxPlacedSize), for Placements to find. The
+// constructors of shmlock and seqlock call it. It is idempotent, and a Mutex
+// placed on a SeqLock's or Record's line accepts that tag (it is that lock's
+// writers' Mutex). It refuses, with ErrInvalid, a line tagged as another
+// lock, one whose tag word holds something else (data placed over it), a
+// line inside the data of a lock placed up to 64 KiB before it, and a
+// read-only region.
 func (r *Region) Place(off int, k Kind, size int) error {
 	fail := func(format string, args ...any) error {
 		return &Error{Op: "place", Path: r.path, Kind: ErrInvalid, Detail: fmt.Sprintf(format, args...)}
@@ -116,6 +124,9 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	}
 	if r.readOnly {
 		return fail("the region is open read-only")
+	}
+	if p, ok := r.covering(off); ok {
+		return fail("offset %d lies in the data of the %v of %d bytes at offset %d", off, p.Kind, p.Size, p.Off)
 	}
 	want := makeTag(off, k, size)
 	for {
@@ -138,13 +149,36 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	}
 }
 
-// Placement returns the lock tagged at off, if any.
+// Placement returns the lock tagged at off, if any. A tag whose lock would
+// not fit the data area is no tag (a hostile or corrupt file).
 func (r *Region) Placement(off int) (Placement, bool) {
 	line, err := r.Line(off)
 	if err != nil {
 		return Placement{}, false
 	}
-	return parseTag(off, atomic.LoadUint64(&line[tagWord]))
+	p, ok := parseTag(off, atomic.LoadUint64(&line[tagWord]))
+	if !ok || p.Bytes() > len(r.data)-off {
+		return Placement{}, false
+	}
+	return p, true
+}
+
+// covering returns the lock, placed up to placeLookBack bytes before off,
+// whose data the line at off lies in. Like Placements it reads only the data
+// ranges of the file: reading a hole through the mapping would allocate it.
+func (r *Region) covering(off int) (Placement, bool) {
+	var last Placement
+	found := false
+	for o := max(0, off-placeLookBack); o < off; {
+		start, end := r.dataRange(o)
+		for o = start; o < end && o < off; o += LineSize {
+			if p, ok := r.Placement(o); ok {
+				last, found = p, true
+			}
+		}
+		o = max(o, end)
+	}
+	return last, found && off < last.Off+last.Bytes()
 }
 
 // Placements lists the locks tagged in the data area, in offset order. It

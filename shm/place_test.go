@@ -108,10 +108,43 @@ func TestPlacements(t *testing.T) {
 		{2048, KindSeqLock, 12}, // not whole words
 		{4032, KindSeqLock, 64}, // does not fit
 		{32, KindMutex, 0},      // not a line
+		{256, KindMutex, 0},     // in the Record's data (192 + 64 + 2*128)
+		{448, KindSeqLock, 64},  // likewise
 	} {
 		assert.ErrorIs(t, r.Place(c.off, c.k, c.size), ErrInvalid, "%+v", c)
 	}
 	assert.Equal(t, want, r.Placements())
+	require.NoError(t, r.Place(512, KindMutex, 0), "just past the Record")
+
+	// A tag (well formed, right offset) whose lock would run past the data
+	// area, as a hostile file could hold: no lock.
+	l, _ := r.Line(2048)
+	atomic.StoreUint64(&l[tagWord], makeTag(2048, KindSeqLock, 8*4096))
+	_, ok := r.Placement(2048)
+	assert.False(t, ok)
+	assert.Equal(t, append(want, Placement{512, KindMutex, 0}), r.Placements())
+}
+
+// Listing the attached processes reads the table without bringing its holes
+// into memory: the region file's blocks do not change.
+func TestAttachmentsReadNoHoles(t *testing.T) {
+	path := fmt.Sprintf("%s/shm-test-table-%d", Dir, os.Getpid())
+	os.Remove(path)
+	defer os.Remove(path)
+	w, err := Open(path, Options{Size: 4096, Slots: MaxSlots})
+	require.NoError(t, err)
+	defer w.Close()
+	blocks := func() int64 {
+		var st unix.Stat_t
+		require.NoError(t, unix.Stat(path, &st))
+		return st.Blocks
+	}
+	before := blocks()
+	r, err := OpenReadOnly(path)
+	require.NoError(t, err)
+	defer r.Close()
+	require.Len(t, r.Attachments(), 1)
+	assert.Equal(t, before, blocks(), "inspecting allocated pages of the table")
 }
 
 // Listing the locks of a large sparse region reads only the pages that hold

@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -90,13 +91,19 @@ func (r *Region) Probe(id uint32) Holder {
 
 // Attachments probes every slot of the process table that was ever claimed
 // and returns the holders that are not Dead (attached now, or not verifiably
-// gone), in slot order. It reads only.
+// gone), in slot order. It reads only, and reads the table with pread, so
+// that the holes of a sparse table are not brought into memory (reading a
+// tmpfs hole through a mapping allocates a page; on a full /dev/shm it faults).
 func (r *Region) Attachments() []Holder {
+	table := make([]byte, r.slots*entryBytes)
+	if _, err := r.f.ReadAt(table, entryBytes); err != nil {
+		return nil
+	}
 	var hs []Holder
 	for s := 1; s <= r.slots; s++ {
-		e := r.entry(s)
-		inc := atomic.LoadUint32(e.incarnation)
-		if inc == 0 && atomic.LoadInt32(e.pid) == 0 {
+		e := table[(s-1)*entryBytes:]
+		inc := binary.NativeEndian.Uint32(e[entIncarnation:])
+		if inc == 0 && binary.NativeEndian.Uint32(e[entPID:]) == 0 {
 			continue // never claimed
 		}
 		if h := r.Probe(makeID(uint32(s), inc)); h.State != Dead {
