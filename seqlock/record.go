@@ -3,7 +3,9 @@ package seqlock
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync/atomic"
+	"time"
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/guard"
@@ -51,11 +53,19 @@ func (r *Record) Mutex() *shmlock.Mutex { return r.mu }
 
 // Read copies the published value into dst, which must be Len bytes long. It
 // never waits for a writer, live or dead; it retries only when a writer
-// rewrote the copy it was reading.
+// rewrote the copy it was reading. If the published copy stays half written
+// (odd) for a millisecond, which no writer ever leaves, the region was
+// changed by something else: Read returns ErrCorrupt, and the next Update
+// repairs the record.
 func (r *Record) Read(dst []byte) error {
 	if len(dst) != r.Len() {
 		return fmt.Errorf("%w: buffer of %d bytes for a %d-byte record", ErrSize, len(dst), r.Len())
 	}
+	var (
+		odd      uint64 // the published copy's index and odd sequence seen last
+		oddSince time.Time
+		spins    int
+	)
 	for {
 		// Re-read the index every time: a copy whose writer died stays
 		// odd forever, and only the published one is sure to settle.
@@ -63,7 +73,20 @@ func (r *Record) Read(dst []byte) error {
 		fault.Hit(fault.RecordReadIndex)
 		s1 := atomic.LoadUint64(r.seq[i])
 		if s1&1 != 0 {
-			continue // being written: the index has moved on
+			// Being written: the index has moved on since we read it.
+			// Unless it has not, for long: then nothing will settle.
+			if atomic.LoadUint64(r.pub)&1 == i {
+				if spins++; spins > readSpins {
+					now := time.Now()
+					if key := s1<<1 | i; key != odd {
+						odd, oddSince = key, now
+					} else if now.Sub(oddSince) > corruptAfter {
+						return ErrCorrupt
+					}
+					runtime.Gosched()
+				}
+			}
+			continue
 		}
 		// Copy i may have been written again, committed but not yet (or,
 		// its writer dead, never) published, since we read the index: a
@@ -78,6 +101,10 @@ func (r *Record) Read(dst []byte) error {
 		}
 	}
 }
+
+// corruptAfter is how long a Record reader watches the published copy stay
+// odd before it calls the record corrupt.
+const corruptAfter = time.Millisecond
 
 // RecordWriter is an update in progress on a Record. It writes the copy that
 // is not published, which starts as the published value; Commit before

@@ -52,6 +52,10 @@ var (
 	// ErrSize: a data size that is not a positive multiple of 8, or a buffer
 	// of the wrong length.
 	ErrSize = errors.New("seqlock: bad size")
+	// ErrCorrupt: a Record whose published copy stays half written, which
+	// no writer, live or dead, leaves behind: the region's bytes were
+	// changed by something else.
+	ErrCorrupt = errors.New("seqlock: record is corrupt: its published copy stays half written")
 )
 
 // The words of the mutex's cache line that belong to the object it protects
@@ -74,6 +78,9 @@ func roundLine(n int) int { return (n + shm.LineSize - 1) / shm.LineSize * shm.L
 func checkSize(n int) error {
 	if n <= 0 || n%8 != 0 {
 		return fmt.Errorf("%w: %d is not a positive multiple of 8", ErrSize, n)
+	}
+	if n > shm.MaxPlacedSize {
+		return fmt.Errorf("%w: %d bytes; at most %d (shm.MaxPlacedSize)", ErrSize, n, shm.MaxPlacedSize)
 	}
 	return nil
 }
@@ -131,6 +138,11 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 }
 
 func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]uint64, error) {
+	// The whole lock must fit before anything is written: a refused
+	// constructor leaves no tag behind.
+	if _, err := r.Bytes(off, shm.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
+		return nil, nil, err
+	}
 	mu, err := shmlock.New(r, off)
 	if err != nil {
 		return nil, nil, err

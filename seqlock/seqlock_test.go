@@ -3,12 +3,14 @@
 package seqlock_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -426,4 +428,46 @@ func TestSizes(t *testing.T) {
 	}
 	_, err := seqlock.NewSeqLock(e.r, 0, 1<<20)
 	assert.ErrorIs(t, err, shm.ErrInvalid, "larger than the region")
+}
+
+// A constructor refused for its size writes nothing: no tag is left behind.
+func TestRefusedConstructorPlacesNothing(t *testing.T) {
+	r, err := shm.Open(filepath.Join(t.TempDir(), "region"), shm.Options{Size: 4096})
+	require.NoError(t, err)
+	defer r.Close()
+	_, err = seqlock.NewRecord(r, 0, 4096)
+	assert.ErrorIs(t, err, shm.ErrInvalid, "larger than the region")
+	_, err = seqlock.NewSeqLock(r, 0, shm.MaxPlacedSize+8)
+	assert.ErrorIs(t, err, seqlock.ErrSize)
+	assert.Empty(t, r.Placements())
+}
+
+// A Record whose published copy stays odd (both copies odd: written so from
+// outside, since no writer leaves the published copy odd) is reported
+// corrupt instead of read for ever; the next update repairs it.
+func TestRecordCorrupt(t *testing.T) {
+	r, err := shm.Open(filepath.Join(t.TempDir(), "region"), shm.Options{Size: 4096})
+	require.NoError(t, err)
+	defer r.Close()
+	rec, err := seqlock.NewRecord(r, 0, 64)
+	require.NoError(t, err)
+	line, _ := r.Line(0)
+	atomic.StoreUint64(&line[5], 1) // the copies' sequences (words 5 and 6)
+	atomic.StoreUint64(&line[6], 1)
+	b := make([]byte, 64)
+	done := make(chan error, 1)
+	go func() { done <- rec.Read(b) }()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, seqlock.ErrCorrupt)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read of a corrupt record never returned")
+	}
+	u, err := rec.Update(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, u.Store(bytes.Repeat([]byte{7}, 64)))
+	u.Commit()
+	u.Release()
+	require.NoError(t, rec.Read(b))
+	assert.Equal(t, bytes.Repeat([]byte{7}, 64), b)
 }
