@@ -113,15 +113,27 @@ func Open(name string, opt Options) (*Cache, error) {
 }
 
 func (c *Cache) init(opt Options) error {
-	var err error
-	if c.mu, err = shmlock.New(c.r, offMutex); err != nil {
-		return err
-	}
 	line, err := c.r.Line(offConfig)
 	if err != nil {
 		return err
 	}
 	want := [4]uint64{magic, uint64(opt.Capacity), uint64(opt.MaxKey), uint64(opt.MaxValue)}
+	mismatch := func() error {
+		return fmt.Errorf("%w: %s holds capacity %d, keys %d, values %d (magic %#x); asked %d, %d, %d",
+			ErrMismatch, c.r.Path(), atomic.LoadUint64(&line[1]), atomic.LoadUint64(&line[2]), atomic.LoadUint64(&line[3]),
+			atomic.LoadUint64(&line[0]), opt.Capacity, opt.MaxKey, opt.MaxValue)
+	}
+	// Check before placing anything: a region that holds something else
+	// must be left as it is.
+	if p, ok := c.r.Placement(offConfig); ok {
+		return fmt.Errorf("%w: %s holds a %v at offset 0, not a cache", ErrMismatch, c.r.Path(), p.Kind)
+	}
+	if m := atomic.LoadUint64(&line[0]); m != 0 && m != magic {
+		return mismatch()
+	}
+	if c.mu, err = shmlock.New(c.r, offMutex); err != nil {
+		return err
+	}
 	if atomic.LoadUint64(&line[0]) == 0 {
 		// The first writer writes the config, under the writers' lock, the
 		// magic last; a process that died before the magic left nothing
@@ -139,10 +151,8 @@ func (c *Cache) init(opt Options) error {
 		g.Release()
 	}
 	for i, w := range want {
-		if got := atomic.LoadUint64(&line[i]); got != w {
-			return fmt.Errorf("%w: %s holds capacity %d, keys %d, values %d (magic %#x); asked %d, %d, %d",
-				ErrMismatch, c.r.Path(), atomic.LoadUint64(&line[1]), atomic.LoadUint64(&line[2]), atomic.LoadUint64(&line[3]),
-				atomic.LoadUint64(&line[0]), opt.Capacity, opt.MaxKey, opt.MaxValue)
+		if atomic.LoadUint64(&line[i]) != w {
+			return mismatch()
 		}
 	}
 	c.slots = make([]*seqlock.Record, opt.Capacity)
@@ -216,7 +226,9 @@ func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
 	now := time.Now().UnixNano()
 	first, n := c.window(h)
 	for i := range n {
-		c.slot(first, i).Read(e)
+		if c.slot(first, i).Read(e) != nil {
+			continue // corrupt (written from outside): holds nothing we trust
+		}
 		if c.matches(e, h, key) {
 			if !e.live(now) {
 				return dst, false
@@ -234,8 +246,8 @@ func (c *Cache) Set(ctx context.Context, key, value []byte, ttl time.Duration) e
 		return fmt.Errorf("%w: key %d bytes (max %d), value %d bytes (max %d)", ErrTooLong, len(key), c.maxKey, len(value), c.maxValue)
 	}
 	expires := int64(math.MaxInt64)
-	if ttl > 0 {
-		expires = time.Now().Add(ttl).UnixNano()
+	if now := time.Now().UnixNano(); ttl > 0 && int64(ttl) < math.MaxInt64-now {
+		expires = now + int64(ttl)
 	}
 	return c.write(ctx, key, func(e entry) {
 		clear(e)
@@ -277,8 +289,14 @@ func (c *Cache) write(ctx context.Context, key []byte, fill func(entry), insert 
 	target, free, oldest := -1, -1, 0
 	oldestExp := int64(math.MaxInt64)
 	for i := range n {
-		c.slot(first, i).Read(e)
+		err := c.slot(first, i).Read(e)
 		switch {
+		case err != nil:
+			// Corrupt (written from outside): free, and the Update
+			// below repairs it if it is the one we write.
+			if free < 0 {
+				free = i
+			}
 		case c.matches(e, h, key):
 			target = i
 		case !e.live(now):

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"github.com/shmlock/shmlock/examples/cache"
 	"github.com/shmlock/shmlock/internal/owner"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -310,4 +312,71 @@ func TestCache(t *testing.T) {
 	// Another process's view with other dimensions is refused, typed.
 	_, err = cache.Open(cpath, cache.Options{Capacity: 4, MaxKey: 8, MaxValue: 16})
 	assert.True(t, errors.Is(err, cache.ErrMismatch), "%v", err)
+}
+
+// A TTL that runs past the year 2262 does not wrap into the past.
+func TestLongTTL(t *testing.T) {
+	cpath, _ := paths(t)
+	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Set(context.Background(), []byte("k"), []byte("v"), math.MaxInt64))
+	_, ok := c.Get([]byte("k"), nil)
+	assert.True(t, ok)
+}
+
+// Slots whose bytes were changed from outside (both copies of every Record
+// left half written) make Get miss, not hang, and the next Set repairs them.
+func TestCorruptSlots(t *testing.T) {
+	cpath, _ := paths(t)
+	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := context.Background()
+	require.NoError(t, c.Set(ctx, []byte("k"), []byte("v"), 0))
+	for _, p := range c.Region().Placements() {
+		if p.Kind == shm.KindRecord {
+			l, _ := c.Region().Line(p.Off)
+			atomic.StoreUint64(&l[5], 1) // both copies' sequences odd
+			atomic.StoreUint64(&l[6], 1)
+		}
+	}
+	done := make(chan bool, 1)
+	go func() { _, ok := c.Get([]byte("k"), nil); done <- ok }()
+	select {
+	case ok := <-done:
+		assert.False(t, ok, "a corrupt slot holds nothing to trust")
+	case <-time.After(10 * time.Second):
+		t.Fatal("Get hung on corrupt slots")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.Set(ctx, []byte("k"), []byte("again"), 0))
+	v, ok := c.Get([]byte("k"), nil)
+	assert.True(t, ok)
+	assert.Equal(t, "again", string(v))
+}
+
+// Opening a cache on a region that holds something else is refused before
+// anything is written to it.
+func TestOpenForeignRegion(t *testing.T) {
+	cpath, _ := paths(t)
+	opt := cache.Options{Capacity: 4, MaxKey: 8, MaxValue: 8}
+	r, err := shm.Open(cpath, shm.Options{Size: opt.Size()})
+	require.NoError(t, err)
+	defer r.Close()
+	rec, err := seqlock.NewRecord(r, 0, 64)
+	require.NoError(t, err)
+	u, err := rec.Update(context.Background())
+	require.NoError(t, err)
+	u.Store(make([]byte, 64))
+	u.Commit()
+	u.Release()
+	before := r.Placements()
+	_, err = cache.Open(cpath, opt)
+	assert.ErrorIs(t, err, cache.ErrMismatch)
+	assert.Equal(t, before, r.Placements(), "the refused Open placed a lock")
+	b := make([]byte, 64)
+	require.NoError(t, rec.Read(b))
+	assert.Equal(t, make([]byte, 64), b, "the refused Open changed the Record")
 }
