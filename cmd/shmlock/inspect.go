@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -77,8 +79,28 @@ func inspectRegion(path string) (*report, error) {
 		return nil, err
 	}
 	defer r.Close()
+	if err := r.Check(); err != nil {
+		return nil, err
+	}
+	return describe(r)
+}
+
+// describe reads everything inspect shows of r. If the file is truncated
+// under it (by a broken or hostile writer), touching the lost pages faults:
+// that becomes an error, not a crash.
+func describe(r *shm.Region) (rep *report, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if e := recover(); e != nil {
+			if _, ok := e.(runtime.Error); !ok {
+				panic(e)
+			}
+			rep, err = nil, fmt.Errorf("reading %s failed (%v): was the region file truncated while it was read? (%v)",
+				r.Path(), e, r.Check())
+		}
+	}()
 	created, creator := r.Created()
-	rep := &report{Region: regionInfo{
+	rep = &report{Region: regionInfo{
 		Path: r.Path(), Version: shm.Version, DataSize: r.Size(), Slots: r.Slots(),
 		Created: created, CreatorPID: creator, Attaches: r.Attaches(),
 	}}
@@ -269,7 +291,9 @@ holder that probes as alive is refused unless -force.`)
 	}
 	off, err := strconv.Atoi(pos[1])
 	if err != nil {
-		return fmt.Errorf("offset %q: not a number", pos[1])
+		fmt.Fprintf(fs.Output(), "offset %q: not a number\n", pos[1])
+		fs.Usage()
+		return errUsage
 	}
 	owner, err := strconv.ParseUint(*ownerFlag, 0, 64)
 	if err != nil {

@@ -314,6 +314,8 @@ func TestCLIErrors(t *testing.T) {
 	assert.Equal(t, 0, res.code, res.errOut)
 	res = cli(t, "break", "/nonexistent/region", "0")
 	assert.Equal(t, 2, res.code, "no --owner")
+	res = cli(t, "break", "/nonexistent/region", "zero", "--owner", "0x401")
+	assert.Equal(t, 2, res.code, "an offset that is not a number")
 	res = cli(t, "inspect", filepath.Join(t.TempDir(), "missing"))
 	assert.Equal(t, 1, res.code)
 	assert.Contains(t, res.errOut, "no such file")
@@ -330,4 +332,18 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// A region truncated while inspect reads it (between its checks and its
+// reads) faults the mapping: inspect reports it, and does not crash.
+func TestInspectTruncatedUnderIt(t *testing.T) {
+	path, _ := newRegion(t)
+	r, err := shm.OpenReadOnly(path)
+	require.NoError(t, err)
+	defer r.Close()
+	require.NoError(t, os.Truncate(path, 0))
+	_, err = describe(r)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "truncated")
+	assert.ErrorIs(t, r.Check(), shm.ErrTruncated)
 }
