@@ -164,21 +164,33 @@ func (r *Region) Placement(off int) (Placement, bool) {
 }
 
 // covering returns the lock, placed up to placeLookBack bytes before off,
-// whose data the line at off lies in. Like Placements it reads only the data
-// ranges of the file: reading a hole through the mapping would allocate it.
+// whose data the line at off lies in: the nearest lock below off, if its data
+// reaches off. It reads backwards, and skips the pages the file holds no data
+// for (reading a hole through the mapping would allocate it).
 func (r *Region) covering(off int) (Placement, bool) {
-	var last Placement
-	found := false
-	for o := max(0, off-placeLookBack); o < off; {
-		start, end := r.dataRange(o)
-		for o = start; o < end && o < off; o += LineSize {
+	lo := max(0, off-placeLookBack)
+	for page := (off - LineSize) / pageSize * pageSize; off > 0 && page >= 0 && page+pageSize > lo; page -= pageSize {
+		if !r.holdsData(page) {
+			continue
+		}
+		for o := min(off, page+pageSize) - LineSize; o >= max(page, lo); o -= LineSize {
 			if p, ok := r.Placement(o); ok {
-				last, found = p, true
+				return p, off < o+p.Bytes()
 			}
 		}
-		o = max(o, end)
 	}
-	return last, found && off < last.Off+last.Bytes()
+	return Placement{}, false
+}
+
+// holdsData reports whether the file holds data for the data area's page at
+// off (a multiple of the page size); true where the file system cannot tell.
+func (r *Region) holdsData(off int) bool {
+	at := int64(len(r.m)-len(r.data)) + int64(off)
+	d, err := unix.Seek(int(r.f.Fd()), at, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return false
+	}
+	return err != nil || d < at+pageSize
 }
 
 // Placements lists the locks tagged in the data area, in offset order. It
