@@ -92,12 +92,7 @@ func BenchmarkCache(b *testing.B) {
 
 // benchChild: args cache, ctl, op (get or set), count.
 func benchChild(args []string) int {
-	c, err := cache.Open(args[0], opts)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	x, err := openCtl(args[1])
+	c, x, err := openChild(args)
 	if err != nil {
 		fmt.Println(err)
 		return 1

@@ -99,15 +99,21 @@ func openCtl(path string) (*ctl, error) {
 
 func (c *ctl) stopped() bool { return atomic.LoadUint64(&c.w[cStop]) != 0 }
 
+// openChild opens, in a child, the cache args[0] and the control region
+// args[1].
+func openChild(args []string) (*cache.Cache, *ctl, error) {
+	c, err := cache.Open(args[0], opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	x, err := openCtl(args[1])
+	return c, x, err
+}
+
 // writer: args cache, ctl, index. Sets random keys to new versions, some with
 // a short TTL, until stopped.
 func writer(args []string) int {
-	c, err := cache.Open(args[0], opts)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	x, err := openCtl(args[1])
+	c, x, err := openChild(args)
 	if err != nil {
 		fmt.Println(err)
 		return 1
@@ -137,12 +143,7 @@ func writer(args []string) int {
 
 // reader: args cache, ctl. Gets random keys and checks every value.
 func reader(args []string) int {
-	c, err := cache.Open(args[0], opts)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	x, err := openCtl(args[1])
+	c, x, err := openChild(args)
 	if err != nil {
 		fmt.Println(err)
 		return 1
