@@ -260,12 +260,19 @@ func waitStopped(t *testing.T, pid int) {
 	})
 }
 
-// One process: set, get, overwrite, delete, expiry, eviction, limits.
-func TestCache(t *testing.T) {
+// smallCache opens a fresh cache of 8 slots, 8-byte keys and 16-byte values,
+// closed when the test ends, and returns it with its path.
+func smallCache(t *testing.T) (*cache.Cache, string) {
 	cpath, _ := paths(t)
 	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
 	require.NoError(t, err)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c, cpath
+}
+
+// One process: set, get, overwrite, delete, expiry, eviction, limits.
+func TestCache(t *testing.T) {
+	c, cpath := smallCache(t)
 	ctx := context.Background()
 	get := func(k string) string {
 		v, ok := c.Get([]byte(k), nil)
@@ -311,16 +318,13 @@ func TestCache(t *testing.T) {
 	assert.False(t, ok)
 
 	// Another process's view with other dimensions is refused, typed.
-	_, err = cache.Open(cpath, cache.Options{Capacity: 4, MaxKey: 8, MaxValue: 16})
+	_, err := cache.Open(cpath, cache.Options{Capacity: 4, MaxKey: 8, MaxValue: 16})
 	assert.True(t, errors.Is(err, cache.ErrMismatch), "%v", err)
 }
 
 // A TTL that runs past the year 2262 does not wrap into the past.
 func TestLongTTL(t *testing.T) {
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
-	require.NoError(t, err)
-	defer c.Close()
+	c, _ := smallCache(t)
 	require.NoError(t, c.Set(context.Background(), []byte("k"), []byte("v"), math.MaxInt64))
 	_, ok := c.Get([]byte("k"), nil)
 	assert.True(t, ok)
@@ -329,10 +333,7 @@ func TestLongTTL(t *testing.T) {
 // Slots whose bytes were changed from outside (both copies of every Record
 // left half written) make Get miss, not hang, and the next Set repairs them.
 func TestCorruptSlots(t *testing.T) {
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
-	require.NoError(t, err)
-	defer c.Close()
+	c, _ := smallCache(t)
 	ctx := context.Background()
 	require.NoError(t, c.Set(ctx, []byte("k"), []byte("v"), 0))
 	for _, p := range c.Region().Placements() {
