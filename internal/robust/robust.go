@@ -6,9 +6,6 @@
 // word in the list that names the thread as its owner, and wakes one waiter
 // sleeping on each (kernel Documentation/locking/robust-futex-ABI.rst).
 //
-// This is the first building block of a kernel-notified mode for shmlock
-// (issue 7); the locks do not use it yet.
-//
 // The kernel's ABI, for one thread:
 //
 //	head:   {next, futex_offset, list_op_pending}, registered with
@@ -19,17 +16,28 @@
 //	        TID (in its own PID namespace), bit 30 FUTEX_OWNER_DIED, bit 31
 //	        FUTEX_WAITERS
 //
-// At the thread's exit the kernel walks at most 2048 entries, and stops at the
-// first it cannot read. For each futex word whose TID is the dying thread's it
-// writes (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED, and if FUTEX_WAITERS was
-// set wakes one waiter in a shared FUTEX_WAIT on it. Words of other owners
-// are left alone: that comparison is all that keeps a list from marking a
-// lock its thread does not hold.
+// At the thread's exit the kernel walks at most Limit entries, and stops at
+// the first it cannot read. For each futex word whose TID is the dying
+// thread's it writes (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED, and if
+// FUTEX_WAITERS was set wakes one waiter in a shared FUTEX_WAIT on it. Words
+// of other owners are left alone: that comparison, by the TID number as the
+// dying thread's own PID namespace counts it, is all that keeps a list from
+// marking a lock its thread does not hold. So a list may hold entries of
+// locks that are free or held by others, as long as no other thread that
+// may hold them has the same number: the caller keeps the TIDs of all
+// threads that can hold its locks distinct (threads in two PID namespaces
+// can share a number).
 //
 // Entries need not lie beside their futex words: one futex_offset serves a
 // whole list, so a list may keep its entries in private memory laid out like
 // the shared region (entry at shadow + o, futex at region + o, futex_offset =
 // region - shadow). Then no shared byte holds a pointer of this process.
+//
+// The dedicated thread only parks: it never takes a lock. Lock words name it
+// while goroutines on any thread hold them, so the walk at its exit covers
+// every lock the process holds, and since every thread of a process dies
+// with it (exit_group, exec, a fatal signal), that walk comes with the
+// death of the process.
 package robust
 
 import (
@@ -40,6 +48,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock/internal/futex"
 )
 
 // Owner-word bits the kernel reads and writes.
@@ -48,6 +58,10 @@ const (
 	OwnerDied = 1 << 30
 	Waiters   = 1 << 31
 )
+
+// Limit is how many entries of one list the kernel walks at a thread's exit
+// (ROBUST_LIST_LIMIT); entries beyond it are never marked.
+const Limit = 2048
 
 // head is struct robust_list_head.
 type head struct {
@@ -60,6 +74,7 @@ type head struct {
 // as the process, or until Close.
 type List struct {
 	mu   sync.Mutex // serialises changes of the list
+	n    int        // entries linked
 	head *head      // in a page of its own, outside the Go heap
 	page []byte
 	tid  int32
@@ -67,8 +82,12 @@ type List struct {
 	done chan struct{}
 }
 
-// ErrUnsupported: the kernel refused set_robust_list.
-var ErrUnsupported = errors.New("robust: set_robust_list is not available")
+var (
+	// ErrUnsupported: the kernel refused set_robust_list.
+	ErrUnsupported = errors.New("robust: set_robust_list is not available")
+	// ErrFull: the list holds Limit entries already.
+	ErrFull = errors.New("robust: list is full")
+)
 
 // New starts the thread and registers an empty list whose entries are at
 // futex word - offset.
@@ -111,17 +130,31 @@ func New(offset int64) (*List, error) {
 // kernel to mark it when this list's process dies.
 func (l *List) TID() int32 { return l.tid }
 
-// Link adds the entry at e (e + offset is a lock's futex word) to the front
-// of the list. e must stay mapped and readable until Clear or Close, outside
-// the Go heap, and 8-aligned. list_op_pending covers the two stores: a death
-// between them still has the kernel look at e.
-func (l *List) Link(e unsafe.Pointer) {
+// Len returns the number of entries linked.
+func (l *List) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.n
+}
+
+// Link adds the entry at e (e + offset is a lock's futex word) to the front
+// of the list, or fails with ErrFull. e must stay mapped and readable until
+// Clear or Close, outside the Go heap, and 8-aligned, and must not be linked
+// already. list_op_pending covers the stores: the entry's next pointer is
+// written before the head publishes it, so a walk at any moment finds a
+// well-formed list, and a death in between still has the kernel look at e.
+func (l *List) Link(e unsafe.Pointer) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n >= Limit {
+		return ErrFull
+	}
 	store(&l.head.pending, uintptr(e))
 	store((*uintptr)(e), l.head.next)
 	store(&l.head.next, uintptr(e))
 	store(&l.head.pending, 0)
+	l.n++
+	return nil
 }
 
 // Clear empties the list, so that the memory its entries lie in may be
@@ -130,6 +163,7 @@ func (l *List) Clear() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	store(&l.head.next, uintptr(unsafe.Pointer(l.head)))
+	l.n = 0
 }
 
 // Close empties the list, unregisters it and ends its thread.
@@ -143,3 +177,41 @@ func (l *List) Close() {
 // store writes a word the kernel may read at the thread's death: an atomic
 // store, so that neither the compiler nor the CPU reorders the list's steps.
 func store(p *uintptr, v uintptr) { atomic.StoreUintptr(p, v) }
+
+// MarkDead does to the futex word at w what the kernel does at the death of
+// thread tid: if w names tid as its owner, it becomes (w & Waiters) |
+// OwnerDied, and one waiter is woken if Waiters was set. A process that
+// gives up its locks without dying (it unmaps their region) calls it for
+// each lock, so that they are recovered as promptly as at a death. It
+// reports whether it marked w.
+func MarkDead(w *uint32, tid int32) bool {
+	for {
+		u := atomic.LoadUint32(w)
+		if u&TIDMask != uint32(tid) {
+			return false
+		}
+		if atomic.CompareAndSwapUint32(w, u, u&Waiters|OwnerDied) {
+			if u&Waiters != 0 {
+				futex.Wake(w, 1)
+			}
+			return true
+		}
+	}
+}
+
+var (
+	availableOnce sync.Once
+	available     bool
+)
+
+// Available reports whether this kernel keeps robust futex lists: whether
+// get_robust_list answers for the calling thread (it fails with ENOSYS on a
+// kernel without futexes, and under a seccomp filter that forbids it).
+func Available() bool {
+	availableOnce.Do(func() {
+		var h, n uintptr
+		_, _, errno := unix.RawSyscall(unix.SYS_GET_ROBUST_LIST, 0, uintptr(unsafe.Pointer(&h)), uintptr(unsafe.Pointer(&n)))
+		available = errno == 0
+	})
+	return available
+}
