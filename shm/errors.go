@@ -27,6 +27,9 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 	// ErrBusy: another process held the initialisation lock for too long.
 	ErrBusy = errors.New("region is being initialised by another process")
+	// ErrMode: the region was created in another locking mode than the one
+	// asked for, or in one this system does not support (see Mode).
+	ErrMode = errors.New("region uses another locking mode")
 	// ErrClosed: the region was closed.
 	ErrClosed = errors.New("region is closed")
 )

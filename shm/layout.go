@@ -1,6 +1,6 @@
 package shm
 
-// Layout of a region file, version 3. All integers are in the byte order of
+// Layout of a region file, version 4. All integers are in the byte order of
 // the machine that created the region; a region is shared between processes
 // of one machine, and a file of the other byte order is refused by the
 // byteOrder field.
@@ -9,36 +9,44 @@ package shm
 //	  0  magic       [8]byte  "SHMLOCKR" once initialised; "SHMLOCKI" while
 //	                          initialisation runs (a crash leaves it, and the
 //	                          next opener initialises again)
-//	  8  version     uint32   layout version, 3
+//	  8  version     uint32   layout version, 4
 //	 12  headerSize  uint32   offset of the data area: header and process
 //	                          table, rounded up to a page
 //	 16  dataSize    uint64   bytes of the data area
 //	 24  slots       uint32   entries in the process table (1..MaxSlots)
-//	 28  mode        uint32   locking protocol of the region's locks: 0, probe
+//	 28  mode        uint32   locking protocol of the region's locks, for
+//	                          its whole life: 1 probe, 2 robust (see Mode)
 //	 32  created     int64    creation time, Unix nanoseconds
 //	 40  creator     int32    creator's PID (in its own PID namespace)
 //	 44  byteOrder   uint32   0x01020304 written natively
 //	 48  attaches    uint64   count of attachments ever made (information)
 //	 56  reserved
-//	process table: entry s (1..slots) at 64*s, 64 bytes each; entry 0 is the
-//	header itself, so slot 0 never exists and a held owner word is never 0
+//	process table: entry s (1..slots) at 128*s, 128 bytes each; entry 0 is
+//	the header itself, so slot 0 never exists and a held owner word is never 0
 //	  0  incarnation uint32   bumped each time the slot is claimed
 //	  4  pid         int32    claimant's PID in its own PID namespace
 //	  8  start       uint64   claimant's start time, clock ticks after boot
 //	 16  pidns       uint64   inode of the claimant's PID namespace
 //	 24  attached    int64    claim time, Unix nanoseconds
 //	 32  timens      uint64   inode of the claimant's time namespace
-//	 40  reserved
+//	 40  ntids       uint32   robust mode: how many of tids are recorded
+//	 44  reserved
+//	 48  tids   [16]uint32    robust mode: the thread IDs (in the claimant's
+//	                          PID namespace) that lock words name while this
+//	                          claimant holds them. No thread ID is recorded
+//	                          twice in the table: see robust.go
+//	112  reserved
 //	data area: headerSize .. headerSize+dataSize; word 3 of a lock's line
 //	  is its placement tag (place.go), so that tools find the locks
-//	  (version 3; version 2 had no tags)
+//	  (version 3; version 2 had no tags; version 4 added the mode and tids)
 //
 // File locks (all of them OFD locks, fcntl F_OFD_SETLK, so that no lock of
 // one kind is ever invisible to a lock of another kind):
 //
 //	byte 0 of the file      held exclusively while a process creates,
-//	                        validates or initialises the region
-//	byte 64*s (slot s)      held exclusively by the process attached in
+//	                        validates or initialises the region, or
+//	                        records a thread ID
+//	byte 128*s (slot s)     held exclusively by the process attached in
 //	                        slot s for as long as it is attached: its
 //	                        liveness lock
 const (
@@ -48,12 +56,12 @@ const (
 	// changes with any change of meaning of the file's bytes, the owner ID
 	// and the lock words included: two builds that read one word in two
 	// ways would each judge the other's holds dead.
-	Version = 3
+	Version = 4
 
 	byteOrderMark = 0x01020304
 
 	headerBytes = 64
-	entryBytes  = 64
+	entryBytes  = 128
 
 	offMagic      = 0
 	offVersion    = 8
@@ -72,6 +80,12 @@ const (
 	entPIDNS       = 16
 	entAttached    = 24
 	entTimeNS      = 32
+	entNTIDs       = 40
+	entTIDs        = 48
+
+	// maxTIDs is how many thread IDs an entry records: robust lists, of
+	// robust.Limit locks each, one attachment may register.
+	maxTIDs = 16
 
 	pageSize = 4096
 
@@ -119,6 +133,6 @@ func SlotOf(id uint32) int { return int(id & slotMask) }
 func incarnationOf(id uint32) uint32 { return id >> slotBits & incarnationMask }
 
 func headerSizeFor(slots int) int {
-	n := headerBytes + slots*entryBytes
+	n := (1 + slots) * entryBytes
 	return (n + pageSize - 1) / pageSize * pageSize
 }

@@ -56,6 +56,11 @@ type Options struct {
 	// InitTimeout bounds the wait for another process that is initialising
 	// or validating the region; 0 means 10 s.
 	InitTimeout time.Duration
+	// Mode is the locking protocol: the mode a new region is created in,
+	// and the mode an existing one must have (else ErrMode). ModeAuto,
+	// the zero value, creates in DefaultMode and opens in whatever mode
+	// the region was created in.
+	Mode Mode
 }
 
 // Region is one process's attachment to a region file. Its methods are safe
@@ -69,6 +74,9 @@ type Region struct {
 	slots int
 	id    uint32 // this attachment's owner ID
 	self  owner.Process
+	mode  Mode
+
+	robust *robustLists // ModeRobust: this attachment's robust lists
 
 	readOnly bool // mapped read-only, attached to no slot (OpenReadOnly)
 
@@ -139,6 +147,15 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 	}
 	if slots < 1 || slots > MaxSlots {
 		return fail(ErrInvalid, fmt.Sprintf("slots %d not in 1..%d", opt.Slots, MaxSlots), nil)
+	}
+	switch opt.Mode {
+	case ModeAuto, ModeProbe:
+	case ModeRobust:
+		if !robustAvailable() && !readOnly {
+			return fail(ErrMode, "robust mode is not available on this system (no robust futex lists): use ModeProbe", nil)
+		}
+	default:
+		return fail(ErrInvalid, fmt.Sprintf("unknown mode %d", opt.Mode), nil)
 	}
 	perm := opt.Perm
 	if perm == 0 {
@@ -229,15 +246,27 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		if opt.Size == 0 {
 			return fail(ErrInvalid, "Options.Size is required to create a region", nil)
 		}
+		r.mode = opt.Mode
+		if r.mode == ModeAuto {
+			r.mode = DefaultMode()
+		}
 		if err := r.initialise(opt.Size, perm); err != nil {
 			return fail(nil, "initialising", err)
 		}
 	default:
-		dataSize, err := validate(hdr[:], fi.Size(), opt.Size)
+		dataSize, mode, err := validate(hdr[:], fi.Size(), opt.Size)
 		if err != nil {
 			err.Op, err.Path = "open", path
 			return nil, err
 		}
+		if opt.Mode != ModeAuto && opt.Mode != mode {
+			return fail(ErrMode, fmt.Sprintf("the region was created in %v mode, and is asked for in %v mode: "+
+				"one region, one protocol (open it with ModeAuto, or the same mode)", mode, opt.Mode), nil)
+		}
+		if mode == ModeRobust && !readOnly && !robustAvailable() {
+			return fail(ErrMode, "the region was created in robust mode, which this system does not support", nil)
+		}
+		r.mode = mode
 		slots = int(binary.NativeEndian.Uint32(hdr[offSlots:]))
 		if err := r.mapFile(slots, dataSize); err != nil {
 			return fail(nil, "mmap", err)
@@ -283,7 +312,7 @@ func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
 	ne.PutUint32(h[offHeaderSize:], uint32(hs))
 	ne.PutUint64(h[offDataSize:], uint64(dataSize))
 	ne.PutUint32(h[offSlots:], uint32(r.slots))
-	ne.PutUint32(h[offMode:], 0)
+	ne.PutUint32(h[offMode:], uint32(r.mode))
 	ne.PutUint64(h[offCreated:], uint64(time.Now().UnixNano()))
 	ne.PutUint32(h[offCreator:], uint32(r.self.PID))
 	ne.PutUint32(h[offByteOrder:], byteOrderMark)
@@ -293,10 +322,10 @@ func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
 }
 
 // validate checks an existing header against the file size and the caller's
-// needs and returns the data size.
-func validate(h []byte, fileSize int64, want int) (int, *Error) {
-	bad := func(kind error, format string, args ...any) (int, *Error) {
-		return 0, &Error{Kind: kind, Detail: fmt.Sprintf(format, args...)}
+// needs and returns the data size and the mode.
+func validate(h []byte, fileSize int64, want int) (int, Mode, *Error) {
+	bad := func(kind error, format string, args ...any) (int, Mode, *Error) {
+		return 0, 0, &Error{Kind: kind, Detail: fmt.Sprintf(format, args...)}
 	}
 	ne := binary.NativeEndian
 	if fileSize < headerBytes {
@@ -322,8 +351,9 @@ func validate(h []byte, fileSize int64, want int) (int, *Error) {
 	if int(hs) != headerSizeFor(int(slots)) {
 		return bad(ErrCorrupt, "header size %d, but %d slots need %d", hs, slots, headerSizeFor(int(slots)))
 	}
-	if m := ne.Uint32(h[offMode:]); m != 0 {
-		return bad(ErrCorrupt, "unknown locking mode %d", m)
+	mode := Mode(ne.Uint32(h[offMode:]))
+	if mode != ModeProbe && mode != ModeRobust {
+		return bad(ErrCorrupt, "unknown locking mode %d", mode)
 	}
 	ds := ne.Uint64(h[offDataSize:])
 	if ds > uint64(maxInt-int(hs)) {
@@ -339,7 +369,7 @@ func validate(h []byte, fileSize int64, want int) (int, *Error) {
 	if want > int(ds) {
 		return bad(ErrTooSmall, "data area is %d bytes, %d asked", ds, want)
 	}
-	return int(ds), nil
+	return int(ds), mode, nil
 }
 
 const maxInt = int(^uint(0) >> 1)
@@ -379,10 +409,22 @@ func (r *Region) attach() error {
 			return err
 		}
 		e := r.entry(s)
-		// The incarnation changes first: from here on every owner word
-		// naming the slot's previous claimant is judged dead without
-		// looking at the fields below, which we are about to overwrite.
-		// (That claimant is indeed gone: we could not hold its lock.)
+		var taken map[uint32]bool
+		if r.mode == ModeRobust {
+			// Read before this slot's own IDs are dropped: they, too,
+			// may be named by a lock word its dead claimant left.
+			var err error
+			if taken, err = r.recordedTIDs(); err != nil {
+				unlockByte(fd, int64(s*entryBytes))
+				return err
+			}
+		}
+		// The previous claimant's thread IDs go first, then the
+		// incarnation changes: from here on every owner word naming the
+		// slot's previous claimant is judged dead without looking at the
+		// fields below, which we are about to overwrite. (That claimant
+		// is indeed gone: we could not hold its lock.)
+		atomic.StoreUint32(e.ntids, 0)
 		inc := (atomic.LoadUint32(e.incarnation) + 1) & incarnationMask
 		atomic.StoreUint32(e.incarnation, inc)
 		atomic.StoreInt32(e.pid, r.self.PID)
@@ -392,6 +434,11 @@ func (r *Region) attach() error {
 		atomic.StoreInt64(e.attached, time.Now().UnixNano())
 		atomic.AddUint64(r.u64(offAttaches), 1)
 		r.id = makeID(uint32(s), inc)
+		if r.mode == ModeRobust {
+			// Its first thread ID is recorded before Open returns,
+			// so before any lock word can name it.
+			return r.startRobust(taken)
+		}
 		return nil
 	}
 	return ErrFull
@@ -404,6 +451,8 @@ type entry struct {
 	pidns       *uint64
 	attached    *int64
 	timens      *uint64
+	ntids       *uint32
+	tids        *[maxTIDs]uint32
 }
 
 func (r *Region) entry(slot int) entry {
@@ -415,14 +464,43 @@ func (r *Region) entry(slot int) entry {
 		pidns:       (*uint64)(unsafe.Pointer(&b[entPIDNS])),
 		attached:    (*int64)(unsafe.Pointer(&b[entAttached])),
 		timens:      (*uint64)(unsafe.Pointer(&b[entTimeNS])),
+		ntids:       (*uint32)(unsafe.Pointer(&b[entNTIDs])),
+		tids:        (*[maxTIDs]uint32)(unsafe.Pointer(&b[entTIDs])),
 	}
 }
 
 func (r *Region) u64(off int) *uint64 { return (*uint64)(unsafe.Pointer(&r.m[off])) }
 
-// ID returns this attachment's owner ID: the value that locks in this region
-// record as their holder while this process holds them.
+// ID returns this attachment's owner ID: its slot of the process table and
+// the slot's incarnation. In ModeProbe it is the value that locks in this
+// region record as their holder while this process holds them; in
+// ModeRobust they record a thread ID instead (see OwnerFor).
 func (r *Region) ID() uint32 { return r.id }
+
+// Mode returns the region's locking protocol.
+func (r *Region) Mode() Mode { return r.mode }
+
+// OwnerFor returns the value that the owner field of the lock at line off
+// holds while this attachment holds it: its owner ID in ModeProbe; in
+// ModeRobust the thread ID of the robust list that links the line, which
+// OwnerFor links on its first call for the line. The lock constructors call
+// it; it fails on a read-only or closed region, and with ErrFull in
+// ModeRobust if the attachment has locks on more lines than its lists hold.
+func (r *Region) OwnerFor(off int) (uint32, error) {
+	if r.closed.Load() {
+		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrClosed}
+	}
+	if r.readOnly {
+		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrInvalid, Detail: "the region is open read-only"}
+	}
+	if _, err := r.Line(off); err != nil {
+		return 0, err
+	}
+	if r.mode != ModeRobust {
+		return r.id, nil
+	}
+	return r.linkRobust(off)
+}
 
 // ReadOnly reports whether r was opened with OpenReadOnly.
 func (r *Region) ReadOnly() bool { return r.readOnly }
@@ -505,6 +583,7 @@ func (r *Region) Close() error {
 }
 
 func (r *Region) release() error {
+	r.closeRobust()
 	var err error
 	if r.m != nil {
 		err = r.m.Unmap()

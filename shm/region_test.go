@@ -96,6 +96,21 @@ func runChild(role, arg string) int {
 		r.Close()
 		fmt.Println("detached")
 		select {}
+	case "attach-tid":
+		// arg: path. Attach, link line 0, say its thread ID, and stay
+		// until killed.
+		r, err := Open(arg, Options{})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		tid, err := r.OwnerFor(0)
+		if err != nil {
+			fmt.Println("owner:", err)
+			return 1
+		}
+		fmt.Printf("tid=%d\n", tid)
+		select {}
 	case "write-read-only":
 		// arg: path. Writing through a read-only mapping faults.
 		r, err := OpenReadOnly(arg)
@@ -122,7 +137,7 @@ func tempPath(t *testing.T) string {
 
 func TestCreateOpen(t *testing.T) {
 	path := tempPath(t)
-	a, err := Open(path, Options{Size: 1000})
+	a, err := Open(path, Options{Size: 1000, Mode: ModeProbe})
 	require.NoError(t, err)
 	defer a.Close()
 	fi, err := os.Stat(path)
@@ -278,6 +293,7 @@ func header(slots, dataSize int) []byte {
 	ne.PutUint64(h[offDataSize:], uint64(dataSize))
 	ne.PutUint32(h[offSlots:], uint32(slots))
 	ne.PutUint32(h[offByteOrder:], byteOrderMark)
+	ne.PutUint32(h[offMode:], uint32(ModeProbe))
 	return h
 }
 
@@ -306,6 +322,10 @@ func TestBadFiles(t *testing.T) {
 		{"too many slots", set32(offSlots, MaxSlots+1), Options{}, ErrCorrupt, "slots"},
 		{"header size mismatch", set32(offHeaderSize, 64), Options{}, ErrCorrupt, "header size 64"},
 		{"unknown mode", set32(offMode, 9), Options{}, ErrCorrupt, "mode 9"},
+		{"mode 0", set32(offMode, 0), Options{}, ErrCorrupt, "mode 0"},
+		{"probe region opened robust", func(h []byte) []byte { return h }, Options{Mode: ModeRobust}, ErrMode, "created in probe mode, and is asked for in robust mode"},
+		{"robust region opened probe", set32(offMode, uint32(ModeRobust)), Options{Mode: ModeProbe}, ErrMode, "created in robust mode, and is asked for in probe mode"},
+		{"mode out of range", func(h []byte) []byte { return h }, Options{Mode: 7}, ErrInvalid, "unknown mode 7"},
 		{"truncated data", func(h []byte) []byte { return h[:len(h)-1] }, Options{}, ErrTruncated, "its header says"},
 		{"extended file", func(h []byte) []byte { return append(h, 0) }, Options{}, ErrCorrupt, "its header says"},
 		{"absurd data size", func(h []byte) []byte { ne.PutUint64(h[offDataSize:], 1<<63); return h }, Options{}, ErrCorrupt, "impossible"},

@@ -76,6 +76,11 @@ const (
 // attachment, however many callers share it, until its process exits, its
 // slot is claimed again, or r is closed: at most one per slot.
 func (r *Region) Watch(id uint32, f func()) (stop func()) {
+	if r.mode == ModeRobust {
+		// The kernel marks the lock word of a dead holder and wakes a
+		// waiter itself: no watch needed.
+		return func() {}
+	}
 	c := &watchCall{f: f}
 	stop = func() { r.unwatch(id, c) }
 	ws := &r.watches

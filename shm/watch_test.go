@@ -81,7 +81,7 @@ func pidfds(t *testing.T) int {
 // waiter reuses it) and ends, closing its pidfd, when the process exits.
 func TestWatchFiresOnExit(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64})
+	r, err := Open(path, Options{Size: 64, Mode: ModeProbe})
 	require.NoError(t, err)
 	defer r.Close()
 	a, idA := attached(t, path)
@@ -120,7 +120,7 @@ func TestWatchFiresOnExit(t *testing.T) {
 // counted).
 func TestWatchStopBeforeStart(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64})
+	r, err := Open(path, Options{Size: 64, Mode: ModeProbe})
 	require.NoError(t, err)
 	defer r.Close()
 	_, id := attached(t, path)
@@ -149,7 +149,7 @@ func TestWatchSlotClaimedAgain(t *testing.T) {
 	// take turns in slot 2.
 	open := func(t *testing.T) (*Region, string) {
 		path := tempPath(t)
-		r, err := Open(path, Options{Size: 64, Slots: 2})
+		r, err := Open(path, Options{Size: 64, Slots: 2, Mode: ModeProbe})
 		require.NoError(t, err)
 		t.Cleanup(func() { r.Close() })
 		return r, path
@@ -189,7 +189,7 @@ func TestWatchSlotClaimedAgain(t *testing.T) {
 // gone at once, and leaves alone the watch of whoever holds its slot now.
 func TestWatchStaleIDSparesTheLiving(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64, Slots: 2})
+	r, err := Open(path, Options{Size: 64, Slots: 2, Mode: ModeProbe})
 	require.NoError(t, err)
 	defer r.Close()
 	a, idA := attached(t, path)
@@ -212,7 +212,7 @@ func TestWatchStaleIDSparesTheLiving(t *testing.T) {
 // another PID namespace (whose pid means nothing here), are never watched.
 func TestWatchGoneSelfAndForeign(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64})
+	r, err := Open(path, Options{Size: 64, Mode: ModeProbe})
 	require.NoError(t, err)
 	defer r.Close()
 	c, id := attached(t, path)
@@ -247,7 +247,7 @@ func TestWatchGoneSelfAndForeign(t *testing.T) {
 // Close ends every watch: no callback afterwards, no descriptor left.
 func TestWatchClose(t *testing.T) {
 	path := tempPath(t)
-	r, err := Open(path, Options{Size: 64})
+	r, err := Open(path, Options{Size: 64, Mode: ModeProbe})
 	require.NoError(t, err)
 	c, id := attached(t, path)
 	n, f := counter()

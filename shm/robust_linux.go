@@ -1,0 +1,212 @@
+//go:build linux
+
+package shm
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock/internal/robust"
+)
+
+// Robust mode (ModeRobust): how an attachment lets the kernel tell its death.
+//
+// Each attachment registers robust lists on dedicated threads of its own
+// (internal/robust), and links into one of them, once, the line of every lock
+// it makes (OwnerFor, which the lock constructors call): before any lock
+// word names this attachment, and until Close. A lock word it holds names
+// the thread of the list that links its line. So at the process's death,
+// of whatever cause, the kernel walks every lock the process could hold and
+// marks those it does hold, and no death can fall between taking a lock and
+// linking it, or between unlinking one and releasing it: there are no such
+// steps. Lock and Unlock stay one CAS each.
+//
+// The price of linking locks that are not held: the kernel's one test, "does
+// the word name the dying thread", must never be true of a lock that another
+// attachment holds. Thread IDs are unique within a PID namespace, not across
+// namespaces (two containers number their threads alike). So an attachment
+// uses only threads whose IDs no entry of the process table records, its own
+// slot's previous claimant and the dead included, and records each in its
+// entry before any lock word names it; the check and the record happen under
+// the lock on byte 0, so two attachments never pick one ID. A thread ID in a
+// lock word therefore names one attachment, and the probe, the safety net
+// behind the kernel, finds it by that ID (probeTID).
+//
+// The entries lie in a private shadow of the data area: the entry of the line
+// at offset o at shadow+o, so that one futex_offset (data - shadow, plus the
+// offset of the owner word's low half) serves every list, and no shared byte
+// holds a pointer of this process. A list takes robust.Limit entries, as many
+// as the kernel walks; an attachment with locks on more lines starts another
+// thread and list, up to maxTIDs of them.
+type robustLists struct {
+	mu     sync.Mutex
+	shadow []byte
+	offset int64
+	lists  []*robust.List
+	lines  map[int]*robust.List // by line offset: the list that links it
+	closed bool
+}
+
+// maxTIDAttempts bounds the threads an attachment starts in search of an ID
+// that the table does not record.
+const maxTIDAttempts = 256
+
+func robustAvailable() bool { return robust.Available() }
+
+// lowHalf is the offset of the 32-bit futex word (the low half) in a 64-bit
+// owner word.
+var lowHalf = func() uintptr {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
+		return 0
+	}
+	return 4
+}()
+
+// startRobust registers this attachment's first robust list; taken is what
+// recordedTIDs read before the slot was claimed. The caller, attach, holds
+// the lock on byte 0.
+func (r *Region) startRobust(taken map[uint32]bool) error {
+	shadow, err := unix.Mmap(-1, 0, len(r.data), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return fmt.Errorf("robust list entries: %w", err)
+	}
+	r.robust = &robustLists{
+		shadow: shadow,
+		offset: int64(uintptr(unsafe.Pointer(&r.data[0])) + lowHalf - uintptr(unsafe.Pointer(&shadow[0]))),
+		lines:  map[int]*robust.List{},
+	}
+	_, err = r.addList(taken)
+	return err
+}
+
+// addList starts a thread whose ID is not in taken, records the ID in this
+// attachment's entry, and returns the thread's list. The caller holds the lock
+// on byte 0, and r.robust.mu unless it is attach.
+func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
+	rl := r.robust
+	e := r.entry(SlotOf(r.id))
+	n := atomic.LoadUint32(e.ntids)
+	if n >= maxTIDs {
+		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrFull,
+			Detail: fmt.Sprintf("robust mode: this attachment has locks on %d lines already, the most its %d robust lists hold (open the region in ModeProbe for more)", maxTIDs*robust.Limit, maxTIDs)}
+	}
+	var rejected []*robust.List
+	defer func() {
+		for _, l := range rejected {
+			l.Close()
+		}
+	}()
+	for range maxTIDAttempts {
+		l, err := robust.New(rl.offset)
+		if err != nil {
+			return nil, err
+		}
+		tid := uint32(l.TID())
+		if taken[tid] || tid == 0 || tid > robust.TIDMask {
+			// Kept until the search ends, so that the kernel does
+			// not hand the same ID out again.
+			rejected = append(rejected, l)
+			continue
+		}
+		// The ID first, then the count that makes probes see it.
+		atomic.StoreUint32(&e.tids[n], tid)
+		atomic.StoreUint32(e.ntids, n+1)
+		rl.lists = append(rl.lists, l)
+		return l, nil
+	}
+	return nil, &Error{Op: "attach", Path: r.path, Kind: ErrFull,
+		Detail: fmt.Sprintf("robust mode: %d threads started, and the process table records the ID of each", maxTIDAttempts)}
+}
+
+// linkRobust links the line at off into one of this attachment's robust
+// lists, once, and returns the thread ID of that list (see OwnerFor).
+func (r *Region) linkRobust(off int) (uint32, error) {
+	rl := r.robust
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.closed {
+		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrClosed}
+	}
+	if l := rl.lines[off]; l != nil {
+		return uint32(l.TID()), nil
+	}
+	l := rl.lists[len(rl.lists)-1]
+	entry := unsafe.Pointer(&rl.shadow[off])
+	err := l.Link(entry)
+	if err == robust.ErrFull {
+		if l, err = r.addListLocked(); err == nil {
+			err = l.Link(entry)
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	rl.lines[off] = l
+	return uint32(l.TID()), nil
+}
+
+// addListLocked is addList under the lock on byte 0.
+func (r *Region) addListLocked() (*robust.List, error) {
+	fd := int(r.f.Fd())
+	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
+		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "recording a robust list's thread ID: the lock on byte 0", Err: err}
+	}
+	defer unlockByte(fd, 0)
+	taken, err := r.recordedTIDs()
+	if err != nil {
+		return nil, err
+	}
+	return r.addList(taken)
+}
+
+// ownTID reports whether tid is the thread of one of this attachment's lists.
+func (r *Region) ownTID(tid uint32) bool {
+	rl := r.robust
+	if rl == nil {
+		return false
+	}
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	for _, l := range rl.lists {
+		if uint32(l.TID()) == tid {
+			return true
+		}
+	}
+	return false
+}
+
+// futexWord returns the 32-bit futex word of the lock at line off.
+func (r *Region) futexWord(off int) *uint32 {
+	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), lowHalf))
+}
+
+// closeRobust gives up this attachment's locks as its death would, then
+// unregisters its lists and ends their threads, so that the region may be
+// unmapped. The marking comes first, while the lists are registered: a death
+// in the middle leaves the rest to the kernel.
+func (r *Region) closeRobust() {
+	rl := r.robust
+	if rl == nil {
+		return
+	}
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.closed {
+		return
+	}
+	rl.closed = true
+	for off, l := range rl.lines {
+		robust.MarkDead(r.futexWord(off), l.TID())
+	}
+	for _, l := range rl.lists {
+		l.Close()
+	}
+	unix.Munmap(rl.shadow)
+}

@@ -1,0 +1,17 @@
+//go:build !linux
+
+package shm
+
+// Robust futex lists are Linux's: elsewhere ModeRobust is refused (ErrMode),
+// and a robust region can only be looked at (OpenReadOnly).
+type robustLists struct{}
+
+func robustAvailable() bool { return false }
+
+func (r *Region) startRobust(map[uint32]bool) error { return ErrMode }
+
+func (r *Region) linkRobust(off int) (uint32, error) { return 0, ErrMode }
+
+func (r *Region) ownTID(uint32) bool { return false }
+
+func (r *Region) closeRobust() {}

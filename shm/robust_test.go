@@ -1,0 +1,208 @@
+//go:build linux
+
+package shm
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/robust"
+)
+
+func openRobust(t *testing.T, path string, opt Options) *Region {
+	t.Helper()
+	opt.Mode = ModeRobust
+	r, err := Open(path, opt)
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// recorded returns the thread IDs slot s counts, read through the file.
+func recorded(t *testing.T, path string, s int) []uint32 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	e := b[s*entryBytes:]
+	n := binary.NativeEndian.Uint32(e[entNTIDs:])
+	var tids []uint32
+	for i := range n {
+		tids = append(tids, binary.NativeEndian.Uint32(e[entTIDs+4*int(i):]))
+	}
+	return tids
+}
+
+// attachedTID starts a child attached to the robust region at path that has
+// linked line 0, and returns it with the thread ID it records.
+func attachedTID(t *testing.T, path string) (*exec.Cmd, uint32) {
+	t.Helper()
+	out := new(proctest.Buffer)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=attach-tid")
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	proctest.Eventually(t, 10*time.Second, "the child never attached", func() bool {
+		return strings.Contains(out.String(), "\n")
+	})
+	first, _, _ := strings.Cut(out.String(), "\n")
+	tid, err := strconv.ParseUint(strings.TrimPrefix(first, "tid="), 10, 32)
+	require.NoError(t, err, out.String())
+	return cmd, uint32(tid)
+}
+
+// A robust region records its mode; every line an attachment makes a lock
+// for is linked into one list, whose thread ID the attachment records in its
+// entry before it names any lock; the probe finds a holder by that ID.
+func TestRobustRecordsTIDs(t *testing.T) {
+	path := tempPath(t)
+	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
+	assert.Equal(t, ModeRobust, r.Mode())
+	a, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	b, err := r.OwnerFor(64)
+	require.NoError(t, err)
+	assert.Equal(t, a, b, "one list for both lines")
+	assert.NotEqual(t, r.ID(), a, "a thread ID, not the owner ID")
+	assert.NoError(t, syscall.Tgkill(os.Getpid(), int(a), 0), "the ID of a live thread of ours")
+	assert.Equal(t, []uint32{a}, recorded(t, path, SlotOf(r.ID())))
+	h := r.Probe(a)
+	assert.Equal(t, Alive, h.State, h.String())
+	assert.Equal(t, "this process", h.Reason)
+
+	child, tid := attachedTID(t, path)
+	assert.NotEqual(t, a, tid)
+	h = r.Probe(tid)
+	assert.Equal(t, Alive, h.State, h.String())
+	assert.EqualValues(t, child.Process.Pid, h.PID, "the table maps the thread ID to its process")
+	assert.EqualValues(t, tid, h.TID)
+	child.Process.Kill()
+	child.Wait()
+	h = r.Probe(tid)
+	assert.Equal(t, Dead, h.State, h.String())
+	assert.Contains(t, h.Reason, "liveness lock is free")
+
+	h = r.Probe(4_000_000)
+	assert.Equal(t, Dead, h.State, "a thread ID nobody records: its holder is gone, or the word corrupt")
+	assert.Contains(t, h.Reason, "no attached process records thread 4000000")
+
+	// Opening it in the other mode is refused, typed.
+	_, err = Open(path, Options{Mode: ModeProbe})
+	require.ErrorIs(t, err, ErrMode)
+	var e *Error
+	require.True(t, errors.As(err, &e))
+	assert.Contains(t, err.Error(), "created in robust mode, and is asked for in probe mode")
+	auto, err := Open(path, Options{})
+	require.NoError(t, err, "ModeAuto opens it in its own mode")
+	assert.Equal(t, ModeRobust, auto.Mode())
+	auto.Close()
+}
+
+// No thread ID is recorded twice in the table, even one that only a dead
+// claimant recorded: IDs planted in a free slot, covering the next ones the
+// kernel hands out, are skipped.
+func TestRobustTIDsUnique(t *testing.T) {
+	path := tempPath(t)
+	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
+	mine, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	// A new list's thread is one of this process's idle threads, or a new
+	// one, whose ID the kernel hands out after the newest. Plant all of
+	// those in the free slots 5..8, as claimants in another PID namespace,
+	// or dead ones, would have them.
+	tasks, err := os.ReadDir("/proc/self/task")
+	require.NoError(t, err)
+	var planted []uint32
+	newest := uint32(0)
+	for _, d := range tasks {
+		n, err := strconv.ParseUint(d.Name(), 10, 32)
+		require.NoError(t, err)
+		if uint32(n) != mine {
+			planted = append(planted, uint32(n))
+		}
+		newest = max(newest, uint32(n))
+	}
+	for next := newest + 1; len(planted) < 4*maxTIDs; next++ {
+		planted = append(planted, next)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	for s := 5; s <= 8; s++ {
+		var e [entryBytes]byte
+		for i, tid := range planted[(s-5)*maxTIDs : (s-4)*maxTIDs] {
+			binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
+		}
+		binary.NativeEndian.PutUint32(e[entNTIDs:], maxTIDs)
+		_, err = f.WriteAt(e[:], int64(s*entryBytes))
+		require.NoError(t, err)
+	}
+
+	other := openRobust(t, path, Options{})
+	tid, err := other.OwnerFor(0)
+	require.NoError(t, err)
+	assert.NotContains(t, planted, tid, "a recorded ID was handed out again")
+	assert.NotEqual(t, mine, tid)
+	t.Logf("planted %d IDs (%d threads of ours, and those after %d); the new attachment uses %d", len(planted), len(tasks)-1, newest, tid)
+}
+
+// An attachment with locks on more lines than one list holds starts another
+// list, and records its thread ID.
+func TestRobustManyLines(t *testing.T) {
+	path := tempPath(t)
+	n := robust.Limit + 10
+	r := openRobust(t, path, Options{Size: n * LineSize, Slots: 4})
+	tids := map[uint32]int{}
+	for i := range n {
+		tid, err := r.OwnerFor(i * LineSize)
+		require.NoError(t, err)
+		tids[tid]++
+	}
+	require.Len(t, tids, 2)
+	counts := []int{}
+	for _, c := range tids {
+		counts = append(counts, c)
+	}
+	assert.ElementsMatch(t, []int{robust.Limit, 10}, counts)
+	assert.Len(t, recorded(t, path, SlotOf(r.ID())), 2)
+}
+
+// Close gives up the locks its attachment holds as its death would: each word
+// naming one of its threads is marked owner-died, with the waiters bit and the
+// high half kept, and words of other owners are left alone.
+func TestRobustCloseMarks(t *testing.T) {
+	path := tempPath(t)
+	keep := openRobust(t, path, Options{Size: 4096, Slots: 4})
+	r, err := Open(path, Options{})
+	require.NoError(t, err)
+	tid, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	_, err = r.OwnerFor(64)
+	require.NoError(t, err)
+	l0, _ := keep.Line(0)
+	l1, _ := keep.Line(64)
+	atomic.StoreUint64(&l0[0], 7<<32|robust.Waiters|uint64(tid))
+	atomic.StoreUint64(&l1[0], 9<<32|12345)
+	require.NoError(t, r.Close())
+	assert.Equal(t, uint64(7<<32|robust.Waiters|robust.OwnerDied), atomic.LoadUint64(&l0[0]))
+	assert.Equal(t, uint64(9<<32|12345), atomic.LoadUint64(&l1[0]))
+	_, err = r.OwnerFor(128)
+	assert.ErrorIs(t, err, ErrClosed)
+}
+
+// lowWord is the futex word of a 64-bit owner word.
+func lowWord(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), lowHalf)) }
