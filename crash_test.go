@@ -44,10 +44,10 @@ type seqEnv struct {
 	ctrs []uint64
 }
 
-func openSeqEnv(path string) (*seqEnv, error) {
+func openSeqEnv(path string, mode shm.Mode) (*seqEnv, error) {
 	recOff := seqlock.SeqLockSize(crashSize)
 	ctrOff := recOff + seqlock.RecordSize(crashSize)
-	r, err := shm.Open(path, shm.Options{Size: ctrOff + shm.LineSize, Slots: 32})
+	r, err := shm.Open(path, shm.Options{Size: ctrOff + shm.LineSize, Slots: 32, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func crashVerify(b []byte) bool {
 
 func init() {
 	extraRoles["crash-writer"] = func(args []string) int { // path kind
-		e, err := openSeqEnv(args[0])
+		e, err := openSeqEnv(args[0], shm.ModeAuto)
 		if err != nil {
 			panic(err)
 		}
@@ -117,7 +117,7 @@ func init() {
 		return 0
 	}
 	extraRoles["crash-reader"] = func(args []string) int { // path
-		e, err := openSeqEnv(args[0])
+		e, err := openSeqEnv(args[0], shm.ModeAuto)
 		if err != nil {
 			panic(err)
 		}
@@ -144,7 +144,7 @@ func init() {
 		return 0
 	}
 	extraRoles["crash-hang"] = func(args []string) int { // path: half a SeqLock write, then hang
-		e, err := openSeqEnv(args[0])
+		e, err := openSeqEnv(args[0], shm.ModeAuto)
 		if err != nil {
 			panic(err)
 		}
@@ -154,7 +154,7 @@ func init() {
 		select {}
 	}
 	extraRoles["crash-read-once"] = func(args []string) int { // path
-		e, err := openSeqEnv(args[0])
+		e, err := openSeqEnv(args[0], shm.ModeAuto)
 		if err != nil {
 			panic(err)
 		}
@@ -191,11 +191,14 @@ func (h *harness) finalCheck(t *testing.T) {
 	assert.Zero(t, h.load(offViolation), "two holders at once")
 }
 
+// A row of the crash-point table: the scenario of one point, in one mode.
+type crashRow func(t *testing.T, p fault.Point, mode shm.Mode)
+
 // mutexUnderLoad: the victim is one of three incrementing workers and dies
 // on its n-th pass through the point; the other two go on.
-func mutexUnderLoad(n int) func(*testing.T, fault.Point) {
-	return func(t *testing.T, p fault.Point) {
-		h := newHarness(t, 60*time.Second)
+func mutexUnderLoad(n int) crashRow {
+	return func(t *testing.T, p fault.Point, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
 		victim := h.spawnIn(h.path, faultEnv(p, n), "increment", "0", "0")
 		a := h.spawn("increment", "1", "0")
 		b := h.spawn("increment", "2", "0")
@@ -212,14 +215,33 @@ func mutexUnderLoad(n int) func(*testing.T, fault.Point) {
 // mutexRecoverer: the victim is the one waiter of a holder that is killed,
 // and dies on its way to recovering (or to sleep); two later workers must
 // still get through.
-func mutexRecoverer(t *testing.T, p fault.Point) {
-	h := newHarness(t, 60*time.Second)
+func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newModeHarness(t, 60*time.Second, mode)
 	holder := h.spawn("hold")
 	h.waitHeld()
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
 	h.waitSleepers()
 	holder.kill()
 	diedAt(t, victim, p)
+	h.recoverersGetThrough(t)
+}
+
+// mutexStuckRecoverer (robust mode): a holder died and the kernel did not
+// mark its lock word, the case the probe is kept for behind the kernel
+// (simulated: the thread ID of an attachment that has exited is written into
+// the word). The victim is the waiter that probes it dead, and dies on its
+// way to recovering; two later workers must still get through.
+func mutexStuckRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newModeHarness(t, 60*time.Second, mode)
+	h.setOwner(5<<32 | uint64(h.exitedTID(t)))
+	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
+	diedAt(t, victim, p)
+	h.recoverersGetThrough(t)
+}
+
+// recoverersGetThrough: after the death of a victim on its way to recovering
+// the lock, two workers increment a hundred times each.
+func (h *harness) recoverersGetThrough(t *testing.T) {
 	a := h.spawn("increment", "1", "100")
 	b := h.spawn("increment", "2", "100")
 	a.wait(t, 20*time.Second)
@@ -228,11 +250,11 @@ func mutexRecoverer(t *testing.T, p fault.Point) {
 	h.finalCheck(t)
 }
 
-func newSeqHarness(t *testing.T) (*harness, *seqEnv, string) {
-	h := newHarness(t, 60*time.Second)
+func newSeqHarness(t *testing.T, mode shm.Mode) (*harness, *seqEnv, string) {
+	h := newModeHarness(t, 60*time.Second, mode)
 	path := h.path + "-seq"
 	os.Remove(path)
-	e, err := openSeqEnv(path)
+	e, err := openSeqEnv(path, mode)
 	require.NoError(t, err)
 	t.Cleanup(func() { e.r.Close(); os.Remove(path) })
 	return h, e, path
@@ -240,9 +262,9 @@ func newSeqHarness(t *testing.T) (*harness, *seqEnv, string) {
 
 // writerUnderLoad: the victim is one of two writers of the SeqLock or the
 // Record, read by two verifying readers, and dies on its n-th pass.
-func writerUnderLoad(kind string, n int) func(*testing.T, fault.Point) {
-	return func(t *testing.T, p fault.Point) {
-		h, e, path := newSeqHarness(t)
+func writerUnderLoad(kind string, n int) crashRow {
+	return func(t *testing.T, p fault.Point, mode shm.Mode) {
+		h, e, path := newSeqHarness(t, mode)
 		r1 := h.spawnIn(path, nil, "crash-reader")
 		r2 := h.spawnIn(path, nil, "crash-reader")
 		w := h.spawnIn(path, nil, "crash-writer", kind)
@@ -262,8 +284,8 @@ func writerUnderLoad(kind string, n int) func(*testing.T, fault.Point) {
 
 // seqReaderRecoverer: a writer is killed mid-write; the victim is the reader
 // that recovers it, and dies on the way; another reader must still finish.
-func seqReaderRecoverer(t *testing.T, p fault.Point) {
-	h, e, path := newSeqHarness(t)
+func seqReaderRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
+	h, e, path := newSeqHarness(t, mode)
 	w := h.spawnIn(path, nil, "crash-hang")
 	h.eventually(10*time.Second, "the writer never started", func() bool { return e.get(cHanging) == 1 })
 	w.kill()
@@ -282,9 +304,9 @@ func seqReaderRecoverer(t *testing.T, p fault.Point) {
 }
 
 // readerUnderLoad: the victim is a reader; writers and other readers go on.
-func readerUnderLoad(n int) func(*testing.T, fault.Point) {
-	return func(t *testing.T, p fault.Point) {
-		h, e, path := newSeqHarness(t)
+func readerUnderLoad(n int) crashRow {
+	return func(t *testing.T, p fault.Point, mode shm.Mode) {
+		h, e, path := newSeqHarness(t, mode)
 		w := h.spawnIn(path, nil, "crash-writer", "rec")
 		r := h.spawnIn(path, nil, "crash-reader")
 		victim := h.spawnIn(path, faultEnv(p, n), "crash-reader")
@@ -298,15 +320,26 @@ func readerUnderLoad(n int) func(*testing.T, fault.Point) {
 	}
 }
 
-// TestCrashPoints walks every crash point. A point without a row fails.
+// TestCrashPoints walks every crash point, in both modes. A point without a
+// row fails. In robust mode the kernel frees a dead holder's lock, so a
+// waiter reaches the probe's points only on the safety net's path: a word the
+// kernel did not mark.
 func TestCrashPoints(t *testing.T) {
-	rows := map[fault.Point]func(*testing.T, fault.Point){
+	inModes(t, func(t *testing.T, mode shm.Mode) { crashPoints(t, mode) })
+}
+
+func crashPoints(t *testing.T, mode shm.Mode) {
+	probed := mutexRecoverer
+	if mode == shm.ModeRobust {
+		probed = mutexStuckRecoverer
+	}
+	rows := map[fault.Point]crashRow{
 		fault.MutexAcquired:           mutexUnderLoad(10),
 		fault.MutexBeforeRelease:      mutexUnderLoad(10),
 		fault.MutexReleasedBeforeWake: mutexUnderLoad(2),
 		fault.MutexWaiterBeforeSleep:  mutexRecoverer,
-		fault.MutexProbedDead:         mutexRecoverer,
-		fault.MutexRecovered:          mutexRecoverer,
+		fault.MutexProbedDead:         probed,
+		fault.MutexRecovered:          probed,
 		fault.SeqWriteOdd:             writerUnderLoad("seq", 10),
 		fault.SeqWriteMidData:         writerUnderLoad("seq", 10),
 		fault.SeqReleaseState:         writerUnderLoad("seq", 10),
@@ -326,6 +359,6 @@ func TestCrashPoints(t *testing.T) {
 			t.Errorf("crash point %v has no row in this table", p)
 			continue
 		}
-		t.Run(p.String(), func(t *testing.T) { row(t, p) })
+		t.Run(p.String(), func(t *testing.T) { row(t, p, mode) })
 	}
 }

@@ -69,8 +69,12 @@ type env struct {
 	mu *shmlock.Mutex
 }
 
-func openEnv(path string) (*env, error) {
-	r, err := shm.Open(path, shm.Options{Size: regionSize, Slots: 64})
+func openEnv(path string) (*env, error) { return openEnvIn(path, shm.ModeAuto) }
+
+// openEnvIn opens the test region in mode. Children open it in ModeAuto, and
+// so follow the mode their test created it in.
+func openEnvIn(path string, mode shm.Mode) (*env, error) {
+	r, err := shm.Open(path, shm.Options{Size: regionSize, Slots: 64, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +203,15 @@ func runChild(role string, args []string) int {
 		}
 		return 0
 
+	case "attach-tid": // say the owner value our lock records, and exit
+		owner, err := e.r.OwnerFor(offMutex)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		fmt.Printf("owner=%d\n", owner)
+		return 0
+
 	case "panic": // panic inside a guarded critical section
 		g, _ := e.mu.Acquire(ctx)
 		defer g.Release()
@@ -277,12 +290,28 @@ type harness struct {
 	children []*child
 }
 
-// newHarness creates a fresh region in /dev/shm for the test, and a watchdog
-// that kills every child and fails the test if it runs longer than limit.
+// modes are the locking modes the tests of death and recovery run in.
+var modes = []shm.Mode{shm.ModeProbe, shm.ModeRobust}
+
+// inModes runs f as a subtest in each mode.
+func inModes(t *testing.T, f func(t *testing.T, mode shm.Mode)) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) { f(t, mode) })
+	}
+}
+
+// newHarness creates a fresh region in /dev/shm for the test, in the default
+// mode, and a watchdog that kills every child and fails the test if it runs
+// longer than limit.
 func newHarness(t *testing.T, limit time.Duration) *harness {
+	return newModeHarness(t, limit, shm.ModeAuto)
+}
+
+// newModeHarness is newHarness with a region created in mode.
+func newModeHarness(t *testing.T, limit time.Duration, mode shm.Mode) *harness {
 	path := fmt.Sprintf("%s/shmlock-test-%d-%s", shm.Dir, os.Getpid(), strings.ReplaceAll(t.Name(), "/", "_"))
 	os.Remove(path)
-	e, err := openEnv(path)
+	e, err := openEnvIn(path, mode)
 	require.NoError(t, err)
 	h := &harness{t: t, path: path, env: e}
 	wd := time.AfterFunc(limit, func() {
@@ -375,6 +404,17 @@ func (h *harness) load(off int) uint64 { return atomic.LoadUint64(h.word(off)) }
 func (h *harness) waitHeld() int {
 	h.eventually(10*time.Second, "the holder never took the lock", func() bool { return h.load(offHeld) != 0 })
 	return int(h.load(offHeld))
+}
+
+// exitedTID returns the owner value of the lock for an attachment that has
+// exited since, holding nothing: in robust mode, a thread ID its process
+// recorded in the table.
+func (h *harness) exitedTID(t *testing.T) uint32 {
+	t.Helper()
+	out := h.spawn("attach-tid").wait(t, 10*time.Second)
+	v, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out, "owner=")), 10, 32)
+	require.NoError(t, err, out)
+	return uint32(v)
 }
 
 // waitSleepers waits until someone waits on the lock (the waiters bit).

@@ -31,22 +31,24 @@ const recoveryBound = 2 * time.Second
 // A holder SIGKILLed while holding: a waiter in another process gets the lock,
 // told that it recovered, within the bound.
 func TestHolderKilledWaiterRecovers(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	holder := h.spawn("hold")
-	h.waitHeld()
-	waiter := h.spawn("wait")
-	h.waitSleepers()
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		holder := h.spawn("hold")
+		h.waitHeld()
+		waiter := h.spawn("wait")
+		h.waitSleepers()
 
-	killed := monotonic()
-	holder.kill()
-	out := waiter.wait(t, recoveryBound+time.Second)
-	assert.Contains(t, out, "recovered=true")
-	latency := time.Duration(int64(h.load(offAcquired)) - killed)
-	t.Logf("kill → acquire: %v", latency)
-	assert.Less(t, latency, recoveryBound)
-	assert.EqualValues(t, 1, h.mu.Recoveries(), "the region counts the recovery")
-	assert.Zero(t, h.load(offViolation))
-	assert.False(t, h.mu.Snapshot().Held)
+		killed := monotonic()
+		holder.kill()
+		out := waiter.wait(t, recoveryBound+time.Second)
+		assert.Contains(t, out, "recovered=true")
+		latency := time.Duration(int64(h.load(offAcquired)) - killed)
+		t.Logf("kill → acquire: %v", latency)
+		assert.Less(t, latency, recoveryBound)
+		assert.EqualValues(t, 1, h.mu.Recoveries(), "the region counts the recovery")
+		assert.Zero(t, h.load(offViolation))
+		assert.False(t, h.mu.Snapshot().Held)
+	})
 }
 
 // A waiter whose next probe is half a minute away still takes over at once
@@ -62,7 +64,7 @@ func TestDeathWatchWakesWaiter(t *testing.T) {
 				runs = 20 // the race is narrow: without the quick re-probe, 1 in 12 wedged
 			}
 			for range runs {
-				h := newHarness(t, 60*time.Second)
+				h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
 				holder := h.spawn("hold")
 				pid := h.waitHeld()
 				waiter := h.spawnIn(h.path, []string{slowProbesEnv + "=1"}, "wait")
@@ -111,125 +113,139 @@ func TestNormalUnlockIsNotRecovery(t *testing.T) {
 // Eight processes wait; the holder is killed: exactly one recovers, all get
 // the lock in turn, and never two at once.
 func TestThunderingHerd(t *testing.T) {
-	const n = 8
-	h := newHarness(t, 60*time.Second)
-	holder := h.spawn("hold")
-	h.waitHeld()
-	var waiters []*child
-	for range n {
-		waiters = append(waiters, h.spawn("wait"))
-	}
-	h.waitSleepers()
-	time.Sleep(100 * time.Millisecond) // let all eight reach the slow path
-	holder.kill()
-	recovered := 0
-	for _, w := range waiters {
-		out := w.wait(t, 20*time.Second)
-		if strings.Contains(out, "recovered=true") {
-			recovered++
-		} else {
-			assert.Contains(t, out, "recovered=false")
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		const n = 8
+		h := newModeHarness(t, 60*time.Second, mode)
+		holder := h.spawn("hold")
+		h.waitHeld()
+		var waiters []*child
+		for range n {
+			waiters = append(waiters, h.spawn("wait"))
 		}
-	}
-	assert.Equal(t, 1, recovered, "exactly one waiter recovers")
-	assert.EqualValues(t, 1, h.load(offRecovered))
-	assert.EqualValues(t, 1, h.mu.Recoveries())
-	assert.Zero(t, h.load(offViolation), "two holders at once")
+		h.waitSleepers()
+		time.Sleep(100 * time.Millisecond) // let all eight reach the slow path
+		holder.kill()
+		recovered := 0
+		for _, w := range waiters {
+			out := w.wait(t, 20*time.Second)
+			if strings.Contains(out, "recovered=true") {
+				recovered++
+			} else {
+				assert.Contains(t, out, "recovered=false")
+			}
+		}
+		assert.Equal(t, 1, recovered, "exactly one waiter recovers")
+		assert.EqualValues(t, 1, h.load(offRecovered))
+		assert.EqualValues(t, 1, h.mu.Recoveries())
+		assert.Zero(t, h.load(offViolation), "two holders at once")
+	})
 }
 
 // The recoverer itself dies in the middle of its recovery (after taking the
 // lock over, before releasing it), several times over: each time another
 // process recovers.
 func TestRecovererKilledMidRecovery(t *testing.T) {
-	const n = 3
-	h := newHarness(t, 60*time.Second)
-	holder := h.spawn("hold")
-	h.waitHeld()
-	byPid := map[int]*child{}
-	for range n {
-		c := h.spawn("recover-hang")
-		byPid[c.cmd.Process.Pid] = c
-	}
-	h.waitSleepers()
-	holder.kill()
-	last := 0
-	for i := range n {
-		h.eventually(recoveryBound, fmt.Sprintf("recovery %d never happened", i+1), func() bool {
-			p := int(h.load(offRecoverer))
-			return p != 0 && p != last
-		})
-		last = int(h.load(offRecoverer))
-		byPid[last].kill() // dies holding the lock it just took over
-	}
-	// The test process is the last one standing and recovers too.
-	ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
-	defer cancel()
-	g, err := h.mu.Acquire(ctx)
-	require.NoError(t, err)
-	assert.True(t, g.Recovered())
-	g.Commit()
-	g.Release()
-	assert.EqualValues(t, n+1, h.mu.Recoveries())
-	assert.Zero(t, h.load(offViolation))
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		const n = 3
+		h := newModeHarness(t, 60*time.Second, mode)
+		holder := h.spawn("hold")
+		h.waitHeld()
+		byPid := map[int]*child{}
+		for range n {
+			c := h.spawn("recover-hang")
+			byPid[c.cmd.Process.Pid] = c
+		}
+		h.waitSleepers()
+		holder.kill()
+		last := 0
+		for i := range n {
+			h.eventually(recoveryBound, fmt.Sprintf("recovery %d never happened", i+1), func() bool {
+				p := int(h.load(offRecoverer))
+				return p != 0 && p != last
+			})
+			last = int(h.load(offRecoverer))
+			byPid[last].kill() // dies holding the lock it just took over
+		}
+		// The test process is the last one standing and recovers too.
+		ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
+		defer cancel()
+		g, err := h.mu.Acquire(ctx)
+		require.NoError(t, err)
+		assert.True(t, g.Recovered())
+		g.Commit()
+		g.Release()
+		assert.EqualValues(t, n+1, h.mu.Recoveries())
+		assert.Zero(t, h.load(offViolation))
+	})
 }
 
 // A holder that was killed but not yet reaped is a zombie: kill(pid, 0) still
-// succeeds on it, and it must be recovered all the same.
+// succeeds on it, and it must be recovered all the same. In robust mode the
+// kernel marked its lock before it became one.
 func TestZombieHolder(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	holder := h.spawn("hold")
-	pid := h.waitHeld()
-	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL)) // and do not reap it
-	// A killed process is Z while its other threads are still being torn
-	// down; wait until only the zombie leader is left.
-	h.eventually(5*time.Second, "the holder never became a zombie", func() bool {
-		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		st, err := owner.ParseStat(b)
-		return err == nil && st.State == 'Z' && st.Threads <= 1
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		holder := h.spawn("hold")
+		pid := h.waitHeld()
+		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL)) // and do not reap it
+		// A killed process is Z while its other threads are still being torn
+		// down; wait until only the zombie leader is left.
+		h.eventually(5*time.Second, "the holder never became a zombie", func() bool {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+			st, err := owner.ParseStat(b)
+			return err == nil && st.State == 'Z' && st.Threads <= 1
+		})
+		require.NoError(t, syscall.Kill(pid, 0), "kill(pid, 0) succeeds on a zombie")
+
+		snap := h.mu.Snapshot()
+		if mode == shm.ModeRobust {
+			assert.False(t, snap.Held, "the kernel freed the lock at the holder's exit")
+			assert.True(t, snap.OwnerDied, "and marked it")
+		} else {
+			assert.Equal(t, shm.Dead, snap.Holder.State, snap.Holder.String())
+			assert.Contains(t, snap.Holder.Reason, "zombie")
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
+		defer cancel()
+		g, err := h.mu.Acquire(ctx) // the test process is the waiter
+		require.NoError(t, err)
+		assert.True(t, g.Recovered())
+		g.Release()
+		holder.kill()
 	})
-	require.NoError(t, syscall.Kill(pid, 0), "kill(pid, 0) succeeds on a zombie")
-
-	snap := h.mu.Snapshot()
-	assert.Equal(t, shm.Dead, snap.Holder.State, snap.Holder.String())
-	assert.Contains(t, snap.Holder.Reason, "zombie")
-
-	ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
-	defer cancel()
-	g, err := h.mu.Acquire(ctx) // the test process is the waiter
-	require.NoError(t, err)
-	assert.True(t, g.Recovered())
-	g.Release()
-	holder.kill()
 }
 
 // A holder that is stopped (SIGSTOP, a debugger) is alive and is not robbed:
 // a timed wait fails with an error that names it and says so.
 func TestStoppedHolderIsNotRobbed(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	holder := h.spawn("hold")
-	pid := h.waitHeld()
-	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err := h.mu.Acquire(ctx)
-	require.Error(t, err)
-	assert.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond, "waited the whole deadline")
-	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	var he *shmlock.HeldError
-	require.ErrorAs(t, err, &he)
-	assert.EqualValues(t, pid, he.Holder.PID)
-	assert.Equal(t, shm.Alive, he.Holder.State)
-	assert.Equal(t, byte('T'), he.Holder.ProcState)
-	assert.GreaterOrEqual(t, he.HeldFor, 500*time.Millisecond)
-	msg := err.Error()
-	for _, want := range []string{h.path + "@0", "pid " + strconv.Itoa(pid), "alive", "stopped", "held for at least", "never robbed",
-		"shmlock inspect " + h.path} {
-		assert.Contains(t, msg, want)
-	}
-	t.Log(msg)
-	assert.Zero(t, h.mu.Recoveries())
-	holder.kill()
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		holder := h.spawn("hold")
+		pid := h.waitHeld()
+		require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := h.mu.Acquire(ctx)
+		require.Error(t, err)
+		assert.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond, "waited the whole deadline")
+		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		var he *shmlock.HeldError
+		require.ErrorAs(t, err, &he)
+		assert.EqualValues(t, pid, he.Holder.PID)
+		assert.Equal(t, shm.Alive, he.Holder.State)
+		assert.Equal(t, byte('T'), he.Holder.ProcState)
+		assert.GreaterOrEqual(t, he.HeldFor, 500*time.Millisecond)
+		msg := err.Error()
+		for _, want := range []string{h.path + "@0", "pid " + strconv.Itoa(pid), "alive", "stopped", "held for at least", "never robbed",
+			"shmlock inspect " + h.path} {
+			assert.Contains(t, msg, want)
+		}
+		t.Log(msg)
+		assert.Zero(t, h.mu.Recoveries())
+		holder.kill()
+	})
 }
 
 // No lost updates: P processes × N increments under the lock give exactly P×N.
@@ -252,65 +268,69 @@ func TestNoLostUpdates(t *testing.T) {
 // Holders killed at random: the final count equals the increments the workers
 // committed, and there were never two holders at once.
 func TestNoLostUpdatesUnderKills(t *testing.T) {
-	const p = 4
-	run := 3 * time.Second
-	if testing.Short() {
-		run = time.Second
-	}
-	h := newHarness(t, 120*time.Second)
-	workers := make([]*child, p)
-	for i := range workers {
-		workers[i] = h.spawn("increment", strconv.Itoa(i), "0")
-	}
-	kills := 0
-	for end := time.Now().Add(run); time.Now().Before(end); {
-		time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
-		i := rand.IntN(p)
-		workers[i].kill()
-		kills++
-		workers[i] = h.spawn("increment", strconv.Itoa(i), "0")
-	}
-	*h.word(offStop) = 1
-	for _, w := range workers {
-		w.wait(t, 30*time.Second)
-	}
-	// A worker killed holding the lock, with no one left to wait, still
-	// holds it: the test process takes it over and repairs, as any
-	// process would.
-	ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
-	defer cancel()
-	g, err := h.mu.Acquire(ctx)
-	require.NoError(t, err)
-	if g.Recovered() {
-		h.repair()
-	}
-	g.Release()
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		const p = 4
+		run := 3 * time.Second
+		if testing.Short() {
+			run = time.Second
+		}
+		h := newModeHarness(t, 120*time.Second, mode)
+		workers := make([]*child, p)
+		for i := range workers {
+			workers[i] = h.spawn("increment", strconv.Itoa(i), "0")
+		}
+		kills := 0
+		for end := time.Now().Add(run); time.Now().Before(end); {
+			time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
+			i := rand.IntN(p)
+			workers[i].kill()
+			kills++
+			workers[i] = h.spawn("increment", strconv.Itoa(i), "0")
+		}
+		*h.word(offStop) = 1
+		for _, w := range workers {
+			w.wait(t, 30*time.Second)
+		}
+		// A worker killed holding the lock, with no one left to wait, still
+		// holds it: the test process takes it over and repairs, as any
+		// process would.
+		ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
+		defer cancel()
+		g, err := h.mu.Acquire(ctx)
+		require.NoError(t, err)
+		if g.Recovered() {
+			h.repair()
+		}
+		g.Release()
 
-	counter, committed := h.load(offCounter), h.sumMine()
-	t.Logf("%d kills, %d recoveries, %d increments", kills, h.mu.Recoveries(), counter)
-	assert.Equal(t, committed, counter, "lost or double-counted increments")
-	assert.Zero(t, h.load(offViolation), "two holders at once")
-	assert.Positive(t, counter)
-	assert.Positive(t, h.mu.Recoveries(), "no kill landed inside a critical section: the test proved nothing")
+		counter, committed := h.load(offCounter), h.sumMine()
+		t.Logf("%d kills, %d recoveries, %d increments", kills, h.mu.Recoveries(), counter)
+		assert.Equal(t, committed, counter, "lost or double-counted increments")
+		assert.Zero(t, h.load(offViolation), "two holders at once")
+		assert.Positive(t, counter)
+		assert.Positive(t, h.mu.Recoveries(), "no kill landed inside a critical section: the test proved nothing")
+	})
 }
 
 // A panic inside a guarded critical section, in another process: the deferred
 // Release frees the lock before the process dies (no recovery is needed), and
 // the panic reaches the top with its value and the stack of its origin.
 func TestPanicInCriticalSectionAcrossProcesses(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	c := h.spawn("panic")
-	out := c.wait(t, 20*time.Second)
-	var ee *exec.ExitError
-	require.ErrorAs(t, c.err, &ee)
-	assert.Equal(t, 2, ee.ExitCode(), "an unrecovered panic exits with status 2")
-	assert.Contains(t, out, "panic: boom in the critical section")
-	assert.Contains(t, out, "helpers_test.go", "the stack points at the panicking line")
-	s := h.mu.Snapshot()
-	assert.False(t, s.Held, "the lock was released by the deferred Release")
-	assert.Zero(t, s.Recoveries, "a released lock needs no recovery")
-	assert.True(t, h.mu.TryLock())
-	h.mu.Unlock()
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		c := h.spawn("panic")
+		out := c.wait(t, 20*time.Second)
+		var ee *exec.ExitError
+		require.ErrorAs(t, c.err, &ee)
+		assert.Equal(t, 2, ee.ExitCode(), "an unrecovered panic exits with status 2")
+		assert.Contains(t, out, "panic: boom in the critical section")
+		assert.Contains(t, out, "helpers_test.go", "the stack points at the panicking line")
+		s := h.mu.Snapshot()
+		assert.False(t, s.Held, "the lock was released by the deferred Release")
+		assert.Zero(t, s.Recoveries, "a released lock needs no recovery")
+		assert.True(t, h.mu.TryLock())
+		h.mu.Unlock()
+	})
 }
 
 // The same in one process, where the panic can be caught above the guard.
@@ -390,65 +410,69 @@ func TestUnlockNotHeldAndBreak(t *testing.T) {
 // stays in the word, through their holds and releases, until an Acquire
 // is told, once.
 func TestNewsOfDeathReachesAcquire(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	acquire := func() bool {
-		g, err := h.mu.Acquire(context.Background())
-		require.NoError(t, err)
-		defer g.Release()
-		g.Commit()
-		return g.Recovered()
-	}
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		acquire := func() bool {
+			g, err := h.mu.Acquire(context.Background())
+			require.NoError(t, err)
+			defer g.Release()
+			g.Commit()
+			return g.Recovered()
+		}
 
-	// Broken by an administrator, then taken by TryLock.
-	h.mu.Lock()
-	require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
-	require.True(t, h.mu.TryLock())
-	assert.True(t, h.mu.Snapshot().OwnerDied)
-	h.mu.Unlock()
-	assert.True(t, acquire(), "the Acquire after TryLock is told")
-	assert.False(t, acquire(), "and only that one")
+		// Broken by an administrator, then taken by TryLock.
+		h.mu.Lock()
+		require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+		require.True(t, h.mu.TryLock())
+		assert.True(t, h.mu.Snapshot().OwnerDied)
+		h.mu.Unlock()
+		assert.True(t, acquire(), "the Acquire after TryLock is told")
+		assert.False(t, acquire(), "and only that one")
 
-	// A holder killed, its lock taken over by Lock.
-	holder := h.spawn("hold")
-	h.waitHeld()
-	holder.kill()
-	h.mu.Lock()
-	assert.True(t, h.mu.Snapshot().OwnerDied)
-	h.mu.Unlock()
-	assert.True(t, acquire(), "the Acquire after Lock is told")
-	assert.False(t, acquire())
-	assert.EqualValues(t, 2, h.mu.Recoveries(), "one break, one takeover")
+		// A holder killed, its lock taken over by Lock.
+		holder := h.spawn("hold")
+		h.waitHeld()
+		holder.kill()
+		h.mu.Lock()
+		assert.True(t, h.mu.Snapshot().OwnerDied)
+		h.mu.Unlock()
+		assert.True(t, acquire(), "the Acquire after Lock is told")
+		assert.False(t, acquire())
+		assert.EqualValues(t, 2, h.mu.Recoveries(), "one break, one takeover")
+	})
 }
 
 // TryAcquire takes a free lock, or a dead holder's, without waiting, and is
 // told; from a live holder it takes nothing and writes nothing.
 func TestTryAcquire(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
-	g, ok := h.mu.TryAcquire()
-	require.True(t, ok)
-	assert.False(t, g.Recovered())
-	g.Release()
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		g, ok := h.mu.TryAcquire()
+		require.True(t, ok)
+		assert.False(t, g.Recovered())
+		g.Release()
 
-	holder := h.spawn("hold")
-	h.waitHeld()
-	before := h.load(offMutex)
-	_, ok = h.mu.TryAcquire()
-	assert.False(t, ok, "a live holder")
-	assert.Equal(t, before, h.load(offMutex), "nothing written")
+		holder := h.spawn("hold")
+		h.waitHeld()
+		before := h.load(offMutex)
+		_, ok = h.mu.TryAcquire()
+		assert.False(t, ok, "a live holder")
+		assert.Equal(t, before, h.load(offMutex), "nothing written")
 
-	holder.kill()
-	g, ok = h.mu.TryAcquire()
-	require.True(t, ok, "a dead holder")
-	assert.True(t, g.Recovered())
-	g.Release()
-	assert.EqualValues(t, 1, h.mu.Recoveries())
+		holder.kill()
+		g, ok = h.mu.TryAcquire()
+		require.True(t, ok, "a dead holder")
+		assert.True(t, g.Recovered())
+		g.Release()
+		assert.EqualValues(t, 1, h.mu.Recoveries())
 
-	h.mu.Lock()
-	require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
-	g, ok = h.mu.TryAcquire()
-	require.True(t, ok, "a broken lock")
-	assert.True(t, g.Recovered())
-	g.Release()
+		h.mu.Lock()
+		require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+		g, ok = h.mu.TryAcquire()
+		require.True(t, ok, "a broken lock")
+		assert.True(t, g.Recovered())
+		g.Release()
+	})
 }
 
 // Cancellation ends a wait promptly, with an error wrapping context.Canceled.

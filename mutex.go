@@ -15,15 +15,26 @@ import (
 
 // The owner word: 64 bits, the first word of the lock's cache line.
 //
-//	bits  0..29  owner: the holder's owner ID (shm.Region.ID), 0 when free.
-//	             An owner ID names a process's attachment to the region, so it
-//	             is never reused by a later process, even one with the same PID.
-//	bit  30      ownerDied: the lock was taken from a holder that died, or
-//	             that an administrator broke, and nobody who can be told has
-//	             held it since. Break sets it (with owner 0). Lock and TryLock
-//	             cannot tell their callers, so a takeover by them keeps it,
-//	             and so do their releases; the next Acquire clears it and is
-//	             told (Guard.Recovered). So every death is told, once.
+//	bits  0..29  owner: who holds it, 0 when free (shm.Region.OwnerFor). In
+//	             shm.ModeProbe the holder's owner ID, which names a process's
+//	             attachment to the region, so it is never reused by a later
+//	             process, even one with the same PID. In shm.ModeRobust the
+//	             thread ID of the holder's robust list that links this line:
+//	             when the holder's process dies, the kernel replaces it by 0
+//	             and sets ownerDied, keeping waiters and the high half, and
+//	             wakes one waiter (see internal/robust); the region keeps
+//	             thread IDs unique among its attachments.
+//	bit  30      ownerDied: set only in a free word, by the end of a hold
+//	             that was not a release: Break sets it (with owner 0), and
+//	             in robust mode so does the kernel at the holder's death
+//	             (FUTEX_OWNER_DIED), or Region.Close. The acquisition that
+//	             takes the word clears it and counts the recovery; so does a
+//	             recovery CAS from a word whose holder was probed dead. The
+//	             taker is told (Guard.Recovered), or, if it cannot be (Lock,
+//	             TryLock), leaves the news in the untold bit of the line's
+//	             recoveries word for the next Acquire. So every death is
+//	             counted once and told once (several before one Acquire are
+//	             told together), and a held word never carries ownerDied.
 //	bit  31      waiters: a waiter may be asleep on the low half of the word;
 //	             whoever releases must wake one. Set by a waiter before it
 //	             sleeps, cleared by every release, and set again by a waiter
@@ -52,16 +63,23 @@ const (
 	genOne    = 1 << 32
 )
 
-// The lock's cache line, in 64-bit words. Words 4..7 belong to the object the
-// lock protects (a seqlock keeps its sequence there).
+// The lock's cache line, in 64-bit words. Word 3 is its placement tag
+// (shm.Region.Place); words 4..7 belong to the object the lock protects (a
+// seqlock keeps its sequence there).
 const (
-	wordOwner      = 0 // the owner word above
-	wordRecoveries = 1 // holders found dead or broken, and taken over
+	wordOwner = 0 // the owner word above
+	// wordRecoveries: bits 0..62 count the holders found dead or broken
+	// whose lock was taken over; bit 63, untold, is the news of such a
+	// takeover by Lock or TryLock, for the next Acquire (see ownerDied).
+	wordRecoveries = 1
 	// wordSince: a hold a waiter saw, and when: the generation in bits
 	// 32..63, Unix milliseconds modulo 2^32 in bits 0..31. One word, so
 	// the two always belong together: the "held for at least" of errors.
 	wordSince = 2
 )
+
+// untold is the news bit of the recoveries word.
+const untold = 1 << 63
 
 // successor is the owner word that an acquisition by owner self installs in
 // place of w: the next generation, self as owner, and of w's flags only those
@@ -134,10 +152,16 @@ func New(r *shm.Region, off int) (*Mutex, error) {
 	if err != nil {
 		return nil, err
 	}
-	// held starts as our bare owner ID, so that Unlock's expected value
-	// always names us: an Unlock of a lock never taken fails its CAS even
-	// on a fresh zero word, and panics in the slow path.
-	m := &Mutex{line: line, word: &line[wordOwner], self: uint64(r.ID()), held: uint64(r.ID()), r: r, off: off}
+	// In ModeRobust this links the line into a robust list, so that the
+	// kernel marks the lock if this process dies holding it.
+	self, err := r.OwnerFor(off)
+	if err != nil {
+		return nil, err
+	}
+	// held starts as our bare owner, so that Unlock's expected value always
+	// names us: an Unlock of a lock never taken fails its CAS even on a
+	// fresh zero word, and panics in the slow path.
+	m := &Mutex{line: line, word: &line[wordOwner], self: uint64(self), held: uint64(self), r: r, off: off}
 	m.low = (*uint32)(unsafe.Pointer(m.word))
 	if !littleEndian {
 		m.low = (*uint32)(unsafe.Add(unsafe.Pointer(m.word), 4))
@@ -151,10 +175,10 @@ var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(
 // takes the lock over; having no way to say so, it leaves the news for the
 // next Acquire, which is told (Guard.Recovered).
 func (m *Mutex) Lock() {
-	// Fast path: one CAS from an unowned word with nobody asleep. It
-	// carries ownerDied over: Lock cannot tell, so the news stays.
+	// Fast path: one CAS from a free word with nobody asleep and no death
+	// to count (ownerDied).
 	w := atomic.LoadUint64(m.word)
-	if w&(lowHalf&^ownerDied) == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
+	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
 		m.took(w + genOne | m.self)
 		fault.Hit(fault.MutexAcquired) // model: acquired
 		return
@@ -179,10 +203,42 @@ func (m *Mutex) TryLock() bool {
 		if w&ownerMask != 0 {
 			return false
 		}
-		if nw := successor(w, m.self, waiters|ownerDied); atomic.CompareAndSwapUint64(m.word, w, nw) {
+		if nw := successor(w, m.self, waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
 			m.took(nw)
+			m.settle(w&ownerDied != 0, false)
 			fault.Hit(fault.MutexAcquired)
 			return true
+		}
+	}
+}
+
+// settle deals with the news an acquisition finds, once its CAS has
+// succeeded: died says that the word it replaced had ownerDied, or that it
+// recovered a holder probed dead; that death is counted here. A caller that
+// can be told (tell) is told of it, and of any news a Lock or TryLock left
+// untold; one that cannot leaves the death untold. The acquirer holds the
+// lock, so nobody else changes the untold bit meanwhile, but the count is
+// shared with Break's callers' readers, so it is one atomic step.
+//
+// A death between the acquisition's CAS and this step loses this step, not
+// the lock: that death ends a hold like any other and is counted and told
+// in turn, with the news it carried told with it.
+func (m *Mutex) settle(died, tell bool) (told bool) {
+	p := &m.line[wordRecoveries]
+	for {
+		old := atomic.LoadUint64(p)
+		nw := old
+		if died {
+			nw = (old&^untold+1)&^untold | old&untold
+			if !tell {
+				nw |= untold
+			}
+		}
+		if tell {
+			nw &^= untold
+		}
+		if nw == old || atomic.CompareAndSwapUint64(p, old, nw) {
+			return tell && (died || old&untold != 0)
 		}
 	}
 }
@@ -206,8 +262,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		}
 		m.took(nw)
 		fault.Hit(fault.MutexRecovered)
-		atomic.AddUint64(&m.line[wordRecoveries], 1)
-		return guard.New(releaser{m}, true, nw>>32), true
+		return guard.New(releaser{m}, m.settle(true, true), nw>>32), true
 	}
 	nw := successor(w, m.self, waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
@@ -215,7 +270,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	}
 	m.took(nw)
 	fault.Hit(fault.MutexAcquired)
-	return guard.New(releaser{m}, w&ownerDied != 0, nw>>32), true
+	return guard.New(releaser{m}, m.settle(w&ownerDied != 0, true), nw>>32), true
 }
 
 // Unlock unlocks m, which this process must hold. Unlock is a CAS rather
@@ -224,7 +279,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 // matching ErrNotHeld instead.
 func (m *Mutex) Unlock() {
 	// The expected value is the word our acquisition installed, with
-	// nobody asleep; ownerDied stays as it is (see its bit). Any other word
+	// nobody asleep (a held word never has ownerDied). Any other word
 	// (the waiters bit, another owner, another generation) fails the CAS
 	// and goes to the slow path. No load first: on amd64 a load between the
 	// acquiring and the releasing locked instruction costs a nanosecond, a
@@ -249,8 +304,7 @@ func (m *Mutex) unlockSlow() {
 		if w&ownerMask != m.self {
 			panic(&NotHeldError{Lock: m.name(), Owner: w})
 		}
-		// ownerDied stays: the news is for an Acquire (see its bit).
-		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf|w&ownerDied) {
+		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
 			fault.Hit(fault.MutexReleasedBeforeWake)
 			if w&waiters != 0 {
 				futex.Wake(m.low, 1)
@@ -270,7 +324,10 @@ func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
 		m.took(w + genOne | m.self)
 		fault.Hit(fault.MutexAcquired)
-		return guard.New(releaser{m}, false, (w+genOne)>>32), nil
+		// News a Lock left is in the recoveries word, on the line the
+		// CAS just brought in.
+		told := atomic.LoadUint64(&m.line[wordRecoveries])&untold != 0 && m.settle(false, true)
+		return guard.New(releaser{m}, told, (w+genOne)>>32), nil
 	}
 	recovered, held, err := m.lockSlow(ctx, true)
 	if err != nil {
@@ -292,15 +349,9 @@ func (r releaser) Release(committed bool) {
 // lockSlow acquires m after the fast path failed: spin a little, then sleep
 // on the futex between probes of the holder, until the lock is free or its
 // holder is found dead. tell says whether the caller can be told of a dead
-// (or broken) predecessor; if not, the news stays in ownerDied. It returns
-// whether it told, and the owner word it installed.
+// (or broken) predecessor; if not, the news is left untold (see settle). It
+// returns whether it told, and the owner word it installed.
 func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held uint64, err error) {
-	// keep is what an acquisition carries over from the word it replaces:
-	// the waiters bit always, ownerDied when the news cannot be told.
-	keep := uint64(waiters)
-	if !tell {
-		keep |= ownerDied
-	}
 	var (
 		spins     int
 		slept     bool
@@ -334,13 +385,13 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		if w&ownerMask == 0 {
 			// Free. A waiter that slept keeps the waiters bit set, so
 			// that its release wakes whoever else may be asleep.
-			nw := successor(w, m.self, keep)
+			nw := successor(w, m.self, waiters)
 			if slept {
 				nw |= waiters
 			}
 			if atomic.CompareAndSwapUint64(m.word, w, nw) {
 				m.took(nw)
-				return tell && w&ownerDied != 0, nw, nil
+				return m.settle(w&ownerDied != 0, tell), nw, nil
 			}
 			continue
 		}
@@ -401,14 +452,10 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				if slept {
 					nw |= waiters
 				}
-				if !tell {
-					nw |= ownerDied
-				}
 				if atomic.CompareAndSwapUint64(m.word, w, nw) {
 					m.took(nw)
 					fault.Hit(fault.MutexRecovered)
-					atomic.AddUint64(&m.line[wordRecoveries], 1)
-					return tell, nw, nil
+					return m.settle(true, tell), nw, nil
 				}
 				continue
 			}
@@ -496,9 +543,10 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time
 // Break frees m if, and only if, its owner word is exactly owner: the
 // administrator's way out when a holder cannot be verified dead (in a PID
 // namespace the probe cannot see, say) but is known to be. owner comes from a
-// HeldError or a Snapshot. It counts as a recovery, and the next Acquire is
-// told (Guard.Recovered). Break fails
-// with ErrOwnerChanged if the lock changed hands meanwhile.
+// HeldError or a Snapshot. It leaves the word free with ownerDied set, as a
+// death does: whoever takes the lock next counts the recovery, and the next
+// Acquire is told (Guard.Recovered). Break fails with ErrOwnerChanged if the
+// lock changed hands meanwhile.
 func (m *Mutex) Break(owner uint64) error {
 	if owner&ownerMask == 0 {
 		return &BreakError{Lock: m.name(), Owner: owner, Now: atomic.LoadUint64(m.word), Err: ErrNotLocked}
@@ -510,7 +558,6 @@ func (m *Mutex) Break(owner uint64) error {
 			return &BreakError{Lock: m.name(), Owner: owner, Now: w, Err: ErrOwnerChanged}
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, w&^ownerMask|ownerDied) {
-			atomic.AddUint64(&m.line[wordRecoveries], 1)
 			if w&waiters != 0 {
 				futex.Wake(m.low, 1)
 			}
@@ -526,7 +573,7 @@ type Snapshot struct {
 	Generation uint32 // acquisitions so far, modulo 2^32
 	Waiters    bool   // a waiter may be asleep
 	OwnerDied  bool   // a holder died or was broken, and no Acquire has been told yet
-	Recoveries uint64 // dead or broken holders taken over so far
+	Recoveries uint64 // dead or broken holders whose lock was taken over so far
 	Holder     shm.Holder
 	HeldFor    time.Duration // at least this long, as waiters saw; 0 if no waiter looked
 }
@@ -535,13 +582,14 @@ type Snapshot struct {
 // nothing to the region.
 func (m *Mutex) Snapshot() Snapshot {
 	w := atomic.LoadUint64(m.word)
+	rec := atomic.LoadUint64(&m.line[wordRecoveries])
 	s := Snapshot{
 		Owner:      w,
 		Held:       w&ownerMask != 0,
 		Generation: uint32(w >> 32),
 		Waiters:    w&waiters != 0,
-		OwnerDied:  w&ownerDied != 0,
-		Recoveries: atomic.LoadUint64(&m.line[wordRecoveries]),
+		OwnerDied:  w&ownerDied != 0 || rec&untold != 0,
+		Recoveries: rec &^ untold,
 	}
 	if s.Held {
 		s.Holder = m.r.Probe(uint32(w & ownerMask))
@@ -563,8 +611,8 @@ func Inspect(r *shm.Region, off int) (Snapshot, error) {
 	return m.Snapshot(), nil
 }
 
-// Recoveries returns how many times a dead or broken holder of m was taken
-// over.
-func (m *Mutex) Recoveries() uint64 { return atomic.LoadUint64(&m.line[wordRecoveries]) }
+// Recoveries returns how many times the lock of a dead or broken holder of m
+// was taken over.
+func (m *Mutex) Recoveries() uint64 { return atomic.LoadUint64(&m.line[wordRecoveries]) &^ untold }
 
 func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }

@@ -26,7 +26,7 @@ import (
 // The process-table entry layout of shm/layout.go, which these tests write
 // through the file as an outside corruption would.
 const (
-	entryBytes     = 64
+	entryBytes     = 128
 	entIncarnation = 0
 	entPID         = 4
 	entStart       = 8
@@ -125,7 +125,7 @@ func startTime(t *testing.T, pid int) uint64 {
 // lock free, is dead (PID reuse). With the lock kept by an escaped descriptor
 // it is not robbed until kill says ESRCH.
 func TestPIDReuse(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
+	h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
 	recordKills(t)
 	sleeper := exec.Command("sleep", "60")
 	require.NoError(t, sleeper.Start())
@@ -176,7 +176,7 @@ func TestPIDReuse(t *testing.T) {
 // kill with 0 (our process group), a negative pid (-1: every process we may
 // signal) or one above pid_max.
 func TestCorruptOwnerWords(t *testing.T) {
-	h := newHarness(t, 60*time.Second)
+	h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
 	rec := recordKills(t)
 	ns := owner.Self().NS
 	allOnes := ^uint64(0)
@@ -245,7 +245,7 @@ func TestHolderInAnotherPIDNamespace(t *testing.T) {
 		{"time namespace", "liveness lock is held", []string{"--time", "--boottime", "100000", "--fork"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, 60*time.Second)
+			h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
 			rec := recordKills(t)
 			args := append(tc.args, "--kill-child", os.Args[0], "-test.run=^$")
 			cmd := exec.Command(unshare, args...)

@@ -28,6 +28,7 @@ type report struct {
 type regionInfo struct {
 	Path       string    `json:"path"`
 	Version    int       `json:"layout_version"`
+	Mode       string    `json:"mode"` // probe or robust (shm.Mode)
 	DataSize   int       `json:"data_bytes"`
 	Slots      int       `json:"slots"`
 	Created    time.Time `json:"created"`
@@ -38,6 +39,7 @@ type regionInfo struct {
 type holderInfo struct {
 	Slot      int       `json:"slot"`
 	PID       int32     `json:"pid"`
+	TID       int32     `json:"tid,omitempty"` // robust mode: the thread the lock word names
 	State     string    `json:"state"`  // alive, dead, unverifiable
 	Reason    string    `json:"reason"` // why: zombie, PID reused, another PID namespace, ...
 	ProcState string    `json:"proc_state,omitempty"`
@@ -64,7 +66,7 @@ type lockInfo struct {
 }
 
 func holder(h shm.Holder) *holderInfo {
-	hi := &holderInfo{Slot: h.Slot, PID: h.PID, State: h.State.String(), Reason: h.Reason, Attached: h.Attached}
+	hi := &holderInfo{Slot: h.Slot, PID: h.PID, TID: h.TID, State: h.State.String(), Reason: h.Reason, Attached: h.Attached}
 	if h.ProcState != 0 {
 		hi.ProcState = string(h.ProcState)
 	}
@@ -101,7 +103,7 @@ func describe(r *shm.Region) (rep *report, err error) {
 	}()
 	created, creator := r.Created()
 	rep = &report{Region: regionInfo{
-		Path: r.Path(), Version: shm.Version, DataSize: r.Size(), Slots: r.Slots(),
+		Path: r.Path(), Version: shm.Version, Mode: r.Mode().String(), DataSize: r.Size(), Slots: r.Slots(),
 		Created: created, CreatorPID: creator, Attaches: r.Attaches(),
 	}}
 	for _, h := range r.Attachments() {
@@ -173,8 +175,8 @@ state. It opens the region read-only: inspecting never changes it.`)
 
 func printReport(out io.Writer, rep *report) {
 	g := rep.Region
-	fmt.Fprintf(out, "region %s: layout version %d, %d data bytes, %d slots; created %s by pid %d; %d attachments so far\n",
-		g.Path, g.Version, g.DataSize, g.Slots, g.Created.Format(time.DateTime), g.CreatorPID, g.Attaches)
+	fmt.Fprintf(out, "region %s: layout version %d, %s mode, %d data bytes, %d slots; created %s by pid %d; %d attachments so far\n",
+		g.Path, g.Version, g.Mode, g.DataSize, g.Slots, g.Created.Format(time.DateTime), g.CreatorPID, g.Attaches)
 
 	fmt.Fprintf(out, "\nattached processes: %d\n", len(rep.Attached))
 	if len(rep.Attached) > 0 {
@@ -227,7 +229,11 @@ func printReport(out io.Writer, rep *report) {
 // holderNote explains a held lock's verdict and says what to do.
 func holderNote(path string, l lockInfo) string {
 	h := l.Holder
-	s := fmt.Sprintf("\n  @%d owner %s: pid %d is %s: %s.", l.Off, l.Owner, h.PID, h.State, h.Reason)
+	who := fmt.Sprintf("pid %d", h.PID)
+	if h.TID != 0 {
+		who += fmt.Sprintf(" (thread %d)", h.TID)
+	}
+	s := fmt.Sprintf("\n  @%d owner %s: %s is %s: %s.", l.Off, l.Owner, who, h.State, h.Reason)
 	switch h.State {
 	case "dead":
 		s += "\n    The next waiter takes the lock over (and is told: Guard.Recovered)."
