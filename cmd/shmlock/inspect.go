@@ -40,8 +40,8 @@ type holderInfo struct {
 	Slot      int       `json:"slot"`
 	PID       int32     `json:"pid"`
 	TID       int32     `json:"tid,omitempty"` // robust mode: the thread the lock word names
-	State     string    `json:"state"`  // alive, dead, unverifiable
-	Reason    string    `json:"reason"` // why: zombie, PID reused, another PID namespace, ...
+	State     string    `json:"state"`         // alive, dead, unverifiable
+	Reason    string    `json:"reason"`        // why: zombie, PID reused, another PID namespace, ...
 	ProcState string    `json:"proc_state,omitempty"`
 	Attached  time.Time `json:"attached"`
 }
