@@ -2,9 +2,11 @@ package shmlock
 
 import "time"
 
-// SetProbeSchedule replaces the waiters' probe schedule (see probeDelay) for
-// the rest of the process: for test children that must not be rescued by a
-// probe.
-func SetProbeSchedule(delay, min, max time.Duration) {
+// SetProbeSchedule replaces the waiters' probe schedule (see probeDelay), for
+// test children that must not be rescued by a probe, and returns the function
+// that restores the previous one. Not safe while locks are waited for.
+func SetProbeSchedule(delay, min, max time.Duration) (restore func()) {
+	old := probeSchedule
 	probeSchedule.delay, probeSchedule.min, probeSchedule.max = delay, min, max
+	return func() { probeSchedule = old }
 }
