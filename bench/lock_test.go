@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
 )
 
 func newPeerEnv(b *testing.B) *peerEnv {
@@ -31,9 +34,10 @@ func newPeerEnv(b *testing.B) *peerEnv {
 		}
 	}
 	b.Cleanup(func() {
-		e.r.Close()
+		e.close()
 		removeSem(path)
 		os.Remove(path)
+		os.Remove(path + ".robust")
 		os.Remove(path + ".lock")
 	})
 	return e
@@ -53,6 +57,39 @@ func BenchmarkUncontended(b *testing.B) {
 				p.Lock()
 				p.Unlock()
 			}
+		})
+	}
+}
+
+// BenchmarkParallel: goroutines of one process (as many as GOMAXPROCS, one
+// per core) each lock and unlock a lock of their own. Locks that share nothing
+// scale with the cores; a lock implementation with a process-wide step (a
+// list guarded by one mutex, say) would serialise them.
+func BenchmarkParallel(b *testing.B) {
+	e := newPeerEnv(b)
+	for _, name := range []string{"shmlock-probe", "shmlock-robust", "syncmutex"} {
+		b.Run(name, func(b *testing.B) {
+			var next atomic.Int32
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(1)) - 1
+				if i >= parallelLocks {
+					b.Error("more goroutines than locks")
+					return
+				}
+				var p peer = new(sync.Mutex)
+				if name != "syncmutex" {
+					m, err := shmlock.New(e.region(name), parallelOff+i*shm.LineSize)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					p = m
+				}
+				for pb.Next() {
+					p.Lock()
+					p.Unlock()
+				}
+			})
 		})
 	}
 }

@@ -31,8 +31,10 @@ func closePeer(p peer) {
 	}
 }
 
-// peerNames are fixed so results compare across versions.
-var peerNames = []string{"shmlock", "syncmutex", "naivespin", "flock", "ofd", "sysvsem"}
+// peerNames are fixed so results compare across versions. shmlock-probe and
+// shmlock-robust are the two modes of shmlock.Mutex (shm.Mode), each in a
+// region of its own.
+var peerNames = []string{"shmlock-probe", "shmlock-robust", "syncmutex", "naivespin", "flock", "ofd", "sysvsem"}
 
 // peerRegion lays out the lock words the in-memory peers use and the shared
 // counter: shmlock's Mutex at 0, the naive spinlock's word at 64, the
@@ -48,7 +50,11 @@ const (
 	peerGo         = 168 // contended: nonzero once all may start
 	peerCPU        = 176 // contended: CPU ns the workers spent in their loops
 	pthreadOff     = 192 // the pthread robust mutex (-tags shmlock_pthread)
-	peerRegionSize = 256
+	// parallelOff: the lines of BenchmarkParallel's locks, one per
+	// goroutine (at most parallelLocks).
+	parallelOff    = 1024
+	parallelLocks  = 64
+	peerRegionSize = parallelOff + parallelLocks*shm.LineSize
 )
 
 // pthreadPeer opens the cgo robust pthread mutex, in builds with
@@ -56,26 +62,45 @@ const (
 var pthreadPeer func(e *peerEnv, create bool) (peer, error)
 
 type peerEnv struct {
-	r       *shm.Region
+	r       *shm.Region // in probe mode: the counter, the control words, every peer but one
+	rr      *shm.Region // in robust mode: shmlock-robust's Mutex (path+".robust")
 	counter *uint64
 	ctl     []uint64 // held, ready, acquired, readyN, go, cpu
 	path    string   // the region; file locks lock path+".lock"
 }
 
 func openPeerEnv(path string) (*peerEnv, error) {
-	r, err := shm.Open(path, shm.Options{Size: peerRegionSize, Slots: 64})
+	r, err := shm.Open(path, shm.Options{Size: peerRegionSize, Slots: 64, Mode: shm.ModeProbe})
 	if err != nil {
+		return nil, err
+	}
+	rr, err := shm.Open(path+".robust", shm.Options{Size: peerRegionSize, Slots: 64, Mode: shm.ModeRobust})
+	if err != nil {
+		r.Close()
 		return nil, err
 	}
 	b, _ := r.Bytes(peerCounterOff, 56)
 	w := unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), 7)
-	return &peerEnv{r: r, counter: &w[0], ctl: w[1:], path: path}, nil
+	return &peerEnv{r: r, rr: rr, counter: &w[0], ctl: w[1:], path: path}, nil
+}
+
+func (e *peerEnv) close() {
+	e.r.Close()
+	e.rr.Close()
+}
+
+// region returns the region in which the shmlock peer name lives.
+func (e *peerEnv) region(name string) *shm.Region {
+	if name == "shmlock-robust" {
+		return e.rr
+	}
+	return e.r
 }
 
 func (e *peerEnv) open(name string) (peer, error) {
 	switch name {
-	case "shmlock":
-		return shmlock.New(e.r, peerMutexOff)
+	case "shmlock-probe", "shmlock-robust":
+		return shmlock.New(e.region(name), peerMutexOff)
 	case "syncmutex":
 		// One process only, the floor for a lock word in memory. Its
 		// contended runs use goroutines, not processes.

@@ -45,8 +45,8 @@ type demoRegion struct {
 	rec *seqlock.Record
 }
 
-func openDemo(path string) (*demoRegion, error) {
-	r, err := shm.Open(path, shm.Options{Size: dSize})
+func openDemo(path string, mode shm.Mode) (*demoRegion, error) {
+	r, err := shm.Open(path, shm.Options{Size: dSize, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,12 @@ func demo(args []string) error {
 	workers := fs.Int("workers", 3, "worker processes")
 	kills := fs.Int("kills", 3, "holders to SIGKILL")
 	region := fs.String("region", fmt.Sprintf("shmlock-demo-%d", os.Getpid()), "region name or path (removed at the end)")
+	modeFlag := fs.String("mode", "auto", "locking mode of the region: auto, probe or robust")
 	fs.Parse(args)
+	mode, err := parseMode(*modeFlag)
+	if err != nil {
+		return err
+	}
 	if *workers < 2 || *workers > dMaxWork {
 		return fmt.Errorf("demo: -workers must be in 2..%d", dMaxWork)
 	}
@@ -116,14 +121,14 @@ func demo(args []string) error {
 		return err
 	}
 	os.Remove(path)
-	d, err := openDemo(path)
+	d, err := openDemo(path, mode)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(path)
 	defer d.r.Close()
 	say := func(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
-	say("region %s: one robust lock, a counter, a journal for half-done increments,", path)
+	say("region %s (%v mode: %s): one robust lock, a counter, a journal for half-done increments,", path, d.r.Mode(), modeSays[d.r.Mode()])
 	say("  and a %d-byte record that holders rewrite word by word with the counter's value", dRecBytes)
 
 	// The demo process reads the record all along, without any lock, and
@@ -271,6 +276,28 @@ func demo(args []string) error {
 	return nil
 }
 
+// What the demo says of each mode, and of how a waiter learnt of a death.
+var (
+	modeSays = map[shm.Mode]string{
+		shm.ModeProbe:  "waiters probe a holder's liveness and take over from the dead",
+		shm.ModeRobust: "the kernel marks the locks of a process that dies, and wakes a waiter",
+	}
+	foundSays = map[shm.Mode]string{
+		shm.ModeProbe:  "found the holder dead",
+		shm.ModeRobust: "found the lock marked by the kernel at its holder's death",
+	}
+)
+
+// parseMode reads a -mode flag.
+func parseMode(s string) (shm.Mode, error) {
+	for _, m := range []shm.Mode{shm.ModeAuto, shm.ModeProbe, shm.ModeRobust} {
+		if s == m.String() {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("-mode %q: want auto, probe or robust", s)
+}
+
 // waitStopped waits, briefly, until pid is in state T.
 func waitStopped(pid int) bool {
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
@@ -331,7 +358,7 @@ func demoWorker(args []string) error {
 	if err != nil || i < 0 || i >= dMaxWork {
 		return fmt.Errorf("demo-worker: bad index %q", args[1])
 	}
-	d, err := openDemo(args[0])
+	d, err := openDemo(args[0], shm.ModeAuto)
 	if err != nil {
 		return err
 	}
@@ -345,7 +372,7 @@ func demoWorker(args []string) error {
 		if g.Recovered() {
 			atomic.StoreUint64(d.word(dRecovered), uint64(monotonic()))
 			atomic.StoreUint64(d.word(dRecoverer), uint64(os.Getpid()))
-			fmt.Printf("%s: found the holder dead and took the lock over (told: Recovered)\n", who)
+			fmt.Printf("%s: %s, and took the lock over (told: Recovered)\n", who, foundSays[d.r.Mode()])
 			d.repair(dMaxWork, who)
 		}
 		atomic.StoreUint64(d.word(dJournal), uint64(i+1))

@@ -223,12 +223,47 @@ func TestInspect(t *testing.T) {
 	assert.Equal(t, before, fileHash(t, path), "inspect recovered or changed something")
 }
 
+// In robust mode inspect says so, names the holder's pid and the thread its
+// lock word names, and shows a dead holder's lock as the kernel left it:
+// free, owner died, not yet taken over; the next Acquire counts and is told.
+func TestInspectRobust(t *testing.T) {
+	proctest.New(t, 60*time.Second) // the watchdog
+	path, o := newRegionIn(t, shm.ModeRobust)
+	holderCmd := startHolder(t, "hold", path)
+	res := cli(t, "inspect", path)
+	require.Zero(t, res.code, res.errOut)
+	t.Logf("\n%s", res.out)
+	assert.Contains(t, res.out, "layout version 4, robust mode")
+	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+0\s+mutex\s+-\s+held\s+%d\s+alive`, holderCmd.Process.Pid), res.out)
+	assert.Regexp(t, fmt.Sprintf(`pid %d \(thread \d+\) is alive`, holderCmd.Process.Pid), res.out)
+	res = cli(t, "inspect", "-json", path)
+	require.Zero(t, res.code, res.errOut)
+	var rep report
+	require.NoError(t, json.Unmarshal([]byte(res.out), &rep), res.out)
+	assert.Equal(t, "robust", rep.Region.Mode)
+	assert.EqualValues(t, rep.Locks[0].Owner, fmt.Sprintf("%#x", o.mu.Snapshot().Owner))
+	assert.NotZero(t, rep.Locks[0].Holder.TID)
+
+	holderCmd.Process.Kill()
+	holderCmd.Wait()
+	res = cli(t, "inspect", path)
+	require.Zero(t, res.code, res.errOut)
+	t.Logf("\n%s", res.out)
+	assert.Regexp(t, `(?m)^\s+0\s+mutex\s+-\s+free, owner died\s+-\s+-\s+-\s+1\s+0\s`, res.out)
+	g, err := o.mu.Acquire(context.Background())
+	require.NoError(t, err)
+	assert.True(t, g.Recovered())
+	g.Release()
+	assert.EqualValues(t, 1, o.mu.Recoveries())
+}
+
+// entryBytes is the size of a process-table entry (shm/layout.go).
+const entryBytes = 128
+
 // A holder whose death cannot be verified (its liveness lock is held by a
 // descriptor that outlived it, and /proc says its pid now names another
 // process) is shown unverifiable, with the break command to run; break frees
 // exactly that owner, once, and the next Acquire is told.
-// entryBytes is the size of a process-table entry (shm/layout.go).
-const entryBytes = 128
 
 func TestInspectUnverifiableAndBreak(t *testing.T) {
 	path, o := newRegion(t)

@@ -70,9 +70,9 @@ type torture struct {
 	mine  []uint64
 }
 
-func openTorture(path string, size int) (*torture, error) {
+func openTorture(path string, size int, mode shm.Mode) (*torture, error) {
 	l := newLayout(size)
-	r, err := shm.Open(path, shm.Options{Size: l.total, Slots: tMaxWorkers + 8})
+	r, err := shm.Open(path, shm.Options{Size: l.total, Slots: tMaxWorkers + 8, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +129,7 @@ func verifyRecord(b []byte) bool {
 
 // Report is what a torture run found.
 type Report struct {
+	Mode           string   `json:"mode"`
 	Processes      int      `json:"processes"`
 	Seconds        float64  `json:"seconds"`
 	RecordBytes    int      `json:"record_bytes"`
@@ -153,7 +154,12 @@ func tortureCmd(args []string) error {
 	killRate := fs.Float64("kill-rate", 20, "SIGKILLs per second")
 	size := fs.Int("size", 64, "record size in bytes (a positive multiple of 8)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	modeFlag := fs.String("mode", "auto", "locking mode of the region: auto, probe or robust")
 	fs.Parse(args)
+	mode, err := parseMode(*modeFlag)
+	if err != nil {
+		return err
+	}
 	if *procs < 2 || *procs > tMaxWorkers {
 		return fmt.Errorf("torture: -procs must be in 2..%d", tMaxWorkers)
 	}
@@ -166,7 +172,7 @@ func tortureCmd(args []string) error {
 	}
 	path, _ := shm.Path(fmt.Sprintf("shmlock-torture-%d", os.Getpid()))
 	os.Remove(path)
-	t, err := openTorture(path, *size)
+	t, err := openTorture(path, *size, mode)
 	if err != nil {
 		return err
 	}
@@ -197,7 +203,7 @@ func tortureCmd(args []string) error {
 			return err
 		}
 	}
-	rep := Report{Processes: *procs, RecordBytes: *size}
+	rep := Report{Mode: t.r.Mode().String(), Processes: *procs, RecordBytes: *size}
 	begin := time.Now()
 	interval := time.Duration(float64(time.Second) / *killRate)
 	progress := time.NewTicker(time.Second)
@@ -277,7 +283,7 @@ func tortureCmd(args []string) error {
 		enc.SetIndent("", "  ")
 		enc.Encode(rep)
 	} else {
-		fmt.Printf("torture: %d processes, %.1f s, %d-byte records\n", rep.Processes, rep.Seconds, rep.RecordBytes)
+		fmt.Printf("torture: %s mode, %d processes, %.1f s, %d-byte records\n", rep.Mode, rep.Processes, rep.Seconds, rep.RecordBytes)
 		fmt.Printf("  increments %d; kills %d (%d while holding the lock); recoveries %d\n", rep.Increments, rep.Kills, rep.KillsHolding, rep.Recoveries)
 		fmt.Printf("  kill -> takeover: p50 %.0f µs, p99 %.0f µs, max %.0f µs (%d measured)\n", rep.RecoveryP50Us, rep.RecoveryP99Us, rep.RecoveryMaxUs, n)
 		fmt.Printf("  reads verified %d; dirty reads told %d; torn values accepted %d; increments lost or doubled %d\n",
@@ -308,7 +314,7 @@ func tortureWorker(args []string) error {
 	}
 	i, _ := strconv.Atoi(args[1])
 	size, _ := strconv.Atoi(args[2])
-	t, err := openTorture(args[0], size)
+	t, err := openTorture(args[0], size, shm.ModeAuto)
 	if err != nil {
 		return err
 	}
