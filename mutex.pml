@@ -19,6 +19,10 @@
  *
  * -DCLEAR_RETAKE models the classic bug: recovery that clears the dead
  * owner's word with a plain store and then takes the lock with a CAS.
+ *
+ * -DROBUST adds the kernel of robust mode: at some moment after a holder's
+ * death it frees the dead owner's word (FUTEX_OWNER_DIED, the generation
+ * kept), racing the waiters' probes and recovery CASes, which stay.
  */
 
 #define N 4           /* _pid 0 is init; 1, 2 write, 3 reads */
@@ -120,9 +124,15 @@ progress_dirty:	 k++
 	      fi
 	   :: else ->
 	      /* recoverDeadWriter: TryAcquire takes the lock only if its
-	       * holder is dead; then the repair, then release. */
+	       * holder is dead, or if it is free (robust mode: the kernel
+	       * freed it at the writer's death); then the repair, then
+	       * release. */
 	      if
 	      :: atomic { owner != NONE && !alive[owner] -> owner = _pid; gen++; inside++; assert(inside == 1) }
+	         CRASH_IN;                                               /* fault.SeqReaderTookOver */
+	         closeDeadWrite();
+	         atomic { inside--; owner = NONE }
+	      :: atomic { owner == NONE -> owner = _pid; gen++; inside++; assert(inside == 1) }
 	         CRASH_IN;                                               /* fault.SeqReaderTookOver */
 	         closeDeadWrite();
 	         atomic { inside--; owner = NONE }
@@ -134,8 +144,21 @@ dead:
 	skip
 }
 
+#ifdef ROBUST
+/* The kernel's walk of a dead process's robust list (handle_futex_death): a
+ * compare-and-exchange from the dead owner's word to a free one. */
+proctype Kernel() {
+end:	do
+	:: atomic { owner != NONE && !alive[owner] -> owner = NONE }
+	od
+}
+#endif
+
 init {
 	atomic {
-		run Writer(); run Writer(); run Reader()
+		run Writer(); run Writer(); run Reader();
+#ifdef ROBUST
+		run Kernel()
+#endif
 	}
 }

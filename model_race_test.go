@@ -1,0 +1,5 @@
+//go:build race
+
+package shmlock_test
+
+const raceBuild = true
