@@ -78,8 +78,10 @@ type List struct {
 	head *head      // in a page of its own, outside the Go heap
 	page []byte
 	tid  int32
-	quit chan struct{}
-	done chan struct{}
+
+	started chan struct{} // the list's thread is chosen
+	quit    chan struct{}
+	done    chan struct{}
 }
 
 var (
@@ -96,34 +98,48 @@ func New(offset int64) (*List, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &List{head: (*head)(unsafe.Pointer(&page[0])), page: page, quit: make(chan struct{}), done: make(chan struct{})}
+	l := &List{head: (*head)(unsafe.Pointer(&page[0])), page: page, started: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{})}
 	l.head.next = uintptr(unsafe.Pointer(l.head)) // empty: the head points at itself
 	l.head.offset = offset
 	ready := make(chan error)
-	go func() {
-		// The thread stays locked to this goroutine, which never
-		// returns before Close: it is the list's owner, and its TID the
-		// owner value of every lock word the list covers. Returning
-		// while locked ends the thread.
-		runtime.LockOSThread()
-		_, _, errno := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(l.head)), unsafe.Sizeof(head{}), 0)
-		if errno != 0 {
-			ready <- errors.Join(ErrUnsupported, errno)
-			return
-		}
-		l.tid = int32(unix.Gettid())
-		ready <- nil
-		<-l.quit
-		// Unregister before the thread ends, so that its exit walks
-		// nothing that may be unmapped by then.
-		unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, 0, unsafe.Sizeof(head{}), 0)
-		close(l.done)
-	}()
+	go l.run(ready)
 	if err := <-ready; err != nil {
 		unix.Munmap(page)
 		return nil, err
 	}
 	return l, nil
+}
+
+// run is the list's thread: it registers the list and parks until Close.
+func (l *List) run(ready chan<- error) {
+	// The thread stays locked to this goroutine, which never returns
+	// before Close: it is the list's owner, and its TID the owner value of
+	// every lock word the list covers. Returning while locked ends the
+	// thread.
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		// The main thread: the process's own robust list (glibc's, in a
+		// program with cgo) belongs there, and Go cannot end it at
+		// Close. Keep it busy while another goroutine starts, which
+		// therefore runs on another thread, then let it go.
+		go l.run(ready)
+		<-l.started
+		runtime.UnlockOSThread()
+		return
+	}
+	close(l.started)
+	_, _, errno := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(l.head)), unsafe.Sizeof(head{}), 0)
+	if errno != 0 {
+		ready <- errors.Join(ErrUnsupported, errno)
+		return
+	}
+	l.tid = int32(unix.Gettid())
+	ready <- nil
+	<-l.quit
+	// Unregister before the thread ends, so that its exit walks
+	// nothing that may be unmapped by then.
+	unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, 0, unsafe.Sizeof(head{}), 0)
+	close(l.done)
 }
 
 // TID returns the owner value (bits 0..29) that a lock word must hold for the

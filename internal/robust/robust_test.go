@@ -152,3 +152,22 @@ func TestKernelMarksAndWakes(t *testing.T) {
 		})
 	}
 }
+
+// A list's thread is never the main thread, even when the runtime would run
+// the new goroutine there: that thread may carry the process's own robust
+// list (glibc's), and Go cannot end it at Close.
+func TestNotTheMainThread(t *testing.T) {
+	var ls []*robust.List
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range 20 {
+		l, err := robust.New(0)
+		require.NoError(t, err)
+		ls = append(ls, l)
+		assert.NotEqual(t, int32(os.Getpid()), l.TID())
+		assert.NoError(t, syscall.Tgkill(os.Getpid(), int(l.TID()), 0), "a live thread of this process")
+	}
+}
