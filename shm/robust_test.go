@@ -206,3 +206,21 @@ func TestRobustCloseMarks(t *testing.T) {
 
 // lowWord is the futex word of a 64-bit owner word.
 func lowWord(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), lowHalf)) }
+
+// An attachment links at most maxTIDs lists of robust.Limit lines: the next
+// line is refused, typed, with the way out, and the lines linked so far keep
+// working.
+func TestRobustTooManyLines(t *testing.T) {
+	n := maxTIDs*robust.Limit + 1
+	r := openRobust(t, tempPath(t), Options{Size: n * LineSize, Slots: 2})
+	for i := range n - 1 {
+		_, err := r.OwnerFor(i * LineSize)
+		require.NoError(t, err, "line %d", i)
+	}
+	_, err := r.OwnerFor((n - 1) * LineSize)
+	require.ErrorIs(t, err, ErrFull)
+	assert.Contains(t, err.Error(), "ModeProbe")
+	tid, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	assert.NotZero(t, tid)
+}
