@@ -32,9 +32,12 @@ import (
 //	             recovery CAS from a word whose holder was probed dead. The
 //	             taker is told (Guard.Recovered), or, if it cannot be (Lock,
 //	             TryLock), leaves the news in the untold bit of the line's
-//	             recoveries word for the next Acquire. So every death is
-//	             counted once and told once (several before one Acquire are
-//	             told together), and a held word never carries ownerDied.
+//	             recoveries word for the next Acquire. So a held word never
+//	             carries ownerDied, every death is told once (several
+//	             before one Acquire are told together), and every death is
+//	             counted once, but for one whose taker dies in the instant
+//	             between its CAS and its count: the taker's own death is
+//	             then counted and told, and the one before it told with it.
 //	bit  31      waiters: a waiter may be asleep on the low half of the word;
 //	             whoever releases must wake one. Set by a waiter before it
 //	             sleeps, cleared by every release, and set again by a waiter
@@ -217,8 +220,8 @@ func (m *Mutex) TryLock() bool {
 // recovered a holder probed dead; that death is counted here. A caller that
 // can be told (tell) is told of it, and of any news a Lock or TryLock left
 // untold; one that cannot leaves the death untold. The acquirer holds the
-// lock, so nobody else changes the untold bit meanwhile, but the count is
-// shared with Break's callers' readers, so it is one atomic step.
+// lock, so nobody else changes the word meanwhile; Snapshot reads it at any
+// time, so count and bit change in one atomic step.
 //
 // A death between the acquisition's CAS and this step loses this step, not
 // the lock: that death ends a hold like any other and is counted and told

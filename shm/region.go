@@ -277,8 +277,13 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		return r, nil
 	}
 	if err := r.attach(); err != nil {
-		if errors.Is(err, ErrFull) {
+		if err == ErrFull {
 			return fail(ErrFull, fmt.Sprintf("all %d slots are held by attached processes", r.slots), nil)
+		}
+		var e *Error
+		if errors.As(err, &e) {
+			e.Op, e.Path = "open", path
+			return nil, e
 		}
 		return fail(nil, "attaching", err)
 	}
@@ -411,19 +416,24 @@ func (r *Region) attach() error {
 		e := r.entry(s)
 		var taken map[uint32]bool
 		if r.mode == ModeRobust {
-			// Read before this slot's own IDs are dropped: they, too,
-			// may be named by a lock word its dead claimant left.
-			var err error
-			if taken, err = r.recordedTIDs(); err != nil {
+			// The dead's thread IDs, this slot's previous claimant's
+			// among them, are retired (their words marked), and
+			// what the table records then is taken.
+			err := r.retireDead(s)
+			if err == nil {
+				taken, err = r.recordedTIDs()
+			}
+			if err != nil {
 				unlockByte(fd, int64(s*entryBytes))
 				return err
 			}
 		}
-		// The previous claimant's thread IDs go first, then the
-		// incarnation changes: from here on every owner word naming the
-		// slot's previous claimant is judged dead without looking at the
-		// fields below, which we are about to overwrite. (That claimant
-		// is indeed gone: we could not hold its lock.)
+		// The previous claimant's thread IDs went first (they are
+		// retired), then the incarnation changes: from here on every
+		// owner word naming the slot's previous claimant is judged dead
+		// without looking at the fields below, which we are about to
+		// overwrite. (That claimant is indeed gone: we could not hold
+		// its lock.)
 		atomic.StoreUint32(e.ntids, 0)
 		inc := (atomic.LoadUint32(e.incarnation) + 1) & incarnationMask
 		atomic.StoreUint32(e.incarnation, inc)

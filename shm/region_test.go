@@ -111,6 +111,21 @@ func runChild(role, arg string) int {
 		}
 		fmt.Printf("tid=%d\n", tid)
 		select {}
+	case "close-truncated":
+		// arg: path. A robust region with locks on two pages, the file
+		// truncated by a page under the mapping, then Close.
+		r, err := Open(arg, Options{Size: 2 * pageSize, Mode: ModeRobust})
+		if err != nil {
+			fmt.Println("open:", err)
+			return 1
+		}
+		r.OwnerFor(0)
+		r.OwnerFor(pageSize)
+		fi, _ := os.Stat(arg)
+		os.Truncate(arg, fi.Size()-pageSize)
+		fmt.Println("check:", r.Check())
+		fmt.Println("closed:", r.Close())
+		return 0
 	case "write-read-only":
 		// arg: path. Writing through a read-only mapping faults.
 		r, err := OpenReadOnly(arg)

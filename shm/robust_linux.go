@@ -5,6 +5,8 @@ package shm
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,12 +33,19 @@ import (
 // the word name the dying thread", must never be true of a lock that another
 // attachment holds. Thread IDs are unique within a PID namespace, not across
 // namespaces (two containers number their threads alike). So an attachment
-// uses only threads whose IDs no entry of the process table records, its own
-// slot's previous claimant and the dead included, and records each in its
-// entry before any lock word names it; the check and the record happen under
-// the lock on byte 0, so two attachments never pick one ID. A thread ID in a
-// lock word therefore names one attachment, and the probe, the safety net
-// behind the kernel, finds it by that ID (probeTID).
+// uses only threads whose IDs no entry of the process table records, and
+// records each in its entry before any lock word names it; the check and the
+// record happen under the lock on byte 0, so two attachments never pick one
+// ID. A thread ID in a lock word therefore names one attachment, and the
+// probe, the safety net behind the kernel, finds it by that ID (probeTID).
+//
+// A dead attachment's IDs stay recorded until the next attach retires them
+// (retireDead): a lock word the kernel did not mark (the walk stops at a word
+// it cannot read) may still name one, and must be marked before the ID can
+// name a live attachment's locks. Close retires its own, having marked its
+// words itself. So the table records the IDs of live attachments, and of the
+// dead since the last attach: new containers, which all number their threads
+// from 1, need few tries to find a free one.
 //
 // The entries lie in a private shadow of the data area: the entry of the line
 // at offset o at shadow+o, so that one futex_offset (data - shadow, plus the
@@ -45,17 +54,20 @@ import (
 // as the kernel walks; an attachment with locks on more lines starts another
 // thread and list, up to maxTIDs of them.
 type robustLists struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // guards lists, lines and closed
 	shadow []byte
 	offset int64
 	lists  []*robust.List
 	lines  map[int]*robust.List // by line offset: the list that links it
 	closed bool
+	// tids are the lists' thread IDs, for probes, which must not wait
+	// while mu is held across the wait for the lock on byte 0.
+	tids atomic.Pointer[[]uint32]
 }
 
-// maxTIDAttempts bounds the threads an attachment starts in search of an ID
-// that the table does not record.
-const maxTIDAttempts = 256
+// spareTIDAttempts bounds the threads an attachment starts in search of an ID
+// that the table does not record: one per recorded ID, and these more.
+const spareTIDAttempts = 64
 
 func robustAvailable() bool { return robust.Available() }
 
@@ -95,7 +107,7 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 	n := atomic.LoadUint32(e.ntids)
 	if n >= maxTIDs {
 		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrFull,
-			Detail: fmt.Sprintf("robust mode: this attachment has locks on %d lines already, the most its %d robust lists hold (open the region in ModeProbe for more)", maxTIDs*robust.Limit, maxTIDs)}
+			Detail: fmt.Sprintf("robust mode: this attachment has locks on %d lines already, the most its %d robust lists hold (a region created in ModeProbe has no such limit)", maxTIDs*robust.Limit, maxTIDs)}
 	}
 	var rejected []*robust.List
 	defer func() {
@@ -103,7 +115,8 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 			l.Close()
 		}
 	}()
-	for range maxTIDAttempts {
+	attempts := len(taken) + spareTIDAttempts
+	for range attempts {
 		l, err := robust.New(rl.offset)
 		if err != nil {
 			return nil, err
@@ -119,10 +132,76 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 		atomic.StoreUint32(&e.tids[n], tid)
 		atomic.StoreUint32(e.ntids, n+1)
 		rl.lists = append(rl.lists, l)
+		tids := make([]uint32, len(rl.lists))
+		for i, l := range rl.lists {
+			tids[i] = uint32(l.TID())
+		}
+		rl.tids.Store(&tids)
 		return l, nil
 	}
 	return nil, &Error{Op: "attach", Path: r.path, Kind: ErrFull,
-		Detail: fmt.Sprintf("robust mode: %d threads started, and the process table records the ID of each", maxTIDAttempts)}
+		Detail: fmt.Sprintf("robust mode: %d threads started, and the process table records the ID of each (%d IDs recorded)", attempts, len(taken))}
+}
+
+// retireDead clears the thread IDs that dead attachments still record, so
+// that they may name a live attachment's locks: first every lock word that
+// still names one of them (one the kernel did not mark) is marked owner-died,
+// as the kernel would have, then the IDs go. A slot is dead when nobody holds
+// its liveness lock; claimed is the slot the caller, attach, has just
+// claimed, whose previous claimant is dead too. The caller holds the lock on
+// byte 0, so no attachment picks a retired ID before its words are marked.
+func (r *Region) retireDead(claimed int) error {
+	table, err := r.readTable()
+	if err != nil {
+		return err
+	}
+	fd := int(r.f.Fd())
+	dead := map[uint32]bool{}
+	var slots []int
+	for s := 1; s <= r.slots; s++ {
+		e := table[(s-1)*entryBytes:]
+		var tids []uint32
+		for i := range maxTIDs {
+			if t := binary.NativeEndian.Uint32(e[entTIDs+4*i:]); t != 0 {
+				tids = append(tids, t)
+			}
+		}
+		if len(tids) == 0 {
+			continue
+		}
+		if s != claimed {
+			if held, err := queryByte(fd, int64(s*entryBytes)); err != nil || held {
+				continue // alive, or not known dead
+			}
+		}
+		for _, t := range tids {
+			dead[t] = true
+		}
+		slots = append(slots, s)
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	for _, p := range r.Placements() {
+		w := r.futexWord(p.Off)
+		if t := atomic.LoadUint32(w) & robust.TIDMask; dead[t] {
+			robust.MarkDead(w, int32(t))
+		}
+	}
+	for _, s := range slots {
+		r.clearTIDs(s)
+	}
+	return nil
+}
+
+// clearTIDs drops the thread IDs slot s records: the count first, so that a
+// probe never counts an ID being cleared.
+func (r *Region) clearTIDs(s int) {
+	e := r.entry(s)
+	atomic.StoreUint32(e.ntids, 0)
+	for i := range maxTIDs {
+		atomic.StoreUint32(&e.tids[i], 0)
+	}
 }
 
 // linkRobust links the line at off into one of this attachment's robust
@@ -168,15 +247,14 @@ func (r *Region) addListLocked() (*robust.List, error) {
 
 // ownTID reports whether tid is the thread of one of this attachment's lists.
 func (r *Region) ownTID(tid uint32) bool {
-	rl := r.robust
-	if rl == nil {
+	if r.robust == nil {
 		return false
 	}
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
-	for _, l := range rl.lists {
-		if uint32(l.TID()) == tid {
-			return true
+	if tids := r.robust.tids.Load(); tids != nil {
+		for _, t := range *tids {
+			if t == tid {
+				return true
+			}
 		}
 	}
 	return false
@@ -188,9 +266,10 @@ func (r *Region) futexWord(off int) *uint32 {
 }
 
 // closeRobust gives up this attachment's locks as its death would, then
-// unregisters its lists and ends their threads, so that the region may be
-// unmapped. The marking comes first, while the lists are registered: a death
-// in the middle leaves the rest to the kernel.
+// unregisters its lists, ends their threads and retires their IDs, so that
+// the region may be unmapped. The marking comes first, while the lists are
+// registered: a death in the middle leaves the rest to the kernel, and the
+// IDs to the next attach's retireDead.
 func (r *Region) closeRobust() {
 	rl := r.robust
 	if rl == nil {
@@ -202,11 +281,43 @@ func (r *Region) closeRobust() {
 		return
 	}
 	rl.closed = true
-	for off, l := range rl.lines {
-		robust.MarkDead(r.futexWord(off), l.TID())
-	}
+	r.markOwn(rl)
 	for _, l := range rl.lists {
 		l.Close()
 	}
 	unix.Munmap(rl.shadow)
+	if r.fileSize() >= int64(len(r.m)) {
+		r.clearTIDs(SlotOf(r.id))
+	}
+}
+
+// markOwn marks the words of rl's lines that name one of its threads, as the
+// kernel would at this process's death. A file truncated under the mapping
+// loses pages: lines past its end are skipped (touching them would fault),
+// and a truncation racing the marking is survived, not a crash.
+func (r *Region) markOwn(rl *robustLists) {
+	size := r.fileSize()
+	hs := int64(len(r.m) - len(r.data))
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if e := recover(); e != nil {
+			if _, ok := e.(runtime.Error); !ok {
+				panic(e)
+			}
+		}
+	}()
+	for off, l := range rl.lines {
+		if hs+int64(off)+LineSize <= size {
+			robust.MarkDead(r.futexWord(off), l.TID())
+		}
+	}
+}
+
+// fileSize returns the size of the region file, or 0 if it cannot be read.
+func (r *Region) fileSize() int64 {
+	fi, err := r.f.Stat()
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }

@@ -112,9 +112,9 @@ func TestRobustRecordsTIDs(t *testing.T) {
 	auto.Close()
 }
 
-// No thread ID is recorded twice in the table, even one that only a dead
-// claimant recorded: IDs planted in a free slot, covering the next ones the
-// kernel hands out, are skipped.
+// No thread ID is recorded twice in the table: IDs that live claimants
+// record (planted, with their liveness locks held), covering the next ones
+// the kernel hands out, are skipped.
 func TestRobustTIDsUnique(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
@@ -122,8 +122,8 @@ func TestRobustTIDsUnique(t *testing.T) {
 	require.NoError(t, err)
 	// A new list's thread is one of this process's idle threads, or a new
 	// one, whose ID the kernel hands out after the newest. Plant all of
-	// those in the free slots 5..8, as claimants in another PID namespace,
-	// or dead ones, would have them.
+	// those in the free slots 5..8, as live claimants in another PID
+	// namespace would have them: their liveness locks held.
 	tasks, err := os.ReadDir("/proc/self/task")
 	require.NoError(t, err)
 	var planted []uint32
@@ -150,6 +150,7 @@ func TestRobustTIDsUnique(t *testing.T) {
 		binary.NativeEndian.PutUint32(e[entNTIDs:], maxTIDs)
 		_, err = f.WriteAt(e[:], int64(s*entryBytes))
 		require.NoError(t, err)
+		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)))
 	}
 
 	other := openRobust(t, path, Options{})
@@ -223,4 +224,103 @@ func TestRobustTooManyLines(t *testing.T) {
 	tid, err := r.OwnerFor(0)
 	require.NoError(t, err)
 	assert.NotZero(t, tid)
+}
+
+// plantDead records tids in slot s as a dead claimant would have left them:
+// no liveness lock is held on the slot.
+func plantDead(t *testing.T, path string, s int, tids ...uint32) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	var e [entryBytes]byte
+	binary.NativeEndian.PutUint32(e[entIncarnation:], 1)
+	binary.NativeEndian.PutUint32(e[entPID:], 99999)
+	for i, tid := range tids {
+		binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
+	}
+	binary.NativeEndian.PutUint32(e[entNTIDs:], uint32(len(tids)))
+	_, err = f.WriteAt(e[:], int64(s*entryBytes))
+	require.NoError(t, err)
+}
+
+// The thread IDs dead claimants recorded do not pile up: the next attach
+// retires them, having marked any lock word that still names one (a word the
+// kernel did not mark), so a container, whose threads are numbered from 1
+// like every other container's, finds a free ID at once, and a reused ID
+// never inherits a dead holder's lock. (Without retirement 300 dead records
+// of the IDs 1..300 made the 259th container's Open fail.)
+func TestRobustDeadTIDsRetired(t *testing.T) {
+	path := tempPath(t)
+	r := openRobust(t, path, Options{Size: 4 * LineSize, Slots: 400})
+	mine, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	var planted []uint32
+	for s := 2; s <= 301; s++ {
+		tid := uint32(s - 1)
+		if tid == mine {
+			tid = 100000 + tid
+		}
+		plantDead(t, path, s, tid)
+		planted = append(planted, tid)
+	}
+	// A lock the kernel did not mark, left by the dead claimant of ID 7,
+	// with a waiter's bit; and a lock held by this live attachment.
+	l1, _ := r.Line(LineSize)
+	l2, _ := r.Line(2 * LineSize)
+	require.NoError(t, r.Place(LineSize, KindMutex, 0))
+	require.NoError(t, r.Place(2*LineSize, KindMutex, 0))
+	atomic.StoreUint64(&l1[0], 5<<32|robust.Waiters|7)
+	atomic.StoreUint64(&l2[0], 6<<32|uint64(mine))
+
+	other := openRobust(t, path, Options{})
+	_, err = other.OwnerFor(0)
+	require.NoError(t, err)
+	for s := 2; s <= 301; s++ {
+		if SlotOf(other.ID()) != s {
+			assert.Empty(t, recorded(t, path, s), "slot %d: a dead claimant's IDs still recorded", s)
+		}
+	}
+	assert.Equal(t, []uint32{mine}, recorded(t, path, SlotOf(r.ID())), "a live attachment's ID is kept")
+	assert.Equal(t, uint64(5<<32|robust.Waiters|robust.OwnerDied), atomic.LoadUint64(&l1[0]), "the dead ID's word is marked before the ID is freed")
+	assert.Equal(t, uint64(6<<32|uint64(mine)), atomic.LoadUint64(&l2[0]), "a live attachment's word is left alone")
+	require.NoError(t, other.Close())
+	assert.Empty(t, recorded(t, path, SlotOf(other.ID())), "Close retires its own IDs")
+}
+
+// Close after the file was truncated under the mapping (bad input) returns;
+// it does not fault on the lost pages.
+func TestRobustCloseTruncated(t *testing.T) {
+	path := tempPath(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=close-truncated")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "closed: <nil>")
+}
+
+// A probe never waits for a lock constructor that waits for the lock on
+// byte 0 (to record a new list's thread ID): an Acquire's deadline holds.
+func TestRobustProbeDoesNotWaitForNew(t *testing.T) {
+	path := tempPath(t)
+	n := robust.Limit + 1
+	r := openRobust(t, path, Options{Size: n * LineSize, Slots: 4})
+	for i := range robust.Limit {
+		_, err := r.OwnerFor(i * LineSize)
+		require.NoError(t, err)
+	}
+	mine, _ := r.OwnerFor(0)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	require.NoError(t, tryLockByte(int(f.Fd()), 0), "another open file description holds byte 0")
+	done := make(chan error, 1)
+	go func() { _, err := r.OwnerFor(robust.Limit * LineSize); done <- err }()
+	time.Sleep(50 * time.Millisecond) // it waits for byte 0, holding its lists' lock
+	start := time.Now()
+	h := r.Probe(mine)
+	assert.Less(t, time.Since(start), 100*time.Millisecond, "the probe waited")
+	assert.Equal(t, "this process", h.Reason)
+	unlockByte(int(f.Fd()), 0)
+	require.NoError(t, <-done)
 }
