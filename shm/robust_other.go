@@ -15,3 +15,5 @@ func (r *Region) linkRobust(off int) (uint32, error) { return 0, ErrMode }
 func (r *Region) ownTID(uint32) bool { return false }
 
 func (r *Region) closeRobust() {}
+
+func (r *Region) retireDead(int) error { return ErrMode }
