@@ -227,14 +227,20 @@ func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 }
 
 // mutexStuckRecoverer (robust mode): a holder died and the kernel did not
-// mark its lock word, the case the probe is kept for behind the kernel
-// (simulated: the thread ID of an attachment that has exited is written into
-// the word). The victim is the waiter that probes it dead, and dies on its
-// way to recovering; two later workers must still get through.
+// mark its lock word, the case the probe is kept for behind the kernel. It
+// is simulated: the test process holds the lock until the victim sleeps on
+// it, then turns its hold into one of an attachment that has exited (the
+// victim attached after that one exited, so nothing marked the word). The
+// victim probes it dead, and dies on its way to recovering; two later
+// workers must still get through.
 func mutexStuckRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h := newModeHarness(t, 60*time.Second, mode)
-	h.setOwner(5<<32 | uint64(h.exitedTID(t)))
+	ghost := h.exitedTID(t)
+	h.mu.Lock()
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
+	h.waitSleepers()
+	w := h.load(offMutex)
+	require.True(t, atomic.CompareAndSwapUint64(h.word(offMutex), w, w&^(1<<30-1)|uint64(ghost)))
 	diedAt(t, victim, p)
 	h.recoverersGetThrough(t)
 }
