@@ -3,7 +3,6 @@
 package shmlock_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -52,41 +52,32 @@ func openLocks(path string, n int) (*shm.Region, []*shmlock.Mutex, error) {
 	return r, ms, nil
 }
 
-// robustHold: args path, n[:held], how. Opens the first n locks and takes
-// the first held of them (all n by default), says so with the owner value
-// they record, and on a line from stdin dies as told.
+// robustHold: args path, n[:i,j,...], how. Opens the first n locks and takes
+// all of them, or those numbered i, j, ...; says so with the owner value they
+// record, and on a line from stdin dies as told.
 func robustHold(args []string) int {
-	ns, hs, ok := strings.Cut(args[1], ":")
+	ns, which, some := strings.Cut(args[1], ":")
 	n, _ := strconv.Atoi(ns)
-	held := n
-	if ok {
-		held, _ = strconv.Atoi(hs)
-	}
 	r, ms, err := openLocks(args[0], n)
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	for _, m := range ms[:held] {
+	if some {
+		var held []*shmlock.Mutex
+		for _, f := range strings.Split(which, ",") {
+			i, _ := strconv.Atoi(f)
+			held = append(held, ms[i])
+		}
+		ms = held
+	}
+	for _, m := range ms {
 		m.Lock()
 	}
 	owner, _ := r.OwnerFor(0)
 	fmt.Printf("held owner=%d\n", owner)
-	bufio.NewReader(os.Stdin).ReadString('\n')
-	switch args[2] {
-	case "sigkill":
-		select {} // the parent kills us
-	case "self-kill":
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	case "exit":
-		os.Exit(0)
-	case "panic":
-		panic("an unrecovered panic while holding")
-	case "exec":
-		// The process lives on as another program.
-		syscall.Exec("/bin/sleep", []string{"sleep", "30"}, os.Environ())
-	}
-	select {}
+	proctest.Die(args[2])
+	return 0
 }
 
 // robustRegion creates a robust region of n lock lines for the test.
@@ -115,7 +106,7 @@ type holder struct {
 }
 
 // startHolder starts a child that opens the first n locks of the region at
-// path and holds them all (n may be "n:held" to hold the first held only),
+// path and holds them all (n may be "n:i,j" to hold locks i and j only),
 // under the command wrap if any, and waits until it holds.
 func startHolder[N int | string](t *testing.T, path string, n N, how string, wrap ...string) *holder {
 	t.Helper()
@@ -155,7 +146,7 @@ func slowProbes(t *testing.T) {
 // told. This process's probes are half a minute apart, so no probe did it.
 func TestRobustEveryDeath(t *testing.T) {
 	slowProbes(t)
-	for _, how := range []string{"sigkill", "self-kill", "exit", "panic", "exec"} {
+	for _, how := range proctest.Deaths {
 		for _, n := range []int{1, 3} {
 			t.Run(fmt.Sprintf("%s/locks=%d", how, n), func(t *testing.T) {
 				path, r := robustRegion(t, n)
@@ -354,8 +345,8 @@ func TestRobustNamespacesDoNotShareTIDs(t *testing.T) {
 			ns := []string{unshare, "--pid", "--fork", "--mount-proc", "--kill-child"}
 			// a holds lock 0 and b lock 1; both opened both, so each
 			// one's list links both locks.
-			a := startHolder(t, path, "2:1", "sigkill", ns...)
-			b := startBHolder(t, path, ns)
+			a := startHolder(t, path, "2:0", "sigkill", ns...)
+			b := startHolder(t, path, "2:1", "sigkill", ns...)
 			t.Logf("thread IDs: %d and %d (each in its own namespace)", a.owner, b.owner)
 			assert.NotEqual(t, a.owner, b.owner, "two live attachments share a thread ID")
 			w1 := atomic.LoadUint64(lockWord(t, r, 1))
@@ -371,41 +362,6 @@ func TestRobustNamespacesDoNotShareTIDs(t *testing.T) {
 			assert.Equal(t, w1, atomic.LoadUint64(lockWord(t, r, 1)), "the live holder's lock was touched")
 		})
 	}
-}
-
-func init() {
-	extraRoles["robust-hold-second"] = func(args []string) int { // path: hold lock 1 (both opened)
-		r, ms, err := openLocks(args[0], 2)
-		if err != nil {
-			fmt.Println(err)
-			return 1
-		}
-		ms[1].Lock()
-		owner, _ := r.OwnerFor(shmlock.Size)
-		fmt.Printf("held owner=%d\n", owner)
-		select {}
-	}
-}
-
-func startBHolder(t *testing.T, path string, wrap []string) *holder {
-	t.Helper()
-	h := &holder{}
-	argv := append(append([]string{}, wrap...), os.Args[0], "-test.run=^$")
-	h.cmd = exec.Command(argv[0], argv[1:]...)
-	h.cmd.Env = append(os.Environ(), roleEnv+"=robust-hold-second", argsEnv+"="+path)
-	h.cmd.Stdout, h.cmd.Stderr = &h.out, &h.out
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, h.cmd.Start())
-	t.Cleanup(func() { h.cmd.Process.Kill(); h.cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(h.out.String(), "held owner=") {
-		require.True(t, time.Now().Before(deadline), "the holder never held: %s", h.out.String())
-		time.Sleep(time.Millisecond)
-	}
-	v, err := strconv.ParseUint(strings.TrimSpace(strings.SplitN(h.out.String(), "owner=", 2)[1]), 10, 32)
-	require.NoError(t, err)
-	h.owner = v
-	return h
 }
 
 func unshareOrSkip(t *testing.T) string {

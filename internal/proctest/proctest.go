@@ -6,6 +6,7 @@
 package proctest
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -147,6 +148,28 @@ func Eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// Deaths are the ways Die ends a process.
+var Deaths = []string{"sigkill", "self-kill", "exit", "panic", "exec"}
+
+// Die ends this process as how says, once it has read a line from stdin
+// (the parent's signal): "sigkill" waits for the parent to SIGKILL it,
+// "self-kill" SIGKILLs itself, "exit" calls os.Exit(0), "panic" panics
+// unrecovered, and "exec" lives on as /bin/sleep, another program.
+func Die(how string) {
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	switch how {
+	case "self-kill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	case "exit":
+		os.Exit(0)
+	case "panic":
+		panic("an unrecovered panic while holding")
+	case "exec":
+		syscall.Exec("/bin/sleep", []string{"sleep", "30"}, os.Environ())
+	}
+	select {} // "sigkill": the parent kills us
 }
 
 // Buffer collects a child's output; it may be read while the child writes.

@@ -3,7 +3,6 @@
 package robust_test
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,29 +76,15 @@ func hold(args []string) int {
 		return 1
 	}
 	fmt.Printf("held tid=%d\n", l.TID())
-	bufio.NewReader(os.Stdin).ReadString('\n')
-	switch args[1] {
-	case "sigkill":
-		select {} // the parent kills us
-	case "self-kill":
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	case "exit":
-		os.Exit(0)
-	case "panic":
-		panic("an unrecovered panic while holding")
-	case "exec":
-		// The process lives on as another program; its robust lists are
-		// processed at exec.
-		syscall.Exec("/bin/sleep", []string{"sleep", "30"}, os.Environ())
-	}
-	select {}
+	proctest.Die(args[1])
+	return 0
 }
 
 // Every kind of death of the holder process: the kernel marks its word
 // FUTEX_OWNER_DIED (keeping FUTEX_WAITERS and the high half), wakes the
 // waiter asleep on it, and leaves the word of another owner alone.
 func TestKernelMarksAndWakes(t *testing.T) {
-	for _, how := range []string{"sigkill", "self-kill", "exit", "panic", "exec"} {
+	for _, how := range proctest.Deaths {
 		t.Run(how, func(t *testing.T) {
 			proctest.New(t, 60*time.Second) // the watchdog
 			path := filepath.Join(t.TempDir(), "region")
