@@ -109,7 +109,7 @@ func runChild(role, arg string) int {
 			fmt.Println("owner:", err)
 			return 1
 		}
-		fmt.Printf("tid=%d\n", tid)
+		fmt.Printf("id=%d\n", tid) // as attachedAs reads it
 		select {}
 	case "close-truncated":
 		// arg: path. A robust region with locks on two pages, the file

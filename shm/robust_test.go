@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -48,21 +46,8 @@ func recorded(t *testing.T, path string, s int) []uint32 {
 // attachedTID starts a child attached to the robust region at path that has
 // linked line 0, and returns it with the thread ID it records.
 func attachedTID(t *testing.T, path string) (*exec.Cmd, uint32) {
-	t.Helper()
-	out := new(proctest.Buffer)
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=attach-tid")
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	proctest.Eventually(t, 10*time.Second, "the child never attached", func() bool {
-		return strings.Contains(out.String(), "\n")
-	})
-	first, _, _ := strings.Cut(out.String(), "\n")
-	tid, err := strconv.ParseUint(strings.TrimPrefix(first, "tid="), 10, 32)
-	require.NoError(t, err, out.String())
-	return cmd, uint32(tid)
+	c, tid, _ := attachedAs(t, "attach-tid", path)
+	return c, tid
 }
 
 // A robust region records its mode; every line an attachment makes a lock
