@@ -229,13 +229,13 @@ func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 // mutexStuckRecoverer (robust mode): a holder died and the kernel did not
 // mark its lock word, the case the probe is kept for behind the kernel. It
 // is simulated: the test process holds the lock until the victim sleeps on
-// it, then turns its hold into one of an attachment that has exited (the
-// victim attached after that one exited, so nothing marked the word). The
-// victim probes it dead, and dies on its way to recovering; two later
-// workers must still get through.
+// it, then turns its hold into one of an attachment that is gone (it closed
+// the region and exited before the victim attached, so nothing marked the
+// word, and no slot records its thread). The victim probes it dead, and dies
+// on its way to recovering; two later workers must still get through.
 func mutexStuckRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h := newModeHarness(t, 60*time.Second, mode)
-	ghost := h.exitedTID(t)
+	ghost := h.goneTID(t, true)
 	h.mu.Lock()
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
 	h.waitSleepers()

@@ -203,13 +203,16 @@ func runChild(role string, args []string) int {
 		}
 		return 0
 
-	case "attach-tid": // say the owner value our lock records, and exit
+	case "attach-tid": // say the owner value our lock records, and exit; args[1] "close": Close first
 		owner, err := e.r.OwnerFor(offMutex)
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
 		fmt.Printf("owner=%d\n", owner)
+		if len(args) > 1 && args[1] == "close" {
+			e.r.Close()
+		}
 		return 0
 
 	case "panic": // panic inside a guarded critical section
@@ -408,10 +411,18 @@ func (h *harness) waitHeld() int {
 
 // exitedTID returns the owner value of the lock for an attachment that has
 // exited since, holding nothing: in robust mode, a thread ID its process
-// recorded in the table.
-func (h *harness) exitedTID(t *testing.T) uint32 {
+// recorded in the table, and left there. (The next attachment retires it.)
+func (h *harness) exitedTID(t *testing.T) uint32 { return h.goneTID(t, false) }
+
+// goneTID is exitedTID for an attachment that closed the region before it
+// exited, if closed: its thread ID is recorded nowhere any more.
+func (h *harness) goneTID(t *testing.T, closed bool) uint32 {
 	t.Helper()
-	out := h.spawn("attach-tid").wait(t, 10*time.Second)
+	args := []string{}
+	if closed {
+		args = append(args, "close")
+	}
+	out := h.spawn("attach-tid", args...).wait(t, 10*time.Second)
 	v, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out, "owner=")), 10, 32)
 	require.NoError(t, err, out)
 	return uint32(v)

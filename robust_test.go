@@ -385,7 +385,11 @@ func TestRobustProbeSafetyNet(t *testing.T) {
 	h.setOwner(9<<32 | uint64(h.exitedTID(t)))
 	got, err := h.acquire(recoveryBound)
 	require.NoError(t, err)
-	assert.True(t, got, "a stuck word of an exited attachment is recovered, and told")
+	assert.True(t, got, "a stuck word of an exited attachment (its slot records the thread; its liveness lock is free) is recovered, and told")
+	h.setOwner(10<<32 | uint64(h.goneTID(t, true)))
+	got, err = h.acquire(recoveryBound)
+	require.NoError(t, err)
+	assert.True(t, got, "a stuck word naming a thread no slot records any more is recovered, and told")
 
 	holder := h.spawn("hold")
 	pid := h.waitHeld()

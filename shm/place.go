@@ -198,6 +198,14 @@ func (r *Region) holdsData(off int) bool {
 // a large region does not bring its untouched pages into memory.
 func (r *Region) Placements() []Placement {
 	var ps []Placement
+	r.eachPlacement(func(p Placement) bool { ps = append(ps, p); return true })
+	return ps
+}
+
+// eachPlacement calls f with each lock tagged in the data area, in offset
+// order, as Placements lists them, until f returns false; it reports whether
+// it went through them all.
+func (r *Region) eachPlacement(f func(Placement) bool) bool {
 	for off := 0; off+LineSize <= len(r.data); {
 		start, end := r.dataRange(off)
 		for off = start; off < end && off+LineSize <= len(r.data); {
@@ -206,12 +214,14 @@ func (r *Region) Placements() []Placement {
 				off += LineSize
 				continue
 			}
-			ps = append(ps, p)
+			if !f(p) {
+				return false
+			}
 			off += p.Bytes() // the lock's data lines hold no tags
 		}
 		off = max(off, end)
 	}
-	return ps
+	return true
 }
 
 // dataRange returns the first range [start, end) of the data area at or

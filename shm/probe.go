@@ -180,6 +180,17 @@ func (r *Region) findTID(tid uint32) (slot int, inc uint32, found, stable bool) 
 	return 0, 0, false, true
 }
 
+// recordsAnyTID reports whether the table entry e (as read) holds a thread
+// ID, counted or not.
+func recordsAnyTID(e []byte) bool {
+	for i := range maxTIDs {
+		if binary.NativeEndian.Uint32(e[entTIDs+4*i:]) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // recordsTID reports whether the table entry e (as read) counts tid among its
 // thread IDs.
 func recordsTID(e []byte, tid uint32) bool {

@@ -125,6 +125,11 @@ func OpenReadOnly(name string) (*Region, error) {
 func openRetry(path string, opt Options, readOnly bool) (*Region, error) {
 	for range 10 {
 		if r, err := open(path, opt, readOnly); err != errReplaced {
+			if err == nil && r.robust != nil {
+				// Open released the lock on byte 0, which the
+				// retirement needs at its end.
+				r.startRetiring()
+			}
 			return r, err
 		}
 	}
@@ -402,10 +407,23 @@ func (r *Region) attach() error {
 	fd := int(r.f.Fd())
 	// Round-robin from the count of attachments so far (we hold the lock
 	// on byte 0, so it is ours to read): a slot's incarnation, and with
-	// it the owner IDs, then wraps as late as possible.
+	// it the owner IDs, then wraps as late as possible. In robust mode a
+	// first round passes over the slots that still record the thread IDs
+	// of a claimant that died without Close, whose claim costs a sweep of
+	// the region (retireClaimed); the background retirement clears them.
 	first := int(atomic.LoadUint64(r.u64(offAttaches)) % uint64(r.slots))
-	for i := range r.slots {
+	var table []byte
+	if r.mode == ModeRobust {
+		table, _ = r.readTable()
+	}
+	for i := range 2 * r.slots {
 		s := 1 + (first+i)%r.slots
+		if i < r.slots && table != nil && recordsAnyTID(table[(s-1)*entryBytes:]) {
+			continue
+		}
+		if i >= r.slots && table == nil {
+			break
+		}
 		switch err := tryLockByte(fd, int64(s*entryBytes)); {
 		case err == nil:
 		case errors.Is(err, errLocked):
@@ -416,24 +434,23 @@ func (r *Region) attach() error {
 		e := r.entry(s)
 		var taken map[uint32]bool
 		if r.mode == ModeRobust {
-			// The dead's thread IDs, this slot's previous claimant's
-			// among them, are retired (their words marked), and
-			// what the table records then is taken.
-			err := r.retireDead(s)
-			if err == nil {
-				taken, err = r.recordedTIDs()
-			}
-			if err != nil {
+			// The previous claimant's thread IDs, if it died
+			// without Close, are retired (their words marked)
+			// before this claim drops them; what the table records
+			// then is taken.
+			r.retireClaimed(s)
+			var err error
+			if taken, err = r.recordedTIDs(); err != nil {
 				unlockByte(fd, int64(s*entryBytes))
 				return err
 			}
 		}
-		// The previous claimant's thread IDs went first (they are
-		// retired), then the incarnation changes: from here on every
-		// owner word naming the slot's previous claimant is judged dead
-		// without looking at the fields below, which we are about to
-		// overwrite. (That claimant is indeed gone: we could not hold
-		// its lock.)
+		// The previous claimant's thread IDs are gone (ntids first, for
+		// a slot whose claimant recorded none), then the incarnation
+		// changes: from here on every owner word naming the slot's
+		// previous claimant is judged dead without looking at the
+		// fields below, which we are about to overwrite. (That claimant
+		// is indeed gone: we could not hold its lock.)
 		atomic.StoreUint32(e.ntids, 0)
 		inc := (atomic.LoadUint32(e.incarnation) + 1) & incarnationMask
 		atomic.StoreUint32(e.incarnation, inc)

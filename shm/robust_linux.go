@@ -60,14 +60,22 @@ type robustLists struct {
 	lists  []*robust.List
 	lines  map[int]*robust.List // by line offset: the list that links it
 	closed bool
+
+	byte0        sync.Mutex  // this Region's users of the lock on byte 0 after Open
+	stopRetiring atomic.Bool // retireDead in the background stops
+	retired      chan struct{}
 	// tids are the lists' thread IDs, for probes, which must not wait
 	// while mu is held across the wait for the lock on byte 0.
 	tids atomic.Pointer[[]uint32]
 }
 
-// spareTIDAttempts bounds the threads an attachment starts in search of an ID
-// that the table does not record: one per recorded ID, and these more.
-const spareTIDAttempts = 64
+// The threads an attachment starts, one after another, in search of an ID
+// that the table does not record: one per recorded ID and spareTIDAttempts
+// more, at most maxTIDAttempts.
+const (
+	spareTIDAttempts = 64
+	maxTIDAttempts   = 4096
+)
 
 func robustAvailable() bool { return robust.Available() }
 
@@ -109,13 +117,7 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrFull,
 			Detail: fmt.Sprintf("robust mode: this attachment has locks on %d lines already, the most its %d robust lists hold (a region created in ModeProbe has no such limit)", maxTIDs*robust.Limit, maxTIDs)}
 	}
-	var rejected []*robust.List
-	defer func() {
-		for _, l := range rejected {
-			l.Close()
-		}
-	}()
-	attempts := len(taken) + spareTIDAttempts
+	attempts := min(len(taken)+spareTIDAttempts, maxTIDAttempts)
 	for range attempts {
 		l, err := robust.New(rl.offset)
 		if err != nil {
@@ -123,9 +125,11 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 		}
 		tid := uint32(l.TID())
 		if taken[tid] || tid == 0 || tid > robust.TIDMask {
-			// Kept until the search ends, so that the kernel does
-			// not hand the same ID out again.
-			rejected = append(rejected, l)
+			// Its thread ends at once. The kernel hands thread IDs
+			// out in turn, so the next thread gets another one
+			// (or one of the runtime's idle threads, each of which
+			// ends in turn if taken).
+			l.Close()
 			continue
 		}
 		// The ID first, then the count that makes probes see it.
@@ -143,55 +147,141 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 		Detail: fmt.Sprintf("robust mode: %d threads started, and the process table records the ID of each (%d IDs recorded)", attempts, len(taken))}
 }
 
-// retireDead clears the thread IDs that dead attachments still record, so
-// that they may name a live attachment's locks: first every lock word that
-// still names one of them (one the kernel did not mark) is marked owner-died,
-// as the kernel would have, then the IDs go. A slot is dead when nobody holds
-// its liveness lock; claimed is the slot the caller, attach, has just
-// claimed, whose previous claimant is dead too. The caller holds the lock on
-// byte 0, so no attachment picks a retired ID before its words are marked.
-func (r *Region) retireDead(claimed int) error {
+// A dead attachment's record: its slot, the slot's incarnation then, and the
+// thread IDs it recorded.
+type deadRecord struct {
+	slot int
+	inc  uint32
+	tids [maxTIDs]uint32
+}
+
+// deadRecords returns the records of the slots that record thread IDs while
+// nobody holds their liveness locks (their claimants died without Close).
+// It reads the table with pread; what it returns is checked again before it
+// is acted on.
+func (r *Region) deadRecords() []deadRecord {
 	table, err := r.readTable()
 	if err != nil {
-		return err
-	}
-	fd := int(r.f.Fd())
-	dead := map[uint32]bool{}
-	var slots []int
-	for s := 1; s <= r.slots; s++ {
-		e := table[(s-1)*entryBytes:]
-		var tids []uint32
-		for i := range maxTIDs {
-			if t := binary.NativeEndian.Uint32(e[entTIDs+4*i:]); t != 0 {
-				tids = append(tids, t)
-			}
-		}
-		if len(tids) == 0 {
-			continue
-		}
-		if s != claimed {
-			if held, err := queryByte(fd, int64(s*entryBytes)); err != nil || held {
-				continue // alive, or not known dead
-			}
-		}
-		for _, t := range tids {
-			dead[t] = true
-		}
-		slots = append(slots, s)
-	}
-	if len(dead) == 0 {
 		return nil
 	}
-	for _, p := range r.Placements() {
+	var dead []deadRecord
+	for s := 1; s <= r.slots; s++ {
+		e := table[(s-1)*entryBytes:]
+		d := deadRecord{slot: s, inc: binary.NativeEndian.Uint32(e[entIncarnation:])}
+		any := false
+		for i := range maxTIDs {
+			d.tids[i] = binary.NativeEndian.Uint32(e[entTIDs+4*i:])
+			any = any || d.tids[i] != 0
+		}
+		if !any || s == SlotOf(r.id) {
+			continue
+		}
+		if held, err := queryByte(int(r.f.Fd()), int64(s*entryBytes)); err == nil && !held {
+			dead = append(dead, d)
+		}
+	}
+	return dead
+}
+
+// sweep marks owner-died, as the kernel would have, every placed lock word
+// that names one of the thread IDs in dead: words the kernel did not mark at
+// their holders' deaths (its walk stops at a word it cannot read). The IDs
+// stay recorded meanwhile, so no live attachment can be using one. It stops
+// early, returning false, when stop is set.
+func (r *Region) sweep(dead map[uint32]bool, stop *atomic.Bool) bool {
+	n := 0
+	return r.eachPlacement(func(p Placement) bool {
+		if n++; n%1024 == 0 && stop != nil && stop.Load() {
+			return false
+		}
 		w := r.futexWord(p.Off)
 		if t := atomic.LoadUint32(w) & robust.TIDMask; dead[t] {
 			robust.MarkDead(w, int32(t))
 		}
+		return true
+	})
+}
+
+// retireClaimed retires the thread IDs that slot s, just claimed by attach,
+// still records from a claimant that died without Close: attach is about to
+// overwrite them. The caller holds the lock on byte 0.
+func (r *Region) retireClaimed(s int) {
+	e := r.entry(s)
+	dead := map[uint32]bool{}
+	for i := range maxTIDs {
+		if t := atomic.LoadUint32(&e.tids[i]); t != 0 {
+			dead[t] = true
+		}
 	}
-	for _, s := range slots {
+	if len(dead) > 0 {
+		r.sweep(dead, nil)
 		r.clearTIDs(s)
 	}
-	return nil
+}
+
+// retireDead retires the thread IDs that dead attachments still record (see
+// the top of this file), so that they do not pile up, and may come to name a
+// live attachment's locks without inheriting a dead one's: the words that
+// name them are swept, without the lock on byte 0 (a sweep reads every
+// placed lock of the region, which can take a second for a large one), then,
+// under it, each record is cleared if it is still the same dead one. Open
+// runs it in the background; Close stops it.
+func (r *Region) retireDead(stop *atomic.Bool) {
+	dead := r.deadRecords()
+	if len(dead) == 0 {
+		return
+	}
+	tids := map[uint32]bool{}
+	for _, d := range dead {
+		for _, t := range d.tids {
+			if t != 0 {
+				tids[t] = true
+			}
+		}
+	}
+	if !r.sweep(tids, stop) {
+		return
+	}
+	r.withByte0(func() error {
+		for _, d := range dead {
+			e := r.entry(d.slot)
+			same := atomic.LoadUint32(e.incarnation) == d.inc
+			for i := range maxTIDs {
+				same = same && atomic.LoadUint32(&e.tids[i]) == d.tids[i]
+			}
+			held, err := queryByte(int(r.f.Fd()), int64(d.slot*entryBytes))
+			if same && err == nil && !held && !stop.Load() {
+				r.clearTIDs(d.slot)
+			}
+		}
+		return nil
+	})
+}
+
+// startRetiring runs retireDead in the background, once Open has released
+// the lock on byte 0.
+func (r *Region) startRetiring() {
+	rl := r.robust
+	rl.retired = make(chan struct{})
+	go func() {
+		defer close(rl.retired)
+		r.retireDead(&rl.stopRetiring)
+	}()
+}
+
+// withByte0 runs f under the lock on byte 0, taken by one goroutine of this
+// Region at a time (an OFD lock does not exclude holders of the same open
+// file description).
+func (r *Region) withByte0(f func() error) error {
+	rl := r.robust
+	rl.byte0.Lock()
+	defer rl.byte0.Unlock()
+	fd := int(r.f.Fd())
+	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
+		return &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "the lock on byte 0", Err: err}
+	}
+	defer unlockByte(fd, 0)
+	return f()
 }
 
 // clearTIDs drops the thread IDs slot s records: the count first, so that a
@@ -232,17 +322,15 @@ func (r *Region) linkRobust(off int) (uint32, error) {
 }
 
 // addListLocked is addList under the lock on byte 0.
-func (r *Region) addListLocked() (*robust.List, error) {
-	fd := int(r.f.Fd())
-	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
-		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "recording a robust list's thread ID: the lock on byte 0", Err: err}
-	}
-	defer unlockByte(fd, 0)
-	taken, err := r.recordedTIDs()
-	if err != nil {
-		return nil, err
-	}
-	return r.addList(taken)
+func (r *Region) addListLocked() (l *robust.List, err error) {
+	err = r.withByte0(func() error {
+		taken, err := r.recordedTIDs()
+		if err == nil {
+			l, err = r.addList(taken)
+		}
+		return err
+	})
+	return l, err
 }
 
 // ownTID reports whether tid is the thread of one of this attachment's lists.
@@ -275,6 +363,10 @@ func (r *Region) closeRobust() {
 	if rl == nil {
 		return
 	}
+	rl.stopRetiring.Store(true)
+	if rl.retired != nil {
+		<-rl.retired
+	}
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if rl.closed {
@@ -287,7 +379,7 @@ func (r *Region) closeRobust() {
 	}
 	unix.Munmap(rl.shadow)
 	if r.fileSize() >= int64(len(r.m)) {
-		r.clearTIDs(SlotOf(r.id))
+		surviveFaults(func() { r.clearTIDs(SlotOf(r.id)) })
 	}
 }
 
@@ -298,6 +390,19 @@ func (r *Region) closeRobust() {
 func (r *Region) markOwn(rl *robustLists) {
 	size := r.fileSize()
 	hs := int64(len(r.m) - len(r.data))
+	surviveFaults(func() {
+		for off, l := range rl.lines {
+			if hs+int64(off)+LineSize <= size {
+				robust.MarkDead(r.futexWord(off), l.TID())
+			}
+		}
+	})
+}
+
+// surviveFaults runs f, which touches the mapping, and returns early, rather
+// than crash the process, if a page it touches is gone: the file was
+// truncated under the mapping (bad input) while f ran.
+func surviveFaults(f func()) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if e := recover(); e != nil {
@@ -306,11 +411,7 @@ func (r *Region) markOwn(rl *robustLists) {
 			}
 		}
 	}()
-	for off, l := range rl.lines {
-		if hs+int64(off)+LineSize <= size {
-			robust.MarkDead(r.futexWord(off), l.TID())
-		}
-	}
+	f()
 }
 
 // fileSize returns the size of the region file, or 0 if it cannot be read.

@@ -16,4 +16,6 @@ func (r *Region) ownTID(uint32) bool { return false }
 
 func (r *Region) closeRobust() {}
 
-func (r *Region) retireDead(int) error { return ErrMode }
+func (r *Region) startRetiring() {}
+
+func (r *Region) retireClaimed(int) {}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -230,16 +231,17 @@ func plantDead(t *testing.T, path string, s int, tids ...uint32) {
 }
 
 // The thread IDs dead claimants recorded do not pile up: the next attach
-// retires them, having marked any lock word that still names one (a word the
-// kernel did not mark), so a container, whose threads are numbered from 1
-// like every other container's, finds a free ID at once, and a reused ID
-// never inherits a dead holder's lock. (Without retirement 300 dead records
-// of the IDs 1..300 made the 259th container's Open fail.)
+// retires them in the background, having marked any lock word that still
+// names one (a word the kernel did not mark), so a container, whose threads
+// are numbered from 1 like every other container's, finds a free ID at once,
+// and a reused ID never inherits a dead holder's lock. (Without retirement
+// 300 dead records of the IDs 1..300 made the 259th container's Open fail.)
 func TestRobustDeadTIDsRetired(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4 * LineSize, Slots: 400})
 	mine, err := r.OwnerFor(0)
 	require.NoError(t, err)
+	<-r.robust.retired // its own retirement is over: the dead below are the next Open's
 	var planted []uint32
 	for s := 2; s <= 301; s++ {
 		tid := uint32(s - 1)
@@ -258,9 +260,12 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 	atomic.StoreUint64(&l1[0], 5<<32|robust.Waiters|7)
 	atomic.StoreUint64(&l2[0], 6<<32|uint64(mine))
 
+	start := time.Now()
 	other := openRobust(t, path, Options{})
+	t.Logf("Open took %v", time.Since(start))
 	_, err = other.OwnerFor(0)
 	require.NoError(t, err)
+	<-other.robust.retired // the retirement runs in the background
 	for s := 2; s <= 301; s++ {
 		if SlotOf(other.ID()) != s {
 			assert.Empty(t, recorded(t, path, s), "slot %d: a dead claimant's IDs still recorded", s)
@@ -308,4 +313,81 @@ func TestRobustProbeDoesNotWaitForNew(t *testing.T) {
 	assert.Equal(t, "this process", h.Reason)
 	unlockByte(int(f.Fd()), 0)
 	require.NoError(t, <-done)
+}
+
+// threads returns how many threads this process has.
+func threads(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatal("no Threads line")
+	return 0
+}
+
+// An attach that finds many of the next thread IDs taken by live attachments
+// (a corrupt table, or hundreds of containers) tries them one thread at a
+// time: it ends each thread it rejects, so a search through thousands of IDs
+// neither exhausts the runtime's threads nor keeps them.
+func TestRobustSearchEndsRejectedThreads(t *testing.T) {
+	path := tempPath(t)
+	const slots = 200
+	r := openRobust(t, path, Options{Size: 4096, Slots: slots})
+	mine, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	tasks, err := os.ReadDir("/proc/self/task")
+	require.NoError(t, err)
+	var planted []uint32
+	for _, d := range tasks {
+		n, _ := strconv.ParseUint(d.Name(), 10, 32)
+		if uint32(n) != mine {
+			planted = append(planted, uint32(n))
+		}
+	}
+	for next := mine + 1; len(planted) < (slots-2)*maxTIDs; next++ {
+		planted = append(planted, next)
+	}
+	for s := 3; s <= slots; s++ {
+		var e [entryBytes]byte
+		for i, tid := range planted[(s-3)*maxTIDs : (s-2)*maxTIDs] {
+			binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
+		}
+		binary.NativeEndian.PutUint32(e[entNTIDs:], maxTIDs)
+		_, err = f.WriteAt(e[:], int64(s*entryBytes))
+		require.NoError(t, err)
+		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)), "live: its liveness lock held")
+	}
+	before := threads(t)
+	var peak atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if n := int32(threads(t)); n > peak.Load() {
+				peak.Store(n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	other := openRobust(t, path, Options{})
+	took := time.Since(start)
+	close(done)
+	tid, err := other.OwnerFor(0)
+	require.NoError(t, err)
+	assert.NotContains(t, planted, tid)
+	t.Logf("%d IDs taken; Open took %v; threads %d before, at most %d during", len(planted), took, before, peak.Load())
+	assert.Less(t, int(peak.Load())-before, 20, "rejected threads kept")
 }
