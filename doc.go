@@ -5,11 +5,14 @@
 // A Mutex is one 64-bit owner word in the region. Locking an uncontended Mutex
 // is one compare-and-swap, unlocking one more; everything that makes it
 // robust happens on the slow path. A waiter spins briefly, then sleeps on a
-// futex and probes the holder from time to time. A holder that was killed,
-// crashed or exited while holding is found dead (by its liveness lock in the
-// region file and by its process's state), and exactly one waiter takes the
-// lock over, by one compare-and-swap from the dead holder's exact owner word
-// to its own. That waiter is told (guard.Guard.Recovered), as POSIX robust
+// futex. When a holder is killed, crashes or exits while holding, the lock is
+// freed for exactly one waiter to take over: in shm.ModeRobust, the default on
+// Linux, the kernel itself marks the word (the holder's process registered it
+// in a robust futex list) and wakes a waiter; in shm.ModeProbe, and behind the
+// kernel as a safety net, a waiter that probes the holder (by its liveness
+// lock in the region file and its process's state) and finds it dead takes
+// the lock over by one compare-and-swap from the dead holder's exact owner
+// word to its own. The taker is told (guard.Guard.Recovered), as POSIX robust
 // mutexes return EOWNERDEAD, so it can repair the data the lock protects.
 //
 // A holder that is alive, however slow or stopped, is never robbed; one whose
