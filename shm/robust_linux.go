@@ -88,9 +88,9 @@ var lowHalf = func() uintptr {
 	return 4
 }()
 
-// startRobust registers this attachment's first robust list; taken is what
-// recordedTIDs read before the slot was claimed. The caller, attach, holds
-// the lock on byte 0.
+// startRobust registers this attachment's first robust list, with a thread
+// whose ID is not in taken (what the table records). The caller, attach,
+// holds the lock on byte 0.
 func (r *Region) startRobust(taken map[uint32]bool) error {
 	shadow, err := unix.Mmap(-1, 0, len(r.data), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
@@ -239,10 +239,11 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 			}
 		}
 	}
-	if !r.sweep(tids, stop) {
+	if !r.sweep(tids, stop) || stop.Load() {
 		return
 	}
-	r.withByte0(func() error {
+	// A short wait: a retirement given up is the next attach's to do.
+	r.withByte0(time.Second, func() error {
 		for _, d := range dead {
 			e := r.entry(d.slot)
 			same := atomic.LoadUint32(e.incarnation) == d.inc
@@ -269,15 +270,15 @@ func (r *Region) startRetiring() {
 	}()
 }
 
-// withByte0 runs f under the lock on byte 0, taken by one goroutine of this
-// Region at a time (an OFD lock does not exclude holders of the same open
-// file description).
-func (r *Region) withByte0(f func() error) error {
+// withByte0 runs f under the lock on byte 0, waiting at most timeout for it,
+// taken by one goroutine of this Region at a time (an OFD lock does not
+// exclude holders of the same open file description).
+func (r *Region) withByte0(timeout time.Duration, f func() error) error {
 	rl := r.robust
 	rl.byte0.Lock()
 	defer rl.byte0.Unlock()
 	fd := int(r.f.Fd())
-	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
+	if err := lockWait(fd, unix.F_WRLCK, 0, timeout); err != nil {
 		return &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "the lock on byte 0", Err: err}
 	}
 	defer unlockByte(fd, 0)
@@ -323,7 +324,7 @@ func (r *Region) linkRobust(off int) (uint32, error) {
 
 // addListLocked is addList under the lock on byte 0.
 func (r *Region) addListLocked() (l *robust.List, err error) {
-	err = r.withByte0(func() error {
+	err = r.withByte0(10*time.Second, func() error {
 		taken, err := r.recordedTIDs()
 		if err == nil {
 			l, err = r.addList(taken)
