@@ -245,6 +245,41 @@ func mutexStuckRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h.recoverersGetThrough(t)
 }
 
+// closerDies (robust mode): the victim holds the lock and closes the region,
+// and dies once Close has marked its held word, before its lists are
+// unregistered and its thread IDs retired. The lock is taken over, told, and
+// the victim's IDs are retired by a later attach.
+func closerDies(t *testing.T, p fault.Point, mode shm.Mode) {
+	if mode != shm.ModeRobust {
+		t.Skip("a step of robust mode")
+	}
+	h := newModeHarness(t, 60*time.Second, mode)
+	victim := h.spawnIn(h.path, faultEnv(p, 1), "hold-close")
+	diedAt(t, victim, p)
+	got, err := h.acquire(recoveryBound)
+	require.NoError(t, err)
+	assert.True(t, got, "the lock Close gave up is taken over, told")
+	h.recoverersGetThrough(t)
+}
+
+// retirerDies (robust mode): an attachment died without Close, leaving a
+// lock word the kernel did not mark (simulated); the victim, attaching
+// next, sweeps it and dies before it clears the dead record. The word is
+// marked all the same, and a later attach retires the record.
+func retirerDies(t *testing.T, p fault.Point, mode shm.Mode) {
+	if mode != shm.ModeRobust {
+		t.Skip("a step of robust mode")
+	}
+	h := newModeHarness(t, 60*time.Second, mode)
+	h.setOwner(8<<32 | uint64(h.exitedTID(t)))
+	victim := h.spawnIn(h.path, faultEnv(p, 1), "linger")
+	diedAt(t, victim, p)
+	s := h.mu.Snapshot()
+	assert.False(t, s.Held, "the swept word is free")
+	assert.True(t, s.OwnerDied, "and marked")
+	h.recoverersGetThrough(t)
+}
+
 // recoverersGetThrough: after the death of a victim on its way to recovering
 // the lock, two workers increment a hundred times each.
 func (h *harness) recoverersGetThrough(t *testing.T) {
@@ -358,6 +393,8 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.RecordEven:              writerUnderLoad("rec", 10),
 		fault.RecordPublished:         writerUnderLoad("rec", 10),
 		fault.RecordReadIndex:         readerUnderLoad(1000),
+		fault.RegionCloseMarked:       closerDies,
+		fault.RegionRetireSwept:       retirerDies,
 	}
 	for _, p := range fault.All() {
 		row, ok := rows[p]

@@ -215,6 +215,19 @@ func runChild(role string, args []string) int {
 		}
 		return 0
 
+	case "hold-close": // take the lock, then close the region while holding it
+		if _, err := e.mu.Acquire(ctx); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		atomic.StoreUint64(e.word(offHeld), uint64(os.Getpid()))
+		e.r.Close()
+		fmt.Println("closed")
+		return 0
+
+	case "linger": // stay attached, doing nothing, until killed
+		select {}
+
 	case "panic": // panic inside a guarded critical section
 		g, _ := e.mu.Acquire(ctx)
 		defer g.Release()

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -242,6 +243,7 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 	if !r.sweep(tids, stop) || stop.Load() {
 		return
 	}
+	fault.Hit(fault.RegionRetireSwept)
 	// A short wait: a retirement given up is the next attach's to do.
 	r.withByte0(time.Second, func() error {
 		for _, d := range dead {
@@ -375,6 +377,7 @@ func (r *Region) closeRobust() {
 	}
 	rl.closed = true
 	r.markOwn(rl)
+	fault.Hit(fault.RegionCloseMarked)
 	for _, l := range rl.lists {
 		l.Close()
 	}
