@@ -198,17 +198,21 @@ func (r *Region) holdsData(off int) bool {
 // a large region does not bring its untouched pages into memory.
 func (r *Region) Placements() []Placement {
 	var ps []Placement
-	r.eachPlacement(func(p Placement) bool { ps = append(ps, p); return true })
+	r.eachPlacement(nil, func(p Placement) bool { ps = append(ps, p); return true })
 	return ps
 }
 
 // eachPlacement calls f with each lock tagged in the data area, in offset
-// order, as Placements lists them, until f returns false; it reports whether
-// it went through them all.
-func (r *Region) eachPlacement(f func(Placement) bool) bool {
+// order, as Placements lists them, until f returns false or stop (if not nil)
+// is set; it reports whether it went through them all.
+func (r *Region) eachPlacement(stop *atomic.Bool, f func(Placement) bool) bool {
+	n := 0
 	for off := 0; off+LineSize <= len(r.data); {
 		start, end := r.dataRange(off)
 		for off = start; off < end && off+LineSize <= len(r.data); {
+			if n++; n%1024 == 0 && stop != nil && stop.Load() {
+				return false
+			}
 			p, ok := r.Placement(off)
 			if !ok {
 				off += LineSize

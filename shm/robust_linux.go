@@ -157,9 +157,9 @@ type deadRecord struct {
 }
 
 // deadRecords returns the records of the slots that record thread IDs while
-// nobody holds their liveness locks (their claimants died without Close).
-// It reads the table with pread; what it returns is checked again before it
-// is acted on.
+// nobody holds their liveness locks (their claimants died without Close):
+// candidates, read with pread, which retireDead trusts only once it holds the
+// slot's liveness lock itself.
 func (r *Region) deadRecords() []deadRecord {
 	table, err := r.readTable()
 	if err != nil {
@@ -190,10 +190,9 @@ func (r *Region) deadRecords() []deadRecord {
 // stay recorded meanwhile, so no live attachment can be using one. It stops
 // early, returning false, when stop is set.
 func (r *Region) sweep(dead map[uint32]bool, stop *atomic.Bool) bool {
-	n := 0
-	return r.eachPlacement(func(p Placement) bool {
-		if n++; n%1024 == 0 && stop != nil && stop.Load() {
-			return false
+	return r.eachPlacement(stop, func(p Placement) bool {
+		if sweepHook != nil && stop != nil {
+			sweepHook()
 		}
 		w := r.futexWord(p.Off)
 		if t := atomic.LoadUint32(w) & robust.TIDMask; dead[t] {
@@ -202,6 +201,10 @@ func (r *Region) sweep(dead map[uint32]bool, stop *atomic.Bool) bool {
 		return true
 	})
 }
+
+// sweepHook, if set, runs at each lock a background sweep visits: tests stop
+// one half way with it.
+var sweepHook func()
 
 // retireClaimed retires the thread IDs that slot s, just claimed by attach,
 // still records from a claimant that died without Close: attach is about to
@@ -222,31 +225,58 @@ func (r *Region) retireClaimed(s int) {
 
 // retireDead retires the thread IDs that dead attachments still record (see
 // the top of this file), so that they do not pile up, and may come to name a
-// live attachment's locks without inheriting a dead one's: the words that
-// name them are swept, without the lock on byte 0 (a sweep reads every
-// placed lock of the region, which can take a second for a large one), then,
-// under it, each record is cleared if it is still the same dead one. Open
-// runs it in the background; Close stops it.
+// live attachment's locks without inheriting a dead one's. Open runs it in the
+// background; Close stops it.
+//
+// The words that name them are swept without the lock on byte 0 (a sweep
+// reads every line of the data area, which can take a second for a large
+// region), but holding each dead slot's liveness lock: meanwhile no attach
+// can claim the slot and reuse its IDs, nor another retirement clear them, so
+// no ID being swept can name a live attachment's held lock. (A dead slot's
+// record, read again once its liveness lock is ours, is the dead claimant's.)
+// Then the slots go, and under the lock on byte 0 each record is cleared if it
+// is still the same dead one: a slot claimed in between was retired by its
+// claimant.
 func (r *Region) retireDead(stop *atomic.Bool) {
-	dead := r.deadRecords()
-	if len(dead) == 0 {
-		return
-	}
+	fd := int(r.f.Fd())
+	var dead []deadRecord
+	defer func() {
+		for _, d := range dead {
+			unlockByte(fd, int64(d.slot*entryBytes))
+		}
+	}()
 	tids := map[uint32]bool{}
-	for _, d := range dead {
-		for _, t := range d.tids {
-			if t != 0 {
-				tids[t] = true
+	for _, d := range r.deadRecords() {
+		if tryLockByte(fd, int64(d.slot*entryBytes)) != nil {
+			continue // claimed, or being retired, meanwhile
+		}
+		e := r.entry(d.slot)
+		d.inc = atomic.LoadUint32(e.incarnation)
+		any := false
+		for i := range maxTIDs {
+			d.tids[i] = atomic.LoadUint32(&e.tids[i])
+			if d.tids[i] != 0 {
+				tids[d.tids[i]], any = true, true
 			}
 		}
+		if !any {
+			unlockByte(fd, int64(d.slot*entryBytes))
+			continue
+		}
+		dead = append(dead, d)
 	}
-	if !r.sweep(tids, stop) || stop.Load() {
+	if len(dead) == 0 || !r.sweep(tids, stop) || stop.Load() {
 		return
 	}
 	fault.Hit(fault.RegionRetireSwept)
+	for _, d := range dead {
+		unlockByte(fd, int64(d.slot*entryBytes))
+	}
+	swept := dead
+	dead = nil
 	// A short wait: a retirement given up is the next attach's to do.
 	r.withByte0(time.Second, func() error {
-		for _, d := range dead {
+		for _, d := range swept {
 			e := r.entry(d.slot)
 			same := atomic.LoadUint32(e.incarnation) == d.inc
 			for i := range maxTIDs {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -390,4 +391,38 @@ func TestRobustSearchEndsRejectedThreads(t *testing.T) {
 	assert.NotContains(t, planted, tid)
 	t.Logf("%d IDs taken; Open took %v; threads %d before, at most %d during", len(planted), took, before, peak.Load())
 	assert.Less(t, int(peak.Load())-before, 20, "rejected threads kept")
+}
+
+// While a retirement sweeps for a dead slot's thread IDs, that slot cannot be
+// claimed (its claimant could reuse one of the IDs, and hold a lock the sweep
+// has yet to reach, and the sweep would mark it: two holders). The retirer
+// holds the slot's liveness lock from before it reads the record to the end
+// of its sweep; an Open meanwhile gets another slot, or none.
+func TestRobustSweepKeepsTheSlot(t *testing.T) {
+	path := tempPath(t)
+	r := openRobust(t, path, Options{Size: 4 * LineSize, Slots: 3})
+	<-r.robust.retired
+	require.NoError(t, r.Place(0, KindMutex, 0))
+	plantDead(t, path, 2, 4_000_001)
+	plantDead(t, path, 3, 4_000_002)
+	inSweep, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	sweepHook = func() { once.Do(func() { close(inSweep); <-resume }) }
+	defer func() { sweepHook = nil }()
+
+	retirer := openRobust(t, path, Options{}) // claims slot 2 or 3, and retires the other
+	<-inSweep
+	other := 5 - SlotOf(retirer.ID()) // the slot of 2 and 3 that retirer did not claim
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	assert.ErrorIs(t, tryLockByte(int(f.Fd()), int64(other*entryBytes)), errLocked, "the slot being retired can be claimed")
+	_, err = Open(path, Options{})
+	assert.ErrorIs(t, err, ErrFull, "an Open claimed the slot being retired")
+	close(resume)
+	<-retirer.robust.retired
+	assert.Empty(t, recorded(t, path, other), "retired once the sweep is over")
+	c, err := Open(path, Options{})
+	require.NoError(t, err, "the slot is free again")
+	c.Close()
 }
