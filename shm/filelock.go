@@ -52,9 +52,16 @@ func unlockByte(fd int, off int64) error {
 // queryByte reports whether another open file description holds a lock on
 // the byte.
 func queryByte(fd int, off int64) (bool, error) {
+	typ, err := queryLock(fd, off)
+	return typ != unix.F_UNLCK, err
+}
+
+// queryLock returns the type of a lock that another open file description
+// holds on the byte (F_WRLCK, F_RDLCK), or F_UNLCK.
+func queryLock(fd int, off int64) (int16, error) {
 	lk := byteLock(unix.F_WRLCK, off)
 	if err := unix.FcntlFlock(uintptr(fd), cmdGetLock, lk); err != nil {
-		return false, err
+		return unix.F_UNLCK, err
 	}
-	return lk.Type != unix.F_UNLCK, nil
+	return lk.Type, nil
 }

@@ -404,6 +404,30 @@ func (r *Region) mapFile(slots, dataSize int) error {
 // nobody holds. Holding that lock is what makes the slot ours; the kernel
 // releases it when this process dies, which is what Probe reads.
 func (r *Region) attach() error {
+	// In robust mode a free slot may be held for a moment by a process
+	// retiring its dead claimant's thread IDs (robust_linux.go): look again
+	// for a while before calling the table full.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		err := r.claim()
+		if err != ErrFull || r.mode != ModeRobust || time.Now().After(deadline) || !r.retiring() {
+			return err
+		}
+	}
+}
+
+// retiring reports whether a retirement holds the liveness byte of a slot:
+// a shared lock, where a claimant holds an exclusive one.
+func (r *Region) retiring() bool {
+	for s := 1; s <= r.slots; s++ {
+		if typ, err := queryLock(int(r.f.Fd()), int64(s*entryBytes)); err == nil && typ == unix.F_RDLCK {
+			return true
+		}
+	}
+	return false
+}
+
+// claim claims a free slot of the process table (see attach).
+func (r *Region) claim() error {
 	fd := int(r.f.Fd())
 	// Round-robin from the count of attachments so far (we hold the lock
 	// on byte 0, so it is ours to read): a slot's incarnation, and with

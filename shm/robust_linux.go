@@ -230,13 +230,16 @@ func (r *Region) retireClaimed(s int) {
 //
 // The words that name them are swept without the lock on byte 0 (a sweep
 // reads every line of the data area, which can take a second for a large
-// region), but holding each dead slot's liveness lock: meanwhile no attach
-// can claim the slot and reuse its IDs, nor another retirement clear them, so
-// no ID being swept can name a live attachment's held lock. (A dead slot's
-// record, read again once its liveness lock is ours, is the dead claimant's.)
-// Then the slots go, and under the lock on byte 0 each record is cleared if it
-// is still the same dead one: a slot claimed in between was retired by its
-// claimant.
+// region), but holding each dead slot's liveness byte with a shared lock,
+// from before its record is read again (then it is the dead claimant's) to
+// the end: meanwhile no attach can claim the slot (its exclusive lock
+// conflicts) and reuse its IDs, so no ID being swept can name a live
+// attachment's held lock. Retirements may sweep one slot together; each
+// clears the record only if it can make its lock exclusive, so no record is
+// cleared while another retirement still sweeps for its IDs. (No lock on
+// byte 0 is needed: an attach reading the table meanwhile may or may not see
+// the IDs, and either is safe once they are swept.) An attach that finds only
+// such shared locks on free slots waits for them (Region.attach).
 func (r *Region) retireDead(stop *atomic.Bool) {
 	fd := int(r.f.Fd())
 	var dead []deadRecord
@@ -247,8 +250,8 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 	}()
 	tids := map[uint32]bool{}
 	for _, d := range r.deadRecords() {
-		if tryLockByte(fd, int64(d.slot*entryBytes)) != nil {
-			continue // claimed, or being retired, meanwhile
+		if tryLock(fd, unix.F_RDLCK, int64(d.slot*entryBytes)) != nil {
+			continue // claimed meanwhile
 		}
 		e := r.entry(d.slot)
 		d.inc = atomic.LoadUint32(e.incarnation)
@@ -270,25 +273,22 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 	}
 	fault.Hit(fault.RegionRetireSwept)
 	for _, d := range dead {
-		unlockByte(fd, int64(d.slot*entryBytes))
-	}
-	swept := dead
-	dead = nil
-	// A short wait: a retirement given up is the next attach's to do.
-	r.withByte0(time.Second, func() error {
-		for _, d := range swept {
-			e := r.entry(d.slot)
-			same := atomic.LoadUint32(e.incarnation) == d.inc
-			for i := range maxTIDs {
-				same = same && atomic.LoadUint32(&e.tids[i]) == d.tids[i]
-			}
-			held, err := queryByte(int(r.f.Fd()), int64(d.slot*entryBytes))
-			if same && err == nil && !held && !stop.Load() {
-				r.clearTIDs(d.slot)
-			}
+		// Exclusive now, or another retirement still sweeps: then
+		// that one clears the record. Held exclusively, the slot
+		// can be neither claimed nor swept by anyone else, and its
+		// IDs, swept, are free to reuse at once.
+		if stop.Load() || tryLockByte(fd, int64(d.slot*entryBytes)) != nil {
+			continue
 		}
-		return nil
-	})
+		e := r.entry(d.slot)
+		same := atomic.LoadUint32(e.incarnation) == d.inc
+		for i := range maxTIDs {
+			same = same && atomic.LoadUint32(&e.tids[i]) == d.tids[i]
+		}
+		if same {
+			r.clearTIDs(d.slot)
+		}
+	}
 }
 
 // startRetiring runs retireDead in the background, once Open has released
