@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/shmlock/shmlock/internal/owner"
 )
 
@@ -76,14 +78,18 @@ func (r *Region) probeID(id uint32) Holder {
 	}
 	attached := atomic.LoadInt64(e.attached)
 	live := owner.LockUnknown
-	switch held, err := queryByte(int(r.f.Fd()), int64(h.Slot*entryBytes)); {
+	switch typ, err := queryLock(int(r.f.Fd()), int64(h.Slot*entryBytes)); {
 	case err != nil:
-	case held:
+	case typ == unix.F_WRLCK:
 		live = owner.LockHeld
-	case lockIsOFD:
-		live = owner.LockFree
+	case !lockIsOFD:
 		// Classic record locks vanish when their process closes any
 		// descriptor of the file: a free one proves nothing.
+	default:
+		// Free, or held shared: only a retirement of a dead
+		// claimant's thread IDs takes it so (robust_linux.go), where
+		// a claimant holds it exclusively.
+		live = owner.LockFree
 	}
 	// A claimant of the slot changes the incarnation before it rewrites the
 	// fields: if it is unchanged now, the fields and the lock state we read

@@ -288,6 +288,9 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 		if same {
 			r.clearTIDs(d.slot)
 		}
+		// Let it go at once: held exclusively it would read as claimed,
+		// and an attach waiting for the retirement would give up.
+		unlockByte(fd, int64(d.slot*entryBytes))
 	}
 }
 

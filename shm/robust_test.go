@@ -417,6 +417,8 @@ func TestRobustSweepKeepsTheSlot(t *testing.T) {
 	require.NoError(t, err)
 	defer f.Close()
 	assert.ErrorIs(t, tryLockByte(int(f.Fd()), int64(other*entryBytes)), errLocked, "the slot being retired can be claimed")
+	h := r.Probe(uint32(4_000_000 + other - 1))
+	assert.Equal(t, Dead, h.State, "a probe took the retirement's shared lock for a live claimant: %v", h)
 	// An Open, whose only free slot this is, waits for the retirement
 	// rather than call the table full.
 	opened := make(chan *Region, 1)
