@@ -40,13 +40,14 @@ import (
 // ID. A thread ID in a lock word therefore names one attachment, and the
 // probe, the safety net behind the kernel, finds it by that ID (probeTID).
 //
-// A dead attachment's IDs stay recorded until the next attach retires them
-// (retireDead): a lock word the kernel did not mark (the walk stops at a word
-// it cannot read) may still name one, and must be marked before the ID can
-// name a live attachment's locks. Close retires its own, having marked its
-// words itself. So the table records the IDs of live attachments, and of the
-// dead since the last attach: new containers, which all number their threads
-// from 1, need few tries to find a free one.
+// A dead attachment's IDs stay recorded until they are retired: a lock word
+// the kernel did not mark (the walk stops at a word it cannot read) may still
+// name one, and must be marked before the ID can name a live attachment's
+// locks. Every Open retires the dead's IDs in the background (retireDead); an
+// attach that claims a dead slot retires its IDs first (retireClaimed); Close
+// retires its own, having marked its words itself. So the table records the
+// IDs of live attachments and of the recently dead: new containers, which all
+// number their threads from 1, need few tries to find a free one.
 //
 // The entries lie in a private shadow of the data area: the entry of the line
 // at offset o at shadow+o, so that one futex_offset (data - shadow, plus the
@@ -305,15 +306,15 @@ func (r *Region) startRetiring() {
 	}()
 }
 
-// withByte0 runs f under the lock on byte 0, waiting at most timeout for it,
+// withByte0 runs f under the lock on byte 0, waiting at most 10 s for it,
 // taken by one goroutine of this Region at a time (an OFD lock does not
 // exclude holders of the same open file description).
-func (r *Region) withByte0(timeout time.Duration, f func() error) error {
+func (r *Region) withByte0(f func() error) error {
 	rl := r.robust
 	rl.byte0.Lock()
 	defer rl.byte0.Unlock()
 	fd := int(r.f.Fd())
-	if err := lockWait(fd, unix.F_WRLCK, 0, timeout); err != nil {
+	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
 		return &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "the lock on byte 0", Err: err}
 	}
 	defer unlockByte(fd, 0)
@@ -359,7 +360,7 @@ func (r *Region) linkRobust(off int) (uint32, error) {
 
 // addListLocked is addList under the lock on byte 0.
 func (r *Region) addListLocked() (l *robust.List, err error) {
-	err = r.withByte0(10*time.Second, func() error {
+	err = r.withByte0(func() error {
 		taken, err := r.recordedTIDs()
 		if err == nil {
 			l, err = r.addList(taken)

@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -192,9 +191,6 @@ func TestRobustCloseMarks(t *testing.T) {
 	assert.ErrorIs(t, err, ErrClosed)
 }
 
-// lowWord is the futex word of a 64-bit owner word.
-func lowWord(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), lowHalf)) }
-
 // An attachment links at most maxTIDs lists of robust.Limit lines: the next
 // line is refused, typed, with the way out, and the lines linked so far keep
 // working.
@@ -243,14 +239,12 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 	mine, err := r.OwnerFor(0)
 	require.NoError(t, err)
 	<-r.robust.retired // its own retirement is over: the dead below are the next Open's
-	var planted []uint32
 	for s := 2; s <= 301; s++ {
 		tid := uint32(s - 1)
 		if tid == mine {
 			tid = 100000 + tid
 		}
 		plantDead(t, path, s, tid)
-		planted = append(planted, tid)
 	}
 	// A lock the kernel did not mark, left by the dead claimant of ID 7,
 	// with a waiter's bit; and a lock held by this live attachment.
