@@ -32,6 +32,11 @@ var (
 	ErrMode = errors.New("region uses another locking mode")
 	// ErrClosed: the region was closed.
 	ErrClosed = errors.New("region is closed")
+	// ErrLimit: a limit of this process was reached (its Detail says
+	// which): robust lock lines, robust threads, address space.
+	ErrLimit = errors.New("a limit of this process was reached")
+	// ErrUnsupported: this system lacks a mechanism the region needs.
+	ErrUnsupported = errors.New("not supported on this system")
 )
 
 // Error describes a failure about one region file.

@@ -69,7 +69,8 @@ type Options struct {
 type Region struct {
 	path  string
 	f     *os.File
-	m     mmap.MMap
+	m     []byte       // the whole file, mapped
+	unmap func() error // undoes the mapping
 	data  []byte
 	slots int
 	id    uint32 // this attachment's owner ID
@@ -387,16 +388,22 @@ const maxInt = int(^uint(0) >> 1)
 func (r *Region) mapFile(slots, dataSize int) error {
 	r.slots = slots
 	hs := headerSizeFor(slots)
-	mode := mmap.RDWR
-	if r.readOnly {
-		mode = mmap.RDONLY
+	if r.mode == ModeRobust && !r.readOnly {
+		if err := r.mapRobust(hs + dataSize); err != nil {
+			return err
+		}
+	} else {
+		mode := mmap.RDWR
+		if r.readOnly {
+			mode = mmap.RDONLY
+		}
+		m, err := mmap.MapRegion(r.f, hs+dataSize, mode, 0, 0)
+		if err != nil {
+			return err
+		}
+		r.m, r.unmap = m, m.Unmap
 	}
-	m, err := mmap.MapRegion(r.f, hs+dataSize, mode, 0, 0)
-	if err != nil {
-		return err
-	}
-	r.m = m
-	r.data = m[hs : hs+dataSize : hs+dataSize]
+	r.data = r.m[hs : hs+dataSize : hs+dataSize]
 	return nil
 }
 
@@ -636,9 +643,9 @@ func (r *Region) Close() error {
 func (r *Region) release() error {
 	r.closeRobust()
 	var err error
-	if r.m != nil {
-		err = r.m.Unmap()
-		r.m, r.data = nil, nil
+	if r.unmap != nil {
+		err = r.unmap()
+		r.m, r.data, r.unmap = nil, nil, nil
 	}
 	// Closing the descriptor drops our liveness lock: from now on probes
 	// find this attachment gone.

@@ -143,6 +143,9 @@ func runChild(role, arg string) int {
 		fmt.Println("permission:", errors.Is(err, fs.ErrPermission), err)
 		return 0
 	}
+	if f, ok := hostRoles[role]; ok {
+		return f(arg)
+	}
 	return 2
 }
 

@@ -4,6 +4,7 @@ package shm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -20,46 +21,42 @@ import (
 
 // Robust mode (ModeRobust): how an attachment lets the kernel tell its death.
 //
-// Each attachment registers robust lists on dedicated threads of its own
-// (internal/robust), and links into one of them, once, the line of every lock
-// it makes (OwnerFor, which the lock constructors call): before any lock
-// word names this attachment, and until Close. A lock word it holds names
-// the thread of the list that links its line. So at the process's death,
-// of whatever cause, the kernel walks every lock the process could hold and
-// marks those it does hold, and no death can fall between taking a lock and
-// linking it, or between unlinking one and releasing it: there are no such
-// steps. Lock and Unlock stay one CAS each.
+// An attachment maps its region into one of the process's robust arenas
+// (internal/robust), whose lists, on threads of their own, serve every
+// region the process maps. It links into one of them, once, the line of
+// every lock it makes (OwnerFor, which the lock constructors call): before
+// any lock word names this attachment, and until Close. A lock word it holds
+// names the thread of the list that links its line. So at the process's
+// death, of whatever cause, the kernel walks every lock the process could
+// hold and marks those it does hold, and no death can fall between taking a
+// lock and linking it, or between unlinking one and releasing it: there are
+// no such steps. Lock and Unlock stay one CAS each.
 //
 // The price of linking locks that are not held: the kernel's one test, "does
 // the word name the dying thread", must never be true of a lock that another
 // attachment holds. Thread IDs are unique within a PID namespace, not across
 // namespaces (two containers number their threads alike). So an attachment
-// uses only threads whose IDs no entry of the process table records, and
-// records each in its entry before any lock word names it; the check and the
-// record happen under the lock on byte 0, so two attachments never pick one
-// ID. A thread ID in a lock word therefore names one attachment, and the
-// probe, the safety net behind the kernel, finds it by that ID (probeTID).
+// uses only lists whose thread IDs no other entry of the process table
+// records, and records each in its entry before any lock word names it; the
+// check and the record happen under the lock on byte 0, so two attachments
+// never pick one ID. A thread ID in a lock word therefore names one
+// attachment, and the probe, the safety net behind the kernel, finds it by
+// that ID (probeTID). A list may link the lines of other regions too: their
+// tables record its ID as well, each for the one attachment that uses it.
 //
 // A dead attachment's IDs stay recorded until they are retired: a lock word
 // the kernel did not mark (the walk stops at a word it cannot read) may still
 // name one, and must be marked before the ID can name a live attachment's
 // locks. Every Open retires the dead's IDs in the background (retireDead); an
 // attach that claims a dead slot retires its IDs first (retireClaimed); Close
-// retires its own, having marked its words itself. So the table records the
-// IDs of live attachments and of the recently dead: new containers, which all
-// number their threads from 1, need few tries to find a free one.
-//
-// The entries lie in a private shadow of the data area: the entry of the line
-// at offset o at shadow+o, so that one futex_offset (data - shadow, plus the
-// offset of the owner word's low half) serves every list, and no shared byte
-// holds a pointer of this process. A list takes robust.Limit entries, as many
-// as the kernel walks; an attachment with locks on more lines starts another
-// thread and list, up to maxTIDs of them.
+// retires its own, having marked its words itself and unlinked its lines. So
+// the table records the IDs of live attachments and of the recently dead: new
+// containers, which all number their threads from 1, need few tries to find
+// a free one.
 type robustLists struct {
 	mu     sync.Mutex // guards lists, lines and closed
-	shadow []byte
-	offset int64
-	lists  []*robust.List
+	m      *robust.Mapping
+	lists  []*robust.List       // the lists whose IDs this attachment records, in its entry's order
 	lines  map[int]*robust.List // by line offset: the list that links it
 	closed bool
 
@@ -71,82 +68,62 @@ type robustLists struct {
 	tids atomic.Pointer[[]uint32]
 }
 
-// The threads an attachment starts, one after another, in search of an ID
-// that the table does not record: one per recorded ID and spareTIDAttempts
-// more, at most maxTIDAttempts.
-const (
-	spareTIDAttempts = 64
-	maxTIDAttempts   = 4096
-)
-
 func robustAvailable() bool { return robust.Available() }
 
-// lowHalf is the offset of the 32-bit futex word (the low half) in a 64-bit
-// owner word.
-var lowHalf = func() uintptr {
-	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
-		return 0
-	}
-	return 4
-}()
-
-// startRobust registers this attachment's first robust list, with a thread
-// whose ID is not in taken (what the table records). The caller, attach,
-// holds the lock on byte 0.
-func (r *Region) startRobust(taken map[uint32]bool) error {
-	shadow, err := unix.Mmap(-1, 0, len(r.data), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+// mapRobust maps the region file, size bytes, into a robust arena.
+func (r *Region) mapRobust(size int) error {
+	m, err := robust.Map(int(r.f.Fd()), size)
 	if err != nil {
-		return fmt.Errorf("robust list entries: %w", err)
+		return err
 	}
-	r.robust = &robustLists{
-		shadow: shadow,
-		offset: int64(uintptr(unsafe.Pointer(&r.data[0])) + lowHalf - uintptr(unsafe.Pointer(&shadow[0]))),
-		lines:  map[int]*robust.List{},
-	}
-	_, err = r.addList(taken)
+	r.robust = &robustLists{m: m, lines: map[int]*robust.List{}}
+	r.m, r.unmap = m.Bytes(), m.Unmap
+	return nil
+}
+
+// startRobust records this attachment's first list, one whose thread ID is not
+// in taken (what the table records). The caller, attach, holds the lock on
+// byte 0.
+func (r *Region) startRobust(taken map[uint32]bool) error {
+	_, err := r.addList(taken)
 	return err
 }
 
-// addList starts a thread whose ID is not in taken, records the ID in this
-// attachment's entry, and returns the thread's list. The caller holds the lock
-// on byte 0, and r.robust.mu unless it is attach.
+// addList finds a list whose thread ID is not in taken, starting a thread for
+// one if need be, records the ID in this attachment's entry, and returns the
+// list. The caller holds the lock on byte 0, and r.robust.mu unless it is
+// attach.
 func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 	rl := r.robust
 	e := r.entry(SlotOf(r.id))
 	n := atomic.LoadUint32(e.ntids)
 	if n >= maxTIDs {
-		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrFull,
-			Detail: fmt.Sprintf("robust mode: this attachment has locks on %d lines already, the most its %d robust lists hold (a region created in ModeProbe has no such limit)", maxTIDs*robust.Limit, maxTIDs)}
+		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrLimit,
+			Detail: fmt.Sprintf("robust mode: this attachment links %d lock lines, the most its %d robust lists hold (another Open of the region, or ModeProbe, has no such limit)", maxTIDs*robust.Limit, maxTIDs)}
 	}
-	attempts := min(len(taken)+spareTIDAttempts, maxTIDAttempts)
-	for range attempts {
-		l, err := robust.New(rl.offset)
-		if err != nil {
-			return nil, err
-		}
-		tid := uint32(l.TID())
-		if taken[tid] || tid == 0 || tid > robust.TIDMask {
-			// Its thread ends at once. The kernel hands thread IDs
-			// out in turn, so the next thread gets another one
-			// (or one of the runtime's idle threads, each of which
-			// ends in turn if taken).
-			l.Close()
-			continue
-		}
-		// The ID first, then the count that makes probes see it.
-		atomic.StoreUint32(&e.tids[n], tid)
-		atomic.StoreUint32(e.ntids, n+1)
-		rl.lists = append(rl.lists, l)
-		tids := make([]uint32, len(rl.lists))
-		for i, l := range rl.lists {
-			tids[i] = uint32(l.TID())
-		}
-		rl.tids.Store(&tids)
-		return l, nil
+	free := func(tid int32) bool { t := uint32(tid); return t != 0 && t <= robust.TIDMask && !taken[t] }
+	l, err := rl.m.Find(free, true)
+	switch {
+	case errors.Is(err, robust.ErrThreads):
+		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrLimit,
+			Detail: fmt.Sprintf("robust mode: all %d threads this process gives to robust lists are in use (%d lock lines each)", robust.MaxThreads, robust.Limit)}
+	case errors.Is(err, robust.ErrTaken):
+		return nil, &Error{Op: "attach", Path: r.path, Kind: ErrLimit,
+			Detail: fmt.Sprintf("robust mode: every thread tried has an ID the process table records (%d IDs recorded)", len(taken))}
+	case err != nil:
+		return nil, &Error{Op: "attach", Path: r.path, Kind: ErrUnsupported, Err: err}
 	}
-	return nil, &Error{Op: "attach", Path: r.path, Kind: ErrFull,
-		Detail: fmt.Sprintf("robust mode: %d threads started, and the process table records the ID of each (%d IDs recorded)", attempts, len(taken))}
+	tid := uint32(l.TID())
+	// The ID first, then the count that makes probes see it.
+	atomic.StoreUint32(&e.tids[n], tid)
+	atomic.StoreUint32(e.ntids, n+1)
+	rl.lists = append(rl.lists, l)
+	tids := make([]uint32, len(rl.lists))
+	for i, l := range rl.lists {
+		tids[i] = uint32(l.TID())
+	}
+	rl.tids.Store(&tids)
+	return l, nil
 }
 
 // A dead attachment's record: its slot, the slot's incarnation then, and the
@@ -343,19 +320,33 @@ func (r *Region) linkRobust(off int) (uint32, error) {
 	if l := rl.lines[off]; l != nil {
 		return uint32(l.TID()), nil
 	}
-	l := rl.lists[len(rl.lists)-1]
-	entry := unsafe.Pointer(&rl.shadow[off])
-	err := l.Link(entry)
-	if err == robust.ErrFull {
-		if l, err = r.addListLocked(); err == nil {
-			err = l.Link(entry)
+	entry := rl.m.Entry(len(r.m) - len(r.data) + off)
+	for {
+		l, err := rl.m.Find(rl.mine, false)
+		if err == robust.ErrNoList {
+			l, err = r.addListLocked()
+		}
+		if err != nil {
+			return 0, err
+		}
+		// Another region's lines may have filled it since Find: look
+		// again.
+		if err := l.Link(entry); err == nil {
+			rl.lines[off] = l
+			return uint32(l.TID()), nil
 		}
 	}
-	if err != nil {
-		return 0, err
+}
+
+// mine reports whether tid is the thread of one of the lists this attachment
+// records. The caller holds rl.mu.
+func (rl *robustLists) mine(tid int32) bool {
+	for _, l := range rl.lists {
+		if l.TID() == tid {
+			return true
+		}
 	}
-	rl.lines[off] = l
-	return uint32(l.TID()), nil
+	return false
 }
 
 // addListLocked is addList under the lock on byte 0.
@@ -387,14 +378,17 @@ func (r *Region) ownTID(tid uint32) bool {
 
 // futexWord returns the 32-bit futex word of the lock at line off.
 func (r *Region) futexWord(off int) *uint32 {
-	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), lowHalf))
+	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), robust.LowHalf))
 }
 
 // closeRobust gives up this attachment's locks as its death would, then
-// unregisters its lists, ends their threads and retires their IDs, so that
-// the region may be unmapped. The marking comes first, while the lists are
-// registered: a death in the middle leaves the rest to the kernel, and the
-// IDs to the next attach's retireDead.
+// takes its lines out of the lists and retires its IDs, so that the region
+// may be unmapped. The marking comes first, while the lines are linked: a
+// death in the middle leaves the rest to the kernel, and the IDs to the next
+// attach's retireDead. The lines are unlinked before the IDs are cleared: once
+// an ID is free, a lock of another attachment may come to name it, and a
+// list that still linked its line would have the kernel mark it at this
+// process's death. The lists and their threads live on, for other regions.
 func (r *Region) closeRobust() {
 	rl := r.robust
 	if rl == nil {
@@ -413,10 +407,9 @@ func (r *Region) closeRobust() {
 	r.markOwn(rl)
 	fault.Hit(fault.RegionCloseMarked)
 	for _, l := range rl.lists {
-		l.Close()
+		rl.m.Unlink(l)
 	}
-	unix.Munmap(rl.shadow)
-	if r.fileSize() >= int64(len(r.m)) {
+	if r.id != 0 && r.fileSize() >= int64(len(r.m)) {
 		surviveFaults(func() { r.clearTIDs(SlotOf(r.id)) })
 	}
 }

@@ -8,6 +8,8 @@ type robustLists struct{}
 
 func robustAvailable() bool { return false }
 
+func (r *Region) mapRobust(int) error { return ErrMode }
+
 func (r *Region) startRobust(map[uint32]bool) error { return ErrMode }
 
 func (r *Region) linkRobust(off int) (uint32, error) { return 0, ErrMode }

@@ -1,15 +1,16 @@
 //go:build linux
 
-// Package robust registers, from pure Go, a Linux robust futex list on a
-// dedicated OS thread, so that when the thread's process dies, of any cause
-// (SIGKILL, exit, an unrecovered panic, exec), the kernel marks every lock
-// word in the list that names the thread as its owner, and wakes one waiter
+// Package robust registers, from pure Go, Linux robust futex lists on
+// dedicated OS threads, so that when the process dies, of any cause (SIGKILL,
+// exit, an unrecovered panic, exec), the kernel marks every lock word in the
+// lists that names one of those threads as its owner, and wakes one waiter
 // sleeping on each (kernel Documentation/locking/robust-futex-ABI.rst).
 //
 // The kernel's ABI, for one thread:
 //
-//	head:   {next, futex_offset, list_op_pending}, registered with
-//	        set_robust_list(head, 24) by the thread itself
+//	head:   {next, futex_offset, list_op_pending}: three words (the offset
+//	        is a C long), registered with set_robust_list(head, len) by
+//	        the thread itself
 //	entry:  a pointer-sized word holding the next entry's address (the
 //	        head's address ends the list); bit 0 set would mean a PI futex
 //	futex:  the 32-bit word at entry + futex_offset: bits 0..29 the owner's
@@ -17,32 +18,34 @@
 //	        FUTEX_WAITERS
 //
 // At the thread's exit the kernel walks at most Limit entries, and stops at
-// the first it cannot read. For each futex word whose TID is the dying
-// thread's it writes (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED, and if
-// FUTEX_WAITERS was set wakes one waiter in a shared FUTEX_WAIT on it. Words
-// of other owners are left alone: that comparison, by the TID number as the
-// dying thread's own PID namespace counts it, is all that keeps a list from
-// marking a lock its thread does not hold. So a list may hold entries of
-// locks that are free or held by others, as long as no other thread that
-// may hold them has the same number: the caller keeps the TIDs of all
-// threads that can hold its locks distinct (threads in two PID namespaces
-// can share a number).
+// the first entry or futex word it cannot read. For each futex word whose TID
+// is the dying thread's it writes (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED,
+// and if FUTEX_WAITERS was set wakes one waiter in a shared FUTEX_WAIT on it.
+// Words of other owners are left alone: that comparison, by the TID number as
+// the dying thread's own PID namespace counts it, is all that keeps a list
+// from marking a lock its thread does not hold. So a list may hold entries of
+// locks that are free or held by others, as long as no other thread that may
+// hold them has the same number: the caller keeps the TIDs of all threads
+// that can hold its locks distinct (threads in two PID namespaces can share a
+// number).
 //
 // Entries need not lie beside their futex words: one futex_offset serves a
-// whole list, so a list may keep its entries in private memory laid out like
-// the shared region (entry at shadow + o, futex at region + o, futex_offset =
-// region - shadow). Then no shared byte holds a pointer of this process.
+// whole list, so the entries live in private memory laid out like the shared
+// mappings they cover (see Map): no shared byte holds a pointer of this
+// process, and one list serves the locks of every region the process maps.
 //
-// The dedicated thread only parks: it never takes a lock. Lock words name it
-// while goroutines on any thread hold them, so the walk at its exit covers
-// every lock the process holds, and since every thread of a process dies
-// with it (exit_group, exec, a fatal signal), that walk comes with the
-// death of the process.
+// The threads only park: they never take a lock. Lock words name them while
+// goroutines on any thread hold them, so the walks at their exits cover every
+// lock the process holds, and since every thread of a process dies with it
+// (exit_group, exec, a fatal signal), those walks come with the death of the
+// process. A thread, once it carries a list, never ends and never runs
+// anything else: it may have run the host's goroutines before, and the end of
+// a thread is an event (a child's parent-death signal follows the thread that
+// forked it; see prctl(2), PR_SET_PDEATHSIG). See pool.go.
 package robust
 
 import (
 	"errors"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -63,83 +66,39 @@ const (
 // (ROBUST_LIST_LIMIT); entries beyond it are never marked.
 const Limit = 2048
 
-// head is struct robust_list_head.
-type head struct {
-	next    uintptr
-	offset  int64
-	pending uintptr
-}
-
-// List is a robust list registered on a dedicated thread that lives as long
-// as the process, or until Close.
-type List struct {
-	mu   sync.Mutex // serialises changes of the list
-	n    int        // entries linked
-	head *head      // in a page of its own, outside the Go heap
-	page []byte
-	tid  int32
-
-	started chan struct{} // the list's thread is chosen
-	quit    chan struct{}
-	done    chan struct{}
-}
+// LowHalf is the offset, in a 64-bit owner word, of its low 32-bit half: the
+// futex word.
+var LowHalf = func() uintptr {
+	x := uint64(1)
+	if *(*byte)(unsafe.Pointer(&x)) == 1 {
+		return 0
+	}
+	return 4
+}()
 
 var (
 	// ErrUnsupported: the kernel refused set_robust_list.
-	ErrUnsupported = errors.New("robust: set_robust_list is not available")
+	ErrUnsupported = errors.New("robust futex lists are not available (set_robust_list refused)")
 	// ErrFull: the list holds Limit entries already.
-	ErrFull = errors.New("robust: list is full")
+	ErrFull = errors.New("robust list is full")
 )
 
-// New starts the thread and registers an empty list whose entries are at
-// futex word - offset.
-func New(offset int64) (*List, error) {
-	page, err := unix.Mmap(-1, 0, unix.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return nil, err
-	}
-	l := &List{head: (*head)(unsafe.Pointer(&page[0])), page: page, started: make(chan struct{}), quit: make(chan struct{}), done: make(chan struct{})}
-	l.head.next = uintptr(unsafe.Pointer(l.head)) // empty: the head points at itself
-	l.head.offset = offset
-	ready := make(chan error)
-	go l.run(ready)
-	if err := <-ready; err != nil {
-		unix.Munmap(page)
-		return nil, err
-	}
-	return l, nil
+// head is struct robust_list_head: the futex offset is a C long, the size of
+// a Go int on every Linux port.
+type head struct {
+	next    uintptr
+	offset  int
+	pending uintptr
 }
 
-// run is the list's thread: it registers the list and parks until Close.
-func (l *List) run(ready chan<- error) {
-	// The thread stays locked to this goroutine, which never returns
-	// before Close: it is the list's owner, and its TID the owner value of
-	// every lock word the list covers. Returning while locked ends the
-	// thread.
-	runtime.LockOSThread()
-	if unix.Gettid() == unix.Getpid() {
-		// The main thread: the process's own robust list (glibc's, in a
-		// program with cgo) belongs there, and Go cannot end it at
-		// Close. Keep it busy while another goroutine starts, which
-		// therefore runs on another thread, then let it go.
-		go l.run(ready)
-		<-l.started
-		runtime.UnlockOSThread()
-		return
-	}
-	close(l.started)
-	_, _, errno := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(l.head)), unsafe.Sizeof(head{}), 0)
-	if errno != 0 {
-		ready <- errors.Join(ErrUnsupported, errno)
-		return
-	}
-	l.tid = int32(unix.Gettid())
-	ready <- nil
-	<-l.quit
-	// Unregister before the thread ends, so that its exit walks
-	// nothing that may be unmapped by then.
-	unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, 0, unsafe.Sizeof(head{}), 0)
-	close(l.done)
+// List is a robust list registered on a dedicated thread (see pool.go).
+type List struct {
+	mu   sync.Mutex // serialises changes of the list
+	head *head      // in a page of its own, outside the Go heap
+	tid  int32
+	// order holds the linked entries, the newest last: the kernel walks
+	// them from the end of the slice to its start.
+	order []unsafe.Pointer
 }
 
 // TID returns the owner value (bits 0..29) that a lock word must hold for the
@@ -150,44 +109,54 @@ func (l *List) TID() int32 { return l.tid }
 func (l *List) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.n
+	return len(l.order)
 }
 
-// Link adds the entry at e (e + offset is a lock's futex word) to the front
-// of the list, or fails with ErrFull. e must stay mapped and readable until
-// Clear or Close, outside the Go heap, and 8-aligned, and must not be linked
-// already. list_op_pending covers the stores: the entry's next pointer is
-// written before the head publishes it, so a walk at any moment finds a
-// well-formed list, and a death in between still has the kernel look at e.
+// room reports whether the list can take another entry.
+func (l *List) room() bool { return l.Len() < Limit }
+
+// Link adds the entry at e to the front of the list, or fails with ErrFull.
+// e must lie in the shadow of a Mapping of the list's arena (Mapping.Entry),
+// and must not be linked already; it stays linked until Unlink. list_op_pending
+// covers the stores: the entry's next pointer is written before the head
+// publishes it, so a walk at any moment finds a well-formed list, and a death
+// in between still has the kernel look at e.
 func (l *List) Link(e unsafe.Pointer) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.n >= Limit {
+	if len(l.order) >= Limit {
 		return ErrFull
 	}
 	store(&l.head.pending, uintptr(e))
 	store((*uintptr)(e), l.head.next)
 	store(&l.head.next, uintptr(e))
 	store(&l.head.pending, 0)
-	l.n++
+	l.order = append(l.order, e)
 	return nil
 }
 
-// Clear empties the list, so that the memory its entries lie in may be
-// unmapped.
-func (l *List) Clear() {
+// Unlink removes every entry in [lo, hi) from the list, so that the memory
+// they lie in may be unmapped. Each removal is one store of its predecessor's
+// next pointer, so a walk at any moment finds a well-formed list holding the
+// entries not yet removed.
+func (l *List) Unlink(lo, hi unsafe.Pointer) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	store(&l.head.next, uintptr(unsafe.Pointer(l.head)))
-	l.n = 0
-}
-
-// Close empties the list, unregisters it and ends its thread.
-func (l *List) Close() {
-	l.Clear()
-	close(l.quit)
-	<-l.done
-	unix.Munmap(l.page)
+	prev := &l.head.next
+	kept := make([]unsafe.Pointer, 0, len(l.order))
+	for i := len(l.order) - 1; i >= 0; i-- {
+		e := l.order[i]
+		if uintptr(e) >= uintptr(lo) && uintptr(e) < uintptr(hi) {
+			store(prev, atomic.LoadUintptr((*uintptr)(e)))
+			continue
+		}
+		kept = append(kept, e)
+		prev = (*uintptr)(e)
+	}
+	for i, j := 0, len(kept)-1; i < j; i, j = i+1, j-1 {
+		kept[i], kept[j] = kept[j], kept[i]
+	}
+	l.order = kept
 }
 
 // store writes a word the kernel may read at the thread's death: an atomic

@@ -21,7 +21,6 @@ import (
 	"github.com/shmlock/shmlock/internal/futex"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
-	"github.com/shmlock/shmlock/shm"
 )
 
 func TestMain(m *testing.M) {
@@ -29,48 +28,57 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// The test region: two lock lines. The child holds the word at 0; the word
-// at 64 names another owner. Both are in the child's list.
+// The test file: two lock lines. The child holds the word at 0; the word at
+// 64 names another owner. Both are in the child's list.
 const (
 	held     = 0
 	foreign  = 64
+	size     = 4096
 	gen      = 7 << 32 // a high half the kernel must leave alone
 	otherTID = 12345
 )
 
-func words(r *shm.Region) (*uint64, *uint64) {
-	a, _ := r.Line(held)
-	b, _ := r.Line(foreign)
-	return &a[0], &b[0]
+// mapFile maps the test file, shared.
+func mapFile(t *testing.T, path string) []byte {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	require.NoError(t, err)
+	defer f.Close()
+	require.NoError(t, f.Truncate(size))
+	b, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
 }
 
-// low returns the 32-bit futex word of a 64-bit lock word (little endian).
-func low(w *uint64) *uint32 { return (*uint32)(unsafe.Pointer(w)) }
+func words(b []byte) (*uint64, *uint64) {
+	return (*uint64)(unsafe.Pointer(&b[held])), (*uint64)(unsafe.Pointer(&b[foreign]))
+}
 
-// hold: args path, how. Registers a list whose entries lie in a private
-// shadow of the region, links both lock lines, takes the word at 0, says so,
-// and on a line from stdin dies as told.
+// low returns the 32-bit futex word of a 64-bit lock word.
+func low(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), robust.LowHalf)) }
+
+// hold: args path, how. Maps the file into a robust arena, links both lock
+// lines into a list, takes the word at 0, says so, and on a line from stdin
+// dies as told.
 func hold(args []string) int {
-	r, err := shm.Open(args[0], shm.Options{})
+	f, err := os.OpenFile(args[0], os.O_RDWR, 0)
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	data, _ := r.Bytes(0, r.Size())
-	shadow, err := unix.Mmap(-1, 0, len(data), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	m, err := robust.Map(int(f.Fd()), size)
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	offset := int64(uintptr(unsafe.Pointer(&data[0])) - uintptr(unsafe.Pointer(&shadow[0])))
-	l, err := robust.New(offset)
+	l, err := m.Find(func(int32) bool { return true }, true)
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	l.Link(unsafe.Pointer(&shadow[foreign]))
-	l.Link(unsafe.Pointer(&shadow[held]))
-	w, _ := words(r)
+	l.Link(m.Entry(foreign))
+	l.Link(m.Entry(held))
+	w, _ := words(m.Bytes())
 	if !atomic.CompareAndSwapUint64(w, 0, gen|uint64(l.TID())) {
 		fmt.Println("lock word not free")
 		return 1
@@ -88,10 +96,7 @@ func TestKernelMarksAndWakes(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			proctest.New(t, 60*time.Second) // the watchdog
 			path := filepath.Join(t.TempDir(), "region")
-			r, err := shm.Open(path, shm.Options{Size: 4096})
-			require.NoError(t, err)
-			defer r.Close()
-			w, other := words(r)
+			w, other := words(mapFile(t, path))
 			atomic.StoreUint64(other, gen|otherTID)
 
 			cmd := proctest.Command("hold", path, how)
@@ -140,19 +145,26 @@ func TestKernelMarksAndWakes(t *testing.T) {
 
 // A list's thread is never the main thread, even when the runtime would run
 // the new goroutine there: that thread may carry the process's own robust
-// list (glibc's), and Go cannot end it at Close.
+// list (glibc's). Threads are shared: a second mapping gets the same list.
 func TestNotTheMainThread(t *testing.T) {
-	var ls []*robust.List
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
+	path := filepath.Join(t.TempDir(), "region")
+	mapFile(t, path)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	seen := map[int32]bool{}
 	for range 20 {
-		l, err := robust.New(0)
+		m, err := robust.Map(int(f.Fd()), size)
 		require.NoError(t, err)
-		ls = append(ls, l)
+		defer m.Unmap()
+		// A new list each time: every TID seen so far is refused.
+		l, err := m.Find(func(tid int32) bool { return !seen[tid] }, true)
+		require.NoError(t, err)
+		seen[l.TID()] = true
 		assert.NotEqual(t, int32(os.Getpid()), l.TID())
 		assert.NoError(t, syscall.Tgkill(os.Getpid(), int(l.TID()), 0), "a live thread of this process")
+		again, err := m.Find(func(tid int32) bool { return tid == l.TID() }, false)
+		require.NoError(t, err)
+		assert.Same(t, l, again)
 	}
 }

@@ -1,0 +1,214 @@
+//go:build linux
+
+package shm
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock/internal/robust"
+)
+
+// hostRoles are the children of the tests of this file, run by runChild.
+var hostRoles = map[string]func(arg string) int{
+	"pdeathsig": pdeathsigChild,
+}
+
+// pdeathsigChild: arg "close,dir" or "search,dir". It starts 100 (close) or
+// 20 (search) children, sleep 60, with Pdeathsig SIGKILL, each from a
+// goroutine of its own, so that the threads that fork them are spread over
+// the runtime's threads; after each start it opens a robust region, makes 4
+// locks and closes it, and for search first plants every thread ID of this
+// process, and the next one, as taken by live attachments, so that the search
+// for a free ID tries and rejects them all. It prints how many children were
+// killed while it lived: each such child's forking thread ended.
+func pdeathsigChild(arg string) int {
+	how, dir, _ := strings.Cut(arg, ",")
+	n := 100
+	if how == "search" {
+		n = 20
+	}
+	var children []*exec.Cmd
+	defer func() {
+		for _, c := range children {
+			c.Process.Kill()
+		}
+	}()
+	for i := range n {
+		c := exec.Command("sleep", "60")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		started := make(chan error)
+		go func() { started <- c.Start() }()
+		if err := <-started; err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		children = append(children, c)
+		if err := openUseClose(filepath.Join(dir, fmt.Sprint(i)), how == "search"); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a parent-death signal comes at once; give it time
+	killed := 0
+	for _, c := range children {
+		var ws syscall.WaitStatus
+		if pid, err := syscall.Wait4(c.Process.Pid, &ws, syscall.WNOHANG, nil); err == nil && pid == c.Process.Pid && ws.Signaled() {
+			killed++
+		}
+	}
+	fmt.Printf("killed=%d of %d\n", killed, n)
+	return 0
+}
+
+// openUseClose opens a robust region at path, makes 4 locks and closes it; if
+// search, every thread ID of this process and the next one are first
+// recorded in the table by live claimants.
+func openUseClose(path string, search bool) error {
+	opt := Options{Size: 4 * LineSize, Mode: ModeRobust, Slots: 16}
+	if search {
+		keep, err := Open(path, opt)
+		if err != nil {
+			return err
+		}
+		defer keep.Close()
+		tids, err := threadIDs(1)
+		if err != nil {
+			return err
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for s := 3; len(tids) > 0; s++ {
+			if s > opt.Slots {
+				return fmt.Errorf("%d thread IDs do not fit the table", len(tids))
+			}
+			var e [entryBytes]byte
+			k := min(len(tids), maxTIDs)
+			for i, tid := range tids[:k] {
+				binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
+			}
+			binary.NativeEndian.PutUint32(e[entNTIDs:], uint32(k))
+			if _, err := f.WriteAt(e[:], int64(s*entryBytes)); err != nil {
+				return err
+			}
+			if err := tryLockByte(int(f.Fd()), int64(s*entryBytes)); err != nil {
+				return err
+			}
+			tids = tids[k:]
+		}
+	}
+	r, err := Open(path, opt)
+	if err != nil {
+		return err
+	}
+	for i := range 4 {
+		if err := r.Place(i*LineSize, KindMutex, 0); err != nil {
+			return err
+		}
+		if _, err := r.OwnerFor(i * LineSize); err != nil {
+			return err
+		}
+	}
+	return r.Close()
+}
+
+// threadIDs returns the IDs of every thread of this process and of the next
+// n the kernel will hand out.
+func threadIDs(n int) ([]uint32, error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, err
+	}
+	var tids []uint32
+	newest := uint32(0)
+	for _, d := range tasks {
+		id, err := strconv.ParseUint(d.Name(), 10, 32)
+		if err != nil {
+			return nil, err
+		}
+		tids = append(tids, uint32(id))
+		newest = max(newest, uint32(id))
+	}
+	for i := range n {
+		tids = append(tids, newest+1+uint32(i))
+	}
+	return tids, nil
+}
+
+// The library never ends a thread that may have run the host's goroutines: a
+// child whose parent-death signal is tied to the thread that forked it
+// (Pdeathsig) lives as long as its parent, however many robust regions the
+// parent opens, uses and closes meanwhile, and however many threads a search
+// for a free thread ID tries and rejects.
+func TestRobustKeepsHostThreads(t *testing.T) {
+	for _, how := range []string{"close", "search"} {
+		t.Run(how, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^$", how+","+t.TempDir())
+			cmd.Env = append(os.Environ(), childEnv+"=pdeathsig")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			t.Logf("%s", out)
+			require.Contains(t, string(out), "killed=0 of", "children killed by the end of their forking thread")
+		})
+	}
+}
+
+// shmTempDir returns a temporary directory on /dev/shm (tmpfs), removed at the
+// end of the test.
+func shmTempDir(t *testing.T) string {
+	dir, err := os.MkdirTemp(Dir, "shmtest-")
+	if err != nil {
+		t.Skipf("no %s: %v", Dir, err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// Threads do not grow with the number of robust regions: 10,500 held open in
+// one process (Go ends a process past 10,000 threads) share the process's
+// robust lists, and every one of them works.
+func TestRobustManyRegions(t *testing.T) {
+	const n = 10_500
+	var lim syscall.Rlimit
+	require.NoError(t, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))
+	if lim.Cur < n+500 {
+		t.Skipf("RLIMIT_NOFILE is %d: %d regions need a descriptor each", lim.Cur, n)
+	}
+	dir := shmTempDir(t)
+	before := threads(t)
+	regions := make([]*Region, 0, n)
+	defer func() {
+		for _, r := range regions {
+			r.Close()
+		}
+	}()
+	tids := map[uint32]int{}
+	start := time.Now()
+	for i := range n {
+		r, err := Open(filepath.Join(dir, strconv.Itoa(i)), Options{Size: LineSize, Slots: 1, Mode: ModeRobust})
+		require.NoError(t, err, "region %d", i)
+		regions = append(regions, r)
+		require.NoError(t, r.Place(0, KindMutex, 0))
+		tid, err := r.OwnerFor(0)
+		require.NoError(t, err)
+		tids[tid]++
+	}
+	t.Logf("%d robust regions opened in %v; threads %d before, %d after; %d robust lists (%d threads carry them)",
+		n, time.Since(start), before, threads(t), len(tids), robust.Threads())
+	require.LessOrEqual(t, threads(t), before+10, "threads grew with the regions")
+	require.LessOrEqual(t, len(tids), n/robust.Limit+2, "lines spread over more lists than they fill")
+}
