@@ -3,13 +3,15 @@ package shmlock
 import (
 	"context"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/futex"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -138,6 +140,7 @@ type Mutex struct {
 	held uint64
 	r    *shm.Region
 	off  int
+	life *closing.Closing
 }
 
 // New returns the Mutex that lives at offset off of r's data area. off must be
@@ -164,15 +167,28 @@ func New(r *shm.Region, off int) (*Mutex, error) {
 	// held starts as our bare owner, so that Unlock's expected value always
 	// names us: an Unlock of a lock never taken fails its CAS even on a
 	// fresh zero word, and panics in the slow path.
-	m := &Mutex{line: line, word: &line[wordOwner], self: uint64(self), held: uint64(self), r: r, off: off}
-	m.low = (*uint32)(unsafe.Pointer(m.word))
-	if !littleEndian {
-		m.low = (*uint32)(unsafe.Add(unsafe.Pointer(m.word), 4))
-	}
+	m := &Mutex{self: uint64(self), held: uint64(self), r: r, off: off, life: closing.Of(r)}
+	m.point(line)
+	closing.Track(m.life, m, (*Mutex).letGo)
 	return m, nil
 }
 
-var littleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
+// point makes m use the owner word of line.
+func (m *Mutex) point(l *[8]uint64) {
+	m.line, m.word = l, &l[wordOwner]
+	m.low = line.Low(m.word)
+}
+
+// letGo points m at closing.Sentinel when its region is closed: a held word,
+// so that every fast path fails and goes to its slow path, which checks the
+// region first and reports it closed.
+func (m *Mutex) letGo() { m.point(&closing.Sentinel) }
+
+// closedError is the error, or the panic value, of a use of m after its
+// region was closed.
+func (m *Mutex) closedError(op string) error {
+	return &shm.Error{Op: op, Path: m.r.Path(), Kind: shm.ErrClosed, Detail: "lock at offset " + strconv.Itoa(m.off)}
+}
 
 // Lock locks m, waiting as long as it takes. If the holder is found dead, Lock
 // takes the lock over; having no way to say so, it leaves the news for the
@@ -193,17 +209,23 @@ func (m *Mutex) Lock() {
 //
 //go:noinline
 func (m *Mutex) lockWait() {
-	m.lockSlow(context.Background(), false)
+	if _, _, err := m.lockSlow(context.Background(), false); err != nil {
+		panic(err) // the region was closed
+	}
 	fault.Hit(fault.MutexAcquired)
 }
 
 // TryLock locks m if it is free and reports whether it did. It never waits
 // and never probes the holder. It cannot say that the previous holder died,
-// so it leaves that news for the next Acquire (see ownerDied).
+// so it leaves that news for the next Acquire (see ownerDied). It panics if
+// the region was closed.
 func (m *Mutex) TryLock() bool {
 	for {
 		w := atomic.LoadUint64(m.word)
 		if w&ownerMask != 0 {
+			if m.life.Closed() {
+				panic(m.closedError("trylock"))
+			}
 			return false
 		}
 		if nw := successor(w, m.self, waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
@@ -250,10 +272,13 @@ func (m *Mutex) settle(died, tell bool) (told bool) {
 // found dead by one probe, and returns a guard that is told of a death
 // (Recovered) as Acquire's is. It writes nothing when it fails, so a reader
 // that must not write shared memory may call it to free a lock whose holder
-// died.
+// died. It panics if the region was closed.
 func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	w := atomic.LoadUint64(m.word)
 	if w&ownerMask != 0 {
+		if m.life.Closed() {
+			panic(m.closedError("tryacquire"))
+		}
 		if h := m.r.Probe(uint32(w & ownerMask)); h.State != shm.Dead {
 			return nil, false
 		}
@@ -279,7 +304,7 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 // Unlock unlocks m, which this process must hold. Unlock is a CAS rather
 // than a blind store so that it can never release a lock that is no longer
 // ours (after an administrator's Break, say): that panics with an error
-// matching ErrNotHeld instead.
+// matching ErrNotHeld instead, and after Close one matching shm.ErrClosed.
 func (m *Mutex) Unlock() {
 	// The expected value is the word our acquisition installed, with
 	// nobody asleep (a held word never has ownerDied). Any other word
@@ -302,6 +327,9 @@ func (m *Mutex) took(w uint64) {
 }
 
 func (m *Mutex) unlockSlow() {
+	if m.life.Closed() {
+		panic(m.closedError("unlock"))
+	}
 	for {
 		w := atomic.LoadUint64(m.word)
 		if w&ownerMask != m.self {
@@ -321,7 +349,8 @@ func (m *Mutex) unlockSlow() {
 // releases it. If the previous holder died without releasing, the guard's
 // Recovered reports it, and the protected data is the caller's to check. If
 // ctx ends first, the error is a *HeldError that names the holder, says
-// whether it is alive, and wraps ctx.Err().
+// whether it is alive, and wraps ctx.Err(). If the region is closed, before
+// or during the wait, the error matches shm.ErrClosed.
 func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	w := atomic.LoadUint64(m.word)
 	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
@@ -378,12 +407,24 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		quick time.Duration
 	)
 	defer func() { stopWatch() }()
+	// Close wakes and waits out the goroutines asleep here, so that none
+	// touches the word once its memory is unmapped.
+	low := m.low
+	if !m.life.Enter(low) {
+		return false, 0, m.closedError("lock")
+	}
+	defer m.life.Leave(low)
 	if ctx.Done() != nil {
 		// Cancellation wakes every sleeper on the word; they re-check.
-		stop := context.AfterFunc(ctx, func() { futex.Wake(m.low, 1<<30) })
+		// (It may run after lockSlow returned, even after Close: a wake
+		// of an address no longer mapped is refused, harmlessly.)
+		stop := context.AfterFunc(ctx, func() { futex.Wake(low, 1<<30) })
 		defer stop()
 	}
 	for {
+		if m.life.Closed() {
+			return false, 0, m.closedError("lock")
+		}
 		w := atomic.LoadUint64(m.word)
 		if w&ownerMask == 0 {
 			// Free. A waiter that slept keeps the waiters bit set, so
@@ -418,7 +459,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			if slept {
 				// A release may have woken us rather than a waiter
 				// that stays: pass the wake-up on.
-				futex.Wake(m.low, 1)
+				futex.Wake(low, 1)
 			}
 			if last.ID != uint32(w&ownerMask) {
 				last = m.r.Probe(uint32(w & ownerMask))
@@ -439,7 +480,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				died = f
 				stopWatch = m.r.Watch(uint32(w&ownerMask), func() {
 					f.Store(true)
-					futex.Wake(m.low, 1<<30)
+					futex.Wake(low, 1<<30)
 				})
 			}
 			last = m.r.Probe(uint32(w & ownerMask))
@@ -490,7 +531,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		// a release in between changes it, so no wake-up is lost. A death
 		// watch that fires between the check above and the sleep wakes
 		// nobody; the timeout, the next probe, bounds that rare case.
-		futex.Wait(m.low, uint32(w), max(timeout, time.Microsecond))
+		futex.Wait(low, uint32(w), max(timeout, time.Microsecond))
 		slept = true
 	}
 }
@@ -551,6 +592,9 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time
 // Acquire is told (Guard.Recovered). Break fails with ErrOwnerChanged if the
 // lock changed hands meanwhile.
 func (m *Mutex) Break(owner uint64) error {
+	if m.life.Closed() {
+		return m.closedError("break")
+	}
 	if owner&ownerMask == 0 {
 		return &BreakError{Lock: m.name(), Owner: owner, Now: atomic.LoadUint64(m.word), Err: ErrNotLocked}
 	}
@@ -582,8 +626,11 @@ type Snapshot struct {
 }
 
 // Snapshot reads m's state and, if it is held, probes the holder. It writes
-// nothing to the region.
+// nothing to the region. It panics if the region was closed.
 func (m *Mutex) Snapshot() Snapshot {
+	if m.life != nil && m.life.Closed() {
+		panic(m.closedError("snapshot"))
+	}
 	w := atomic.LoadUint64(m.word)
 	rec := atomic.LoadUint64(&m.line[wordRecoveries])
 	s := Snapshot{
@@ -615,7 +662,12 @@ func Inspect(r *shm.Region, off int) (Snapshot, error) {
 }
 
 // Recoveries returns how many times the lock of a dead or broken holder of m
-// was taken over.
-func (m *Mutex) Recoveries() uint64 { return atomic.LoadUint64(&m.line[wordRecoveries]) &^ untold }
+// was taken over. It panics if the region was closed.
+func (m *Mutex) Recoveries() uint64 {
+	if m.life.Closed() {
+		panic(m.closedError("recoveries"))
+	}
+	return atomic.LoadUint64(&m.line[wordRecoveries]) &^ untold
+}
 
 func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }

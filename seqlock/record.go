@@ -9,6 +9,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -20,6 +21,8 @@ type Record struct {
 	pub  *uint64
 	seq  [2]*uint64
 	data [2][]uint64
+	r    *shm.Region
+	life *closing.Closing
 }
 
 // RecordSize returns the bytes a Record of n data bytes occupies in a region:
@@ -36,13 +39,22 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec := &Record{mu: mu, pub: &line[wordPub], seq: [2]*uint64{&line[wordSeq0], &line[wordSeq0+1]}}
+	rec := &Record{mu: mu, pub: &line[wordPub], seq: [2]*uint64{&line[wordSeq0], &line[wordSeq0+1]}, r: r, life: closing.Of(r)}
 	for i := range rec.data {
 		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
 			return nil, err
 		}
 	}
+	closing.Track(rec.life, rec, (*Record).letGo)
 	return rec, nil
+}
+
+// letGo points r at closing.Sentinel when its region is closed: the
+// published copy's sequence reads odd, which sends every read to the branch
+// that reports the region closed. The data are never read again.
+func (r *Record) letGo() {
+	r.pub = &closing.Sentinel[wordPub]
+	r.seq = [2]*uint64{&closing.Sentinel[wordSeq0], &closing.Sentinel[wordSeq0+1]}
 }
 
 // Len returns the record's size in bytes.
@@ -73,6 +85,9 @@ func (r *Record) Read(dst []byte) error {
 		fault.Hit(fault.RecordReadIndex)
 		s1 := atomic.LoadUint64(r.seq[i])
 		if s1&1 != 0 {
+			if r.life.Closed() {
+				return closedError(r.r, "read")
+			}
 			// Being written: the index has moved on since we read it.
 			// Unless it has not, for long: then nothing will settle.
 			if atomic.LoadUint64(r.pub)&1 == i {
@@ -142,6 +157,9 @@ func (r *Record) Update(ctx context.Context) (*RecordWriter, error) {
 
 // Store replaces the whole value with src, which must be Len bytes long.
 func (w *RecordWriter) Store(src []byte) error {
+	if w.r.life.Closed() {
+		return closedError(w.r.r, "store")
+	}
 	if len(src) != w.r.Len() {
 		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), w.r.Len())
 	}
@@ -150,11 +168,20 @@ func (w *RecordWriter) Store(src []byte) error {
 
 // StoreAt writes src at byte offset off of the value being prepared.
 func (w *RecordWriter) StoreAt(off int, src []byte) error {
+	if w.r.life.Closed() {
+		return closedError(w.r.r, "store")
+	}
 	return storeAt(w.r.data[w.j], off, src, fault.RecordMidData)
 }
 
-// Load copies the value being prepared into dst.
-func (w *RecordWriter) Load(dst []byte) { load(dst, w.r.data[w.j]) }
+// Load copies the value being prepared into dst. It panics if the region was
+// closed.
+func (w *RecordWriter) Load(dst []byte) {
+	if w.r.life.Closed() {
+		panic(closedError(w.r.r, "load"))
+	}
+	load(dst, w.r.data[w.j])
+}
 
 type recordRelease struct {
 	r *Record
@@ -165,6 +192,9 @@ type recordRelease struct {
 // even, then the index points at it. Without a commit copy j stays odd and
 // unpublished, and the next writer starts over from the published copy.
 func (rr recordRelease) Release(committed bool) {
+	if rr.r.life.Closed() {
+		panic(closedError(rr.r.r, "release"))
+	}
 	if committed {
 		atomic.AddUint64(rr.r.seq[rr.j], 1)
 		fault.Hit(fault.RecordEven)

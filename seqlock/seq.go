@@ -9,6 +9,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/guard"
+	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -29,6 +30,8 @@ type SeqLock struct {
 	seq   *uint64
 	state *uint64
 	data  []uint64
+	r     *shm.Region
+	life  *closing.Closing
 }
 
 // SeqLockSize returns the bytes a SeqLock of n data bytes occupies in a
@@ -49,8 +52,21 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &SeqLock{mu: mu, seq: &line[wordSeq], state: &line[wordState], data: data}, nil
+	s := &SeqLock{mu: mu, seq: &line[wordSeq], state: &line[wordState], data: data, r: r, life: closing.Of(r)}
+	closing.Track(s.life, s, (*SeqLock).letGo)
+	return s, nil
 }
+
+// letGo points s at closing.Sentinel when its region is closed: an odd
+// sequence, which sends every read to ReadContext, which reports the region
+// closed. The data are never read again.
+func (s *SeqLock) letGo() {
+	s.seq, s.state = &closing.Sentinel[wordSeq], &closing.Sentinel[wordState]
+}
+
+// closedError is the error, or the panic value, of a use of s after its
+// region was closed.
+func (s *SeqLock) closedError(op string) error { return closedError(s.r, op) }
 
 // Len returns the record's size in bytes.
 func (s *SeqLock) Len() int { return 8 * len(s.data) }
@@ -79,8 +95,15 @@ func (s *SeqLock) Read(dst []byte) error {
 }
 
 // ReadContext is Read that gives up when ctx is done (a live writer that is
-// stopped, say), returning ctx.Err().
+// stopped, say), returning ctx.Err(). Read and ReadContext return an error
+// matching shm.ErrClosed once the region is closed, also if Close begins
+// while they wait.
 func (s *SeqLock) ReadContext(ctx context.Context, dst []byte) error {
+	// Close waits for the readers waiting here to leave.
+	if !s.life.Enter(nil) {
+		return s.closedError("read")
+	}
+	defer s.life.Leave(nil)
 	if len(dst) != s.Len() {
 		return fmt.Errorf("%w: buffer of %d bytes for a %d-byte record", ErrSize, len(dst), s.Len())
 	}
@@ -90,6 +113,9 @@ func (s *SeqLock) ReadContext(ctx context.Context, dst []byte) error {
 		sleep    = time.Microsecond
 	)
 	for i := 0; ; i++ {
+		if s.life.Closed() {
+			return s.closedError("read")
+		}
 		s1 := atomic.LoadUint64(s.seq)
 		if s1&1 == 0 {
 			dirty := atomic.LoadUint64(s.state)&stateDirty != 0
@@ -191,6 +217,9 @@ func (w *Writer) Dirty() bool { return w.w.dirty }
 // is the write that makes a dirty record clean (at Commit).
 func (w *Writer) Store(src []byte) error {
 	s := w.w.s
+	if s.life.Closed() {
+		return s.closedError("store")
+	}
 	if len(src) != s.Len() {
 		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), s.Len())
 	}
@@ -203,16 +232,28 @@ func (w *Writer) Store(src []byte) error {
 
 // StoreAt writes src at byte offset off of the record.
 func (w *Writer) StoreAt(off int, src []byte) error {
+	if w.w.s.life.Closed() {
+		return w.w.s.closedError("store")
+	}
 	return storeAt(w.w.s.data, off, src, fault.SeqWriteMidData)
 }
 
-// Load copies the record as it is now, mid-write, into dst.
-func (w *Writer) Load(dst []byte) { load(dst, w.w.s.data) }
+// Load copies the record as it is now, mid-write, into dst. It panics if the
+// region was closed.
+func (w *Writer) Load(dst []byte) {
+	if w.w.s.life.Closed() {
+		panic(w.w.s.closedError("load"))
+	}
+	load(dst, w.w.s.data)
+}
 
 // Release ends a write: the state is set while the sequence is still odd,
 // then the sequence goes even, then the lock is released. The record is
 // clean only if the write committed and left no dirt behind.
 func (w *seqWrite) Release(committed bool) {
+	if w.s.life.Closed() {
+		panic(w.s.closedError("release"))
+	}
 	var st uint64
 	if !committed || w.dirty {
 		st = stateDirty

@@ -73,6 +73,12 @@ const (
 // belongs to the data it copied.
 const stateDirty = 1
 
+// closedError is the error, or the panic value, of a use of a SeqLock or
+// Record after its region was closed.
+func closedError(r *shm.Region, op string) error {
+	return &shm.Error{Op: op, Path: r.Path(), Kind: shm.ErrClosed}
+}
+
 func roundLine(n int) int { return (n + shm.LineSize - 1) / shm.LineSize * shm.LineSize }
 
 func checkSize(n int) error {
@@ -143,11 +149,13 @@ func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]ui
 	if _, err := r.Bytes(off, shm.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
 		return nil, nil, err
 	}
-	mu, err := shmlock.New(r, off)
-	if err != nil {
+	// The SeqLock's or Record's tag first: placing it gives the line and
+	// the data storage, in one step, and the writers' Mutex accepts it.
+	if err := r.Place(off, k, n); err != nil {
 		return nil, nil, err
 	}
-	if err := r.Place(off, k, n); err != nil {
+	mu, err := shmlock.New(r, off)
+	if err != nil {
 		return nil, nil, err
 	}
 	line, _ := r.Line(off)

@@ -2,7 +2,9 @@ package shm
 
 import (
 	"errors"
+	"io/fs"
 	"strings"
+	"syscall"
 )
 
 // The kinds of failure Open and the region's accessors report. Match them with
@@ -30,11 +32,17 @@ var (
 	// ErrMode: the region was created in another locking mode than the one
 	// asked for, or in one this system does not support (see Mode).
 	ErrMode = errors.New("region uses another locking mode")
-	// ErrClosed: the region was closed.
-	ErrClosed = errors.New("region is closed")
+	// ErrClosed: the region, or the region of a lock, was closed. It
+	// matches fs.ErrClosed too.
+	ErrClosed error = closedError{}
 	// ErrLimit: a limit of this process was reached (its Detail says
 	// which): robust lock lines, robust threads, address space.
 	ErrLimit = errors.New("a limit of this process was reached")
+	// ErrNoSpace: the file system that holds the region has no room for
+	// bytes the region needs (its header, its process table, a lock and
+	// its data, or what Region.Allocate or Options.Allocate asked). The
+	// error also matches syscall.ENOSPC (or EDQUOT, for a quota).
+	ErrNoSpace = errors.New("no space left for the region")
 	// ErrUnsupported: this system lacks a mechanism the region needs.
 	ErrUnsupported = errors.New("not supported on this system")
 )
@@ -48,21 +56,29 @@ type Error struct {
 	Err    error  // the underlying OS error, if any
 }
 
+// Error says, once each: the operation and the path, what kind of failure
+// (or the system's words for it), and the details.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("shm: ")
 	b.WriteString(e.Op)
 	b.WriteString(" ")
 	b.WriteString(e.Path)
-	if e.Kind != nil {
+	var errno syscall.Errno
+	switch {
+	case e.Kind != nil:
 		b.WriteString(": ")
 		b.WriteString(e.Kind.Error())
+	case e.Err != nil:
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
 	}
 	if e.Detail != "" {
 		b.WriteString(": ")
 		b.WriteString(e.Detail)
 	}
-	if e.Err != nil {
+	// A bare errno under a kind says again what the kind says.
+	if e.Kind != nil && e.Err != nil && !errors.As(e.Err, &errno) {
 		b.WriteString(": ")
 		b.WriteString(e.Err.Error())
 	}
@@ -80,3 +96,25 @@ func (e *Error) Unwrap() []error {
 	}
 	return errs
 }
+
+// kindOf names the kind of a file that is not a regular file.
+func kindOf(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSocket != 0:
+		return "a UNIX socket"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	}
+	return "not a regular file (" + m.Type().String() + ")"
+}
+
+type closedError struct{}
+
+func (closedError) Error() string        { return "region is closed" }
+func (closedError) Is(target error) bool { return target == fs.ErrClosed }

@@ -3,8 +3,6 @@ package shm
 import (
 	"fmt"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 )
 
 // Placement tags are how tools find the locks in a region. Every lock lives
@@ -128,6 +126,13 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	if p, ok := r.covering(off); ok {
 		return fail("offset %d lies in the data of the %v of %d bytes at offset %d", off, p.Kind, p.Size, p.Off)
 	}
+	// The lock's line and data are written through the mapping: they get
+	// storage first, so that a full file system is an error, not SIGBUS.
+	hs := int64(len(r.m) - len(r.data))
+	if err := r.allocate("place", hs+int64(off), int64((Placement{Off: off, Kind: k, Size: size}).Bytes()),
+		fmt.Sprintf("a %v at offset %d", k, off)); err != nil {
+		return err
+	}
 	want := makeTag(off, k, size)
 	for {
 		old := atomic.LoadUint64(&line[tagWord])
@@ -186,11 +191,8 @@ func (r *Region) covering(off int) (Placement, bool) {
 // off (a multiple of the page size); true where the file system cannot tell.
 func (r *Region) holdsData(off int) bool {
 	at := int64(len(r.m)-len(r.data)) + int64(off)
-	d, err := unix.Seek(int(r.f.Fd()), at, unix.SEEK_DATA)
-	if err == unix.ENXIO {
-		return false
-	}
-	return err != nil || d < at+pageSize
+	d, ok := seekData(int(r.f.Fd()), at)
+	return ok && d < at+pageSize
 }
 
 // Placements lists the locks tagged in the data area, in offset order. It
@@ -234,17 +236,11 @@ func (r *Region) eachPlacement(stop *atomic.Bool, f func(Placement) bool) bool {
 func (r *Region) dataRange(off int) (start, end int) {
 	hs := int64(len(r.m) - len(r.data))
 	fd := int(r.f.Fd())
-	d, err := unix.Seek(fd, hs+int64(off), unix.SEEK_DATA)
-	if err == unix.ENXIO {
+	d, ok := seekData(fd, hs+int64(off))
+	if !ok {
 		return len(r.data), len(r.data) // no data after off
 	}
-	if err != nil || d < hs+int64(off) {
-		return off, len(r.data)
-	}
-	h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
-	if err != nil || h <= d {
-		h = int64(len(r.m))
-	}
+	h := seekHole(fd, d, int64(len(r.m)))
 	start = int(d-hs) / LineSize * LineSize
 	end = min((int(h-hs)+LineSize-1)/LineSize*LineSize, len(r.data))
 	return start, end

@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shmlock/shmlock/internal/owner"
 )
 
@@ -80,11 +78,8 @@ func (r *Region) probeID(id uint32) Holder {
 	live := owner.LockUnknown
 	switch typ, err := queryLock(int(r.f.Fd()), int64(h.Slot*entryBytes)); {
 	case err != nil:
-	case typ == unix.F_WRLCK:
+	case typ == exclusive:
 		live = owner.LockHeld
-	case !lockIsOFD:
-		// Classic record locks vanish when their process closes any
-		// descriptor of the file: a free one proves nothing.
 	default:
 		// Free, or held shared: only a retirement of a dead
 		// claimant's thread IDs takes it so (robust_linux.go), where

@@ -24,13 +24,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
-	"github.com/edsrzf/mmap-go"
-	"golang.org/x/sys/unix"
-
+	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/owner"
 )
 
@@ -44,8 +41,14 @@ type Options struct {
 	// this many (else ErrTooSmall). Required to create a region.
 	Size int
 	// Perm is the file mode of a new region file; 0 means 0600. It is set
-	// exactly, regardless of the umask.
+	// exactly, regardless of the umask, when Open creates the file, and
+	// never changed later. Every process that opens the region needs read
+	// and write permission (OpenReadOnly, read permission).
 	Perm fs.FileMode
+	// Group, if not 0, is the group (a gid) a new region file is given,
+	// with Perm: 0o660 and a group shares a region among that group's
+	// users. The creating process must be in the group (or privileged).
+	Group int
 	// Slots is the size of the process table of a new region: how many
 	// Regions (processes, or several opens in one process) may be attached
 	// at once. 0 means DefaultSlots; at most MaxSlots.
@@ -56,6 +59,11 @@ type Options struct {
 	// InitTimeout bounds the wait for another process that is initialising
 	// or validating the region; 0 means 10 s.
 	InitTimeout time.Duration
+	// Allocate gives a new region's whole data area storage when it is
+	// created, so that no first touch of its pages through Region.Bytes
+	// can fail (see Region.Bytes). It costs that much memory of the file
+	// system (tmpfs: RAM) at once.
+	Allocate bool
 	// Mode is the locking protocol: the mode a new region is created in,
 	// and the mode an existing one must have (else ErrMode). ModeAuto,
 	// the zero value, creates in DefaultMode and opens in whatever mode
@@ -82,8 +90,10 @@ type Region struct {
 	readOnly bool // mapped read-only, attached to no slot (OpenReadOnly)
 
 	watches watches
-	closed  atomic.Bool
+	life    closing.Closing // Close, as the objects made in the region see it
 }
+
+func init() { closing.Of = func(r any) *closing.Closing { return &r.(*Region).life } }
 
 // Path resolves a region name: a name without a slash is placed in Dir.
 func Path(name string) (string, error) {
@@ -142,7 +152,10 @@ var errReplaced = errors.New("replaced while opening")
 
 func open(path string, opt Options, readOnly bool) (*Region, error) {
 	fail := func(kind error, detail string, err error) (*Region, error) {
-		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: err}
+		return nil, &Error{Op: "open", Path: path, Kind: kind, Detail: detail, Err: unwrapPath(err)}
+	}
+	if !supported {
+		return fail(ErrUnsupported, "regions need Linux (OFD locks, shared futexes)", nil)
 	}
 	if opt.Size < 0 {
 		return fail(ErrInvalid, fmt.Sprintf("negative size %d", opt.Size), nil)
@@ -167,31 +180,24 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 	if perm == 0 {
 		perm = 0o600
 	}
+	if perm&^fs.ModePerm != 0 {
+		return fail(ErrInvalid, fmt.Sprintf("mode %v: only permission bits", opt.Perm), nil)
+	}
+	if opt.Group < 0 {
+		return fail(ErrInvalid, fmt.Sprintf("group %d", opt.Group), nil)
+	}
 	initTimeout := opt.InitTimeout
 	if initTimeout == 0 {
 		initTimeout = 10 * time.Second
 	}
 
-	// O_NOFOLLOW: a symbolic link planted at the path must not redirect us.
-	// O_NONBLOCK: a FIFO planted there must not hang the open. os adds
-	// O_CLOEXEC, so no child process inherits the descriptor (and with it
-	// our liveness lock).
-	flag := os.O_RDWR | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
-	switch {
-	case readOnly:
-		flag = os.O_RDONLY | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
-	case !opt.NoCreate:
-		flag |= os.O_CREATE
-	}
-	f, err := os.OpenFile(path, flag, perm)
-	if err != nil {
-		switch {
-		case errors.Is(err, syscall.ELOOP):
-			return fail(ErrInvalid, "is a symbolic link", err)
-		case errors.Is(err, syscall.EISDIR):
-			return fail(ErrNotRegion, "is a directory", err)
+	mayCreate := !opt.NoCreate && !readOnly
+	f, created, oerr := openFile(path, mayCreate && opt.Size > 0, perm, opt.Group, readOnly)
+	if oerr != nil {
+		if mayCreate && opt.Size == 0 && errors.Is(oerr, fs.ErrNotExist) {
+			return fail(ErrInvalid, "Options.Size is required to create a region", nil)
 		}
-		return fail(nil, "", err)
+		return nil, oerr
 	}
 	r := &Region{path: path, f: f, slots: slots, self: owner.Self(), readOnly: readOnly}
 	ok := false
@@ -203,7 +209,7 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 	if fi, err := f.Stat(); err != nil {
 		return fail(nil, "", err)
 	} else if !fi.Mode().IsRegular() {
-		return fail(ErrNotRegion, "not a regular file: "+fi.Mode().Type().String(), nil)
+		return fail(ErrNotRegion, "it is "+kindOf(fi.Mode()), nil)
 	}
 	fd := int(f.Fd())
 
@@ -212,9 +218,9 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 	// header that is being written. The kernel drops the lock if we die
 	// holding it, and the magic tells the next opener to start over.
 	// A reader takes the lock shared: it only keeps initialisers out.
-	initLock := int16(unix.F_WRLCK)
+	initLock := exclusive
 	if readOnly {
-		initLock = unix.F_RDLCK
+		initLock = shared
 	}
 	if err := lockWait(fd, initLock, 0, initTimeout); err != nil {
 		if errors.Is(err, errTimeout) {
@@ -256,8 +262,13 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		if r.mode == ModeAuto {
 			r.mode = DefaultMode()
 		}
-		if err := r.initialise(opt.Size, perm); err != nil {
-			return fail(nil, "initialising", err)
+		if err := r.initialise(opt.Size, opt.Allocate); err != nil {
+			if created {
+				// Nobody else can have used it: it never had a
+				// header.
+				r.removeIfSame()
+			}
+			return nil, asError(err, "open", path, "initialising")
 		}
 	default:
 		dataSize, mode, err := validate(hdr[:], fi.Size(), opt.Size)
@@ -282,6 +293,12 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		ok = true
 		return r, nil
 	}
+	// The header and the process table are written through the mapping:
+	// they must have storage (a region made sparse by an older version
+	// gets it here).
+	if err := r.allocate("open", 0, int64(len(r.m)-len(r.data)), "the header and process table"); err != nil {
+		return nil, err
+	}
 	if err := r.attach(); err != nil {
 		if err == ErrFull {
 			return fail(ErrFull, fmt.Sprintf("all %d slots are held by attached processes", r.slots), nil)
@@ -298,7 +315,7 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 }
 
 // initialise writes a fresh header. The caller holds the lock on byte 0.
-func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
+func (r *Region) initialise(dataSize int, all bool) error {
 	hs := headerSizeFor(r.slots)
 	// Mark the file first, before it has a size: a crash at any later step
 	// leaves either an empty file or this mark, and both mean "initialise".
@@ -306,13 +323,18 @@ func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
 		return err
 	}
 	if _, err := r.f.WriteAt([]byte(magicInit), 0); err != nil {
-		return err
+		return r.noSpaceIn("open", pageSize, "the header", err)
 	}
 	if err := r.f.Truncate(int64(hs) + int64(dataSize)); err != nil {
 		return err
 	}
-	if err := r.f.Chmod(perm); err != nil {
+	if err := r.allocate("open", 0, int64(hs), "the header and process table"); err != nil {
 		return err
+	}
+	if all {
+		if err := r.allocate("open", int64(hs), int64(dataSize), "the data area (Options.Allocate)"); err != nil {
+			return err
+		}
 	}
 	if err := r.mapFile(r.slots, dataSize); err != nil {
 		return err
@@ -330,6 +352,23 @@ func (r *Region) initialise(dataSize int, perm fs.FileMode) error {
 	// The ready magic goes last: an opener that finds it finds the rest.
 	copy(h[offMagic:], magicReady)
 	return nil
+}
+
+// removeIfSame removes the region file, if the path still names it.
+func (r *Region) removeIfSame() {
+	fi, err := r.f.Stat()
+	if pi, perr := os.Lstat(r.path); err == nil && perr == nil && os.SameFile(fi, pi) {
+		os.Remove(r.path)
+	}
+}
+
+// asError makes err an *Error of op on path, keeping one that is already.
+func asError(err error, op, path, detail string) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	return &Error{Op: op, Path: path, Detail: detail, Err: unwrapPath(err)}
 }
 
 // validate checks an existing header against the file size and the caller's
@@ -393,15 +432,11 @@ func (r *Region) mapFile(slots, dataSize int) error {
 			return err
 		}
 	} else {
-		mode := mmap.RDWR
-		if r.readOnly {
-			mode = mmap.RDONLY
-		}
-		m, err := mmap.MapRegion(r.f, hs+dataSize, mode, 0, 0)
+		m, unmap, err := mapShared(r.f, hs+dataSize, r.readOnly)
 		if err != nil {
 			return err
 		}
-		r.m, r.unmap = m, m.Unmap
+		r.m, r.unmap = m, unmap
 	}
 	r.data = r.m[hs : hs+dataSize : hs+dataSize]
 	return nil
@@ -426,7 +461,7 @@ func (r *Region) attach() error {
 // a shared lock, where a claimant holds an exclusive one.
 func (r *Region) retiring() bool {
 	for s := 1; s <= r.slots; s++ {
-		if typ, err := queryLock(int(r.f.Fd()), int64(s*entryBytes)); err == nil && typ == unix.F_RDLCK {
+		if typ, err := queryLock(int(r.f.Fd()), int64(s*entryBytes)); err == nil && typ == shared {
 			return true
 		}
 	}
@@ -545,7 +580,7 @@ func (r *Region) Mode() Mode { return r.mode }
 // it; it fails on a read-only or closed region, and with ErrFull in
 // ModeRobust if the attachment has locks on more lines than its lists hold.
 func (r *Region) OwnerFor(off int) (uint32, error) {
-	if r.closed.Load() {
+	if r.life.Closed() {
 		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrClosed}
 	}
 	if r.readOnly {
@@ -575,12 +610,48 @@ func (r *Region) Slots() int { return r.slots }
 // Bytes returns the n data bytes at offset off of the data area. The slice
 // aliases the shared mapping: other processes see writes to it at once, and
 // it must not be used after Close.
+//
+// A region file is sparse: a page of it gets storage when it is first
+// touched. The header, the process table and every lock with its data get
+// theirs when they are made (an error then, ErrNoSpace, if the file system is
+// full), but bytes of Bytes that no lock covers do not: if the file system is
+// full (a container's /dev/shm is 64 MiB by default, shared by all in it),
+// the first store to such a page raises SIGBUS, which ends the process.
+// Allocate them first (Allocate, or Options.Allocate at creation), and that
+// is an error instead.
 func (r *Region) Bytes(off, n int) ([]byte, error) {
-	if off < 0 || n < 0 || off > len(r.data) || n > len(r.data)-off {
-		return nil, &Error{Op: "slice", Path: r.path, Kind: ErrInvalid,
-			Detail: fmt.Sprintf("bytes [%d, %d+%d) outside the %d-byte data area", off, off, n, len(r.data))}
+	if err := r.inRange("slice", off, n); err != nil {
+		return nil, err
 	}
 	return r.data[off : off+n : off+n], nil
+}
+
+// Allocate gives the n data bytes at offset off storage in the region file,
+// so that touching them through Bytes cannot fail (see Bytes). It fails with
+// an error matching ErrNoSpace and syscall.ENOSPC if the file system is full.
+// Allocating what has storage already costs time (the file system looks at
+// every page), not space.
+func (r *Region) Allocate(off, n int) error {
+	if err := r.inRange("allocate", off, n); err != nil {
+		return err
+	}
+	if r.readOnly {
+		return &Error{Op: "allocate", Path: r.path, Kind: ErrInvalid, Detail: "the region is open read-only"}
+	}
+	hs := len(r.m) - len(r.data)
+	return r.allocate("allocate", int64(hs+off), int64(n), fmt.Sprintf("data bytes [%d, %d)", off, off+n))
+}
+
+// inRange checks that [off, off+n) lies in the data area of an open region.
+func (r *Region) inRange(op string, off, n int) error {
+	if r.life.Closed() {
+		return &Error{Op: op, Path: r.path, Kind: ErrClosed}
+	}
+	if off < 0 || n < 0 || off > len(r.data) || n > len(r.data)-off {
+		return &Error{Op: op, Path: r.path, Kind: ErrInvalid,
+			Detail: fmt.Sprintf("bytes [%d, %d+%d) outside the %d-byte data area", off, off, n, len(r.data))}
+	}
+	return nil
 }
 
 // Line returns the cache line at offset off of the data area as eight 64-bit
@@ -590,15 +661,24 @@ func (r *Region) Line(off int) (*[LineSize / 8]uint64, error) {
 		return nil, &Error{Op: "line", Path: r.path, Kind: ErrInvalid,
 			Detail: fmt.Sprintf("offset %d is not a multiple of %d: a lock needs a cache line of its own", off, LineSize)}
 	}
-	b, err := r.Bytes(off, LineSize)
-	if err != nil {
-		err.(*Error).Op = "line"
+	if err := r.inRange("line", off, LineSize); err != nil {
 		return nil, err
 	}
+	if r.readOnly && !r.holdsData(off/pageSize*pageSize) {
+		// Reading a hole through a mapping gives it storage (tmpfs), or
+		// raises SIGBUS if the file system is full: a line the file
+		// holds no data for reads as zeros, and is never written
+		// through a read-only region.
+		return &zeroLine, nil
+	}
+	b := r.data[off : off+LineSize]
 	// The data area starts on a page boundary, so the line is 64-byte
 	// aligned in memory, as 64-bit atomics need.
 	return (*[LineSize / 8]uint64)(unsafe.Pointer(&b[0])), nil
 }
+
+// zeroLine is what Line gives a read-only region for a line of a hole.
+var zeroLine [LineSize / 8]uint64
 
 // Check reports whether the region file still has the size this mapping
 // needs; ErrTruncated if something shrank it. Touching mapped pages past the
@@ -632,8 +712,16 @@ func (r *Region) Created() (time.Time, int32) {
 // Close detaches from the region and unmaps it. Locks this process still
 // holds in it are abandoned: other processes will find their holder dead and
 // recover them. Close is idempotent.
+//
+// After Close, the locks and records made in the region report ErrClosed:
+// the methods that return an error return one that matches it (and
+// fs.ErrClosed), and those that cannot (Lock, Unlock, TryLock) panic with
+// one. Goroutines waiting for a lock of the region in Acquire or Lock when
+// Close begins are woken, and Close waits for them to return so. Close must
+// not run concurrently with any other use of the region, its locks or the
+// slices of Bytes, which point into memory that Close unmaps.
 func (r *Region) Close() error {
-	if !r.closed.CompareAndSwap(false, true) {
+	if !r.life.Close() {
 		return nil
 	}
 	r.closeWatches()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -380,29 +381,39 @@ func TestBadPaths(t *testing.T) {
 	_, err = Open("..", Options{Size: 64})
 	assert.ErrorIs(t, err, ErrInvalid)
 
-	_, err = Open(dir, Options{Size: 64})
-	assert.ErrorIs(t, err, ErrNotRegion, "a directory")
-
 	target := filepath.Join(dir, "target")
 	link := filepath.Join(dir, "link")
 	require.NoError(t, os.WriteFile(target, []byte("precious"), 0o600))
 	require.NoError(t, os.Symlink(target, link))
-	_, err = Open(link, Options{Size: 64})
-	assert.ErrorIs(t, err, ErrInvalid, "a symbolic link")
-	assert.Contains(t, fmt.Sprint(err), "symbolic link")
-	b, _ := os.ReadFile(target)
-	assert.Equal(t, "precious", string(b))
-
 	fifo := filepath.Join(dir, "fifo")
 	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
-	done := make(chan error, 1)
-	go func() { _, err := Open(fifo, Options{Size: 64}); done <- err }()
-	select {
-	case err := <-done:
-		assert.ErrorIs(t, err, ErrNotRegion, "a FIFO")
-	case <-time.After(5 * time.Second):
-		t.Fatal("Open hangs on a FIFO")
+	sock := filepath.Join(dir, "sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	defer l.Close()
+	// Every kind of file that is not a regular file is refused with
+	// ErrNotRegion, saying what it is, with the path once; none is
+	// changed, and none hangs Open.
+	for _, c := range []struct{ path, kind string }{
+		{dir, "a directory"},
+		{link, "a symbolic link"},
+		{fifo, "a FIFO"},
+		{sock, "a UNIX socket"},
+		{"/dev/null", "a character device"},
+	} {
+		done := make(chan error, 1)
+		go func() { _, err := Open(c.path, Options{Size: 64}); done <- err }()
+		select {
+		case err = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Open hangs on %s", c.kind)
+		}
+		assert.ErrorIs(t, err, ErrNotRegion, c.kind)
+		assert.Contains(t, fmt.Sprint(err), "it is "+c.kind)
+		assert.Equal(t, 1, strings.Count(fmt.Sprint(err), c.path), "the path once: %v", err)
 	}
+	b, _ := os.ReadFile(target)
+	assert.Equal(t, "precious", string(b))
 
 	_, err = Open(filepath.Join(dir, "missing"), Options{NoCreate: true})
 	assert.ErrorIs(t, err, fs.ErrNotExist)

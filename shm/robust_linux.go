@@ -13,9 +13,8 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -228,7 +227,7 @@ func (r *Region) retireDead(stop *atomic.Bool) {
 	}()
 	tids := map[uint32]bool{}
 	for _, d := range r.deadRecords() {
-		if tryLock(fd, unix.F_RDLCK, int64(d.slot*entryBytes)) != nil {
+		if tryLock(fd, shared, int64(d.slot*entryBytes)) != nil {
 			continue // claimed meanwhile
 		}
 		e := r.entry(d.slot)
@@ -291,7 +290,7 @@ func (r *Region) withByte0(f func() error) error {
 	rl.byte0.Lock()
 	defer rl.byte0.Unlock()
 	fd := int(r.f.Fd())
-	if err := lockWait(fd, unix.F_WRLCK, 0, 10*time.Second); err != nil {
+	if err := lockWait(fd, exclusive, 0, 10*time.Second); err != nil {
 		return &Error{Op: "lock", Path: r.path, Kind: ErrBusy, Detail: "the lock on byte 0", Err: err}
 	}
 	defer unlockByte(fd, 0)
@@ -378,7 +377,7 @@ func (r *Region) ownTID(tid uint32) bool {
 
 // futexWord returns the 32-bit futex word of the lock at line off.
 func (r *Region) futexWord(off int) *uint32 {
-	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), robust.LowHalf))
+	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), line.LowHalf))
 }
 
 // closeRobust gives up this attachment's locks as its death would, then

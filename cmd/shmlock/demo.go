@@ -10,11 +10,8 @@ import (
 	"os/exec"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/owner"
@@ -90,12 +87,6 @@ func (d *demoRegion) committed(workers int) uint64 {
 		s += d.load(dMine + 8*i)
 	}
 	return s
-}
-
-func monotonic() int64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
 }
 
 func demo(args []string) error {
@@ -204,11 +195,11 @@ func demo(args []string) error {
 				// SIGSTOP is delivered asynchronously: look at the
 				// lock only once the process is really stopped.
 				pid := procs[victim].Process.Pid
-				procs[victim].Process.Signal(syscall.SIGSTOP)
+				stop(procs[victim].Process)
 				if waitStopped(pid) && d.mu.Snapshot().Owner == snap.Owner {
 					break
 				}
-				procs[victim].Process.Signal(syscall.SIGCONT)
+				cont(procs[victim].Process)
 			}
 			if time.Now().After(deadline) {
 				return errors.New("demo: no worker ever held the lock")

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -213,7 +212,7 @@ func tortureCmd(args []string) error {
 		i := rand.IntN(*procs)
 		w := workers[i]
 		// Stop it, to know whether it dies holding the lock.
-		w.Process.Signal(syscall.SIGSTOP)
+		stop(w.Process)
 		if waitStopped(w.Process.Pid) {
 			if s := t.mu.Snapshot(); s.Held && int(s.Holder.PID) == w.Process.Pid {
 				atomic.StoreUint64(&t.stats[sKilledHeld], uint64(monotonic()))

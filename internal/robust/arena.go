@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock/internal/line"
 )
 
 // One futex offset serves a whole list, and lists are shared by every region a
@@ -18,8 +20,8 @@ import (
 // memory, PROT_NONE) in two halves. A region file is mapped, shared, at some
 // offset o of the first half, and its shadow, private and writable, at o of
 // the second: the entry of the owner word at byte p of the mapping is at
-// base + half + o + p, and its futex word at base + o + p + LowHalf, so the
-// futex offset of every list of the arena is LowHalf - half.
+// base + half + o + p, and its futex word at base + o + p + line.LowHalf, so
+// the futex offset of every list of the arena is line.LowHalf - half.
 //
 // The shadow costs nothing until an entry is written in it: a private page
 // for every page of a mapping that holds a lock this process made. Closing a
@@ -182,7 +184,7 @@ func newArena(n uintptr) (*arena, error) {
 			base, err := unix.MmapPtr(-1, 0, nil, 2*half, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 			if err == nil {
 				a := &arena{base: base, half: half, free: []span{{0, half}}}
-				a.pool.offset = int(LowHalf) - int(half)
+				a.pool.offset = int(line.LowHalf) - int(half)
 				return a, nil
 			}
 		}

@@ -66,16 +66,6 @@ const (
 // (ROBUST_LIST_LIMIT); entries beyond it are never marked.
 const Limit = 2048
 
-// LowHalf is the offset, in a 64-bit owner word, of its low 32-bit half: the
-// futex word.
-var LowHalf = func() uintptr {
-	x := uint64(1)
-	if *(*byte)(unsafe.Pointer(&x)) == 1 {
-		return 0
-	}
-	return 4
-}()
-
 var (
 	// ErrUnsupported: the kernel refused set_robust_list.
 	ErrUnsupported = errors.New("robust futex lists are not available (set_robust_list refused)")

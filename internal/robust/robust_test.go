@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/shmlock/shmlock/internal/line"
+
 	"github.com/shmlock/shmlock/internal/futex"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
@@ -55,7 +57,7 @@ func words(b []byte) (*uint64, *uint64) {
 }
 
 // low returns the 32-bit futex word of a 64-bit lock word.
-func low(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), robust.LowHalf)) }
+func low(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), line.LowHalf)) }
 
 // hold: args path, how. Maps the file into a robust arena, links both lock
 // lines into a list, takes the word at 0, says so, and on a line from stdin
