@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -198,18 +197,22 @@ func deniedBy(fi fs.FileInfo) string {
 		userName(os.Geteuid()), groupName(os.Getegid()), groups)
 }
 
-func userName(uid int) string {
-	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
-		return fmt.Sprintf("uid %d (%s)", uid, u.Username)
-	}
-	return fmt.Sprintf("uid %d", uid)
-}
+func userName(uid int) string { return "uid " + idName(uid, "/etc/passwd") }
 
-func groupName(gid int) string {
-	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
-		return fmt.Sprintf("%d (%s)", gid, g.Name)
+func groupName(gid int) string { return idName(gid, "/etc/group") }
+
+// idName is id and, if the database file (/etc/passwd, /etc/group: name, a
+// password field, then the ID) has it, its name. Read by hand: os/user would
+// link the C library into every program that imports this package.
+func idName(id int, db string) string {
+	s := strconv.Itoa(id)
+	b, _ := os.ReadFile(db)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.SplitN(line, ":", 4); len(f) >= 3 && f[2] == s {
+			return s + " (" + f[0] + ")"
+		}
 	}
-	return strconv.Itoa(gid)
+	return s
 }
 
 // unwrapPath drops the *fs.PathError around a system call's error: the
