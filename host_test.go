@@ -29,6 +29,7 @@ import (
 func init() {
 	extraRoles["lock-as-user"] = lockAsUser
 	extraRoles["full-fs"] = fullFS
+	extraRoles["probe-then-wait"] = probeThenWait
 }
 
 // runRole runs the test binary bin (a copy another user may execute, or
@@ -358,6 +359,100 @@ func TestCloseWakesWaiters(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("a waiter was not woken by Close")
 			}
+		}
+	})
+}
+
+// probeThenWait: args path. Gives up on the Mutex at 0 after 300 ms and says
+// what it found of the holder, then waits for it for up to 20 s and says
+// whether it was told of a death.
+func probeThenWait(args []string) int {
+	r, err := shm.Open(args[0], shm.Options{})
+	if err != nil {
+		fmt.Println("open:", err)
+		return 1
+	}
+	mu, err := shmlock.New(r, 0)
+	if err != nil {
+		fmt.Println("new:", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = mu.Acquire(ctx)
+	cancel()
+	var held *shmlock.HeldError
+	if !errors.As(err, &held) {
+		fmt.Println("not held:", err)
+		return 1
+	}
+	fmt.Printf("holder %s: %s\n", held.Holder.State, held.Holder.Reason)
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	g, err := mu.Acquire(ctx)
+	if err != nil {
+		fmt.Println("acquire:", err)
+		return 1
+	}
+	fmt.Printf("recovered=%v\n", g.Recovered())
+	g.Commit()
+	g.Release()
+	return 0
+}
+
+// Holders and waiters where the probe sees least: a holder in a PID namespace
+// of its own, or in a user namespace and a PID namespace; a waiter in those;
+// a waiter run as another user under hidepid=2, to which /proc shows no
+// process but its own. In each, and in both modes, a live holder is judged
+// alive and not robbed, and once it is killed the waiter takes over, told.
+func TestForeignHoldersAndWaiters(t *testing.T) {
+	unshare := unshareOrSkip(t)
+	if os.Getuid() != 0 {
+		t.Skip("needs root: namespaces, a procfs mount, another user")
+	}
+	bin, _ := executableCopy(t)
+	userNS := []string{unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"}
+	pidNS := []string{unshare, "--pid", "--fork", "--mount-proc", "--kill-child"}
+	hidden := []string{unshare, "--mount", "--propagation", "private", "--fork", "sh", "-c",
+		`mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid 65534 --regid 65534 --clear-groups "$0" "$@"`}
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		for _, c := range []struct {
+			name           string
+			holder, waiter []string
+		}{
+			{"holder in a PID namespace", pidNS, nil},
+			{"holder in a user and a PID namespace", userNS, nil},
+			{"waiter in a user and a PID namespace", nil, userNS},
+			{"waiter as another user under hidepid", nil, hidden},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				path := fmt.Sprintf("%s/shmlock-test-%d-foreign", shm.Dir, os.Getpid())
+				os.Remove(path)
+				r, err := shm.Open(path, shm.Options{Size: shmlock.Size, Slots: 16, Mode: mode, Perm: 0o666})
+				require.NoError(t, err)
+				defer func() { r.Close(); os.Remove(path) }()
+				hold := startHolder(t, path, 1, "sigkill", c.holder...)
+				argv := append(append([]string{}, c.waiter...), bin, "-test.run=^$")
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				wait := exec.CommandContext(ctx, argv[0], argv[1:]...)
+				wait.Env = append(os.Environ(), roleEnv+"=probe-then-wait", argsEnv+"="+path)
+				var out syncBuffer
+				wait.Stdout, wait.Stderr = &out, &out
+				wait.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+				require.NoError(t, wait.Start())
+				deadline := time.Now().Add(20 * time.Second)
+				for !strings.Contains(out.String(), "holder ") && wait.ProcessState == nil {
+					require.True(t, time.Now().Before(deadline), "the waiter never gave up: %s", out.String())
+					time.Sleep(time.Millisecond)
+				}
+				require.Contains(t, out.String(), "holder alive", "a live holder judged otherwise: %s", out.String())
+				time.Sleep(20 * time.Millisecond) // it waits again
+				require.NoError(t, hold.cmd.Process.Kill())
+				err = wait.Wait()
+				require.NoError(t, err, out.String())
+				t.Logf("%s", strings.TrimSpace(out.String()))
+				assert.Contains(t, out.String(), "recovered=true")
+			})
 		}
 	})
 }
