@@ -147,7 +147,9 @@ type Mutex struct {
 // a multiple of Size and leave Size bytes in the data area. New tags the line
 // (shm.Region.Place), so that tools such as shmlock inspect find the lock; it
 // fails with shm.ErrInvalid on a read-only region (use Inspect there) and on
-// a line that holds another kind of lock, or data.
+// a line that holds another kind of lock, or data; with shm.ErrNoSpace if the
+// file system has no room for the line; in shm.ModeRobust with shm.ErrLimit
+// past the limits of the robust lists; and with shm.ErrClosed after Close.
 func New(r *shm.Region, off int) (*Mutex, error) {
 	// The tag lets tools find the lock (shm.Region.Placements); it also
 	// refuses a line that holds another lock, or data.

@@ -13,6 +13,24 @@
 // slot (an owner ID, see Region.ID), and Probe turns an owner ID back into a
 // verdict on whether its process is alive: the basis of recovery from dead
 // lock holders.
+//
+// # Sharing between users
+//
+// Opening a region needs read and write permission on its file (OpenReadOnly,
+// read permission); Options.Perm and Options.Group set them when Open creates
+// it. Open never opens an existing file with O_CREAT, so fs.protected_regular
+// does not refuse another user's region in a sticky directory such as
+// /dev/shm. Every process that can write the file is trusted with all of it:
+// it can forge or break any lock, rewrite any data, or truncate the file
+// under every mapping. A read-only opener changes nothing, but can hold the
+// byte locks that Open waits for (ErrBusy, or a table that looks full).
+//
+// # Storage
+//
+// A region file is sparse. What the package writes itself (the header, the
+// process table, each lock and its data) gets storage before it is first
+// touched, so a full file system is ErrNoSpace, not SIGBUS; data bytes that
+// no lock covers get it when first touched (see Region.Bytes).
 package shm
 
 import (
@@ -577,8 +595,9 @@ func (r *Region) Mode() Mode { return r.mode }
 // holds while this attachment holds it: its owner ID in ModeProbe; in
 // ModeRobust the thread ID of the robust list that links the line, which
 // OwnerFor links on its first call for the line. The lock constructors call
-// it; it fails on a read-only or closed region, and with ErrFull in
-// ModeRobust if the attachment has locks on more lines than its lists hold.
+// it; it fails on a read-only or closed region, and in ModeRobust with
+// ErrLimit if the attachment, or the process, has locks on more lines than
+// its lists hold.
 func (r *Region) OwnerFor(off int) (uint32, error) {
 	if r.life.Closed() {
 		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrClosed}
