@@ -10,3 +10,12 @@ func SetProbeSchedule(delay, min, max time.Duration) (restore func()) {
 	probeSchedule.delay, probeSchedule.min, probeSchedule.max = delay, min, max
 	return func() { probeSchedule = old }
 }
+
+// SetWaitHook sets the function every round of a waiter's loop calls (nil: none).
+func SetWaitHook(f func()) {
+	if f == nil {
+		waitHook.Store(nil)
+		return
+	}
+	waitHook.Store(&f)
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -332,7 +333,9 @@ func TestUseAfterClose(t *testing.T) {
 // Close wakes the goroutines that wait for a lock or a record of the region,
 // and they return ErrClosed (Lock panics with it); Close waits for them, so
 // none touches the memory once it is unmapped. The waiters' probes are half
-// a minute apart: only Close's wake ends their sleep in time.
+// a minute apart: only Close's wake ends their sleep in time. One more
+// waiter is stopped in its loop, past its check of Close, until 100 ms after
+// Close began: Close returns only after it does.
 func TestCloseWakesWaiters(t *testing.T) {
 	slowProbes(t)
 	inModes(t, func(t *testing.T, mode shm.Mode) {
@@ -346,20 +349,33 @@ func TestCloseWakesWaiters(t *testing.T) {
 		w, err := sl.Write(context.Background()) // the sequence stays odd
 		require.NoError(t, err)
 		_ = w
-		errs := make(chan error, 3)
-		go func() { _, err := mu.Acquire(context.Background()); errs <- err }()
-		go func() { errs <- closedPanic(mu.Lock) }()
-		go func() { errs <- sl.Read(make([]byte, 64)) }()
+		type result struct {
+			err error
+			at  time.Time
+		}
+		results := make(chan result, 4)
+		go func() { _, err := mu.Acquire(context.Background()); results <- result{err, time.Now()} }()
+		go func() { err := closedPanic(mu.Lock); results <- result{err, time.Now()} }()
+		go func() { err := sl.Read(make([]byte, 64)); results <- result{err, time.Now()} }()
 		time.Sleep(50 * time.Millisecond) // all three wait
+		stopped, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		shmlock.SetWaitHook(func() { once.Do(func() { close(stopped); <-release }) })
+		defer shmlock.SetWaitHook(nil)
+		go func() { _, err := mu.Acquire(context.Background()); results <- result{err, time.Now()} }()
+		<-stopped
 		start := time.Now()
+		go func() { time.Sleep(100 * time.Millisecond); close(release) }()
 		require.NoError(t, r.Close())
-		took := time.Since(start)
-		t.Logf("%v: Close returned in %v", mode, took)
-		assert.Less(t, took, time.Second, "Close waited for a waiter's own timeout")
-		for range 3 {
+		closed := time.Now()
+		t.Logf("%v: Close returned in %v", mode, closed.Sub(start))
+		assert.Less(t, closed.Sub(start), time.Second, "Close waited for a waiter's own timeout")
+		assert.Greater(t, closed.Sub(start), 100*time.Millisecond, "Close did not wait for the stopped waiter")
+		for range 4 {
 			select {
-			case err := <-errs:
-				assert.ErrorIs(t, err, shm.ErrClosed)
+			case res := <-results:
+				assert.ErrorIs(t, res.err, shm.ErrClosed)
+				assert.False(t, res.at.After(closed), "a waiter returned %v after Close did", res.at.Sub(closed))
 			case <-time.After(time.Second):
 				t.Fatal("a waiter was not woken by Close")
 			}

@@ -110,6 +110,10 @@ const (
 	probeMax   = 16 * time.Millisecond
 )
 
+// waitHook, if set, runs at every round of a waiter's loop, after the check of
+// Close: tests stop a waiter there.
+var waitHook atomic.Pointer[func()]
+
 // probeSchedule is the schedule in force; tests lengthen it to show that a
 // death watch, not a probe, ended a wait.
 var probeSchedule = struct{ delay, min, max time.Duration }{probeDelay, probeMin, probeMax}
@@ -426,6 +430,9 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 	for {
 		if m.life.Closed() {
 			return false, 0, m.closedError("lock")
+		}
+		if f := waitHook.Load(); f != nil {
+			(*f)()
 		}
 		w := atomic.LoadUint64(m.word)
 		if w&ownerMask == 0 {
