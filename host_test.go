@@ -327,6 +327,12 @@ func TestUseAfterClose(t *testing.T) {
 		_, err = r.Bytes(0, 8)
 		closed("Bytes", err)
 		closed("Allocate", r.Allocate(0, 8))
+		closed("Check", r.Check())
+		closed("Attaches", closedPanic(func() { r.Attaches() }))
+		closed("Created", closedPanic(func() { r.Created() }))
+		assert.Equal(t, shm.Unverifiable, r.Probe(r.ID()).State, "a probe after Close licenses no recovery")
+		assert.Empty(t, r.Attachments())
+		assert.Empty(t, r.Placements())
 	})
 }
 
@@ -474,5 +480,58 @@ func TestForeignHoldersAndWaiters(t *testing.T) {
 				assert.Contains(t, out.String(), "recovered=true")
 			})
 		}
+	})
+}
+
+// A waiter that finds the lock free, or its holder dead, once Close has begun
+// does not take it: it returns ErrClosed and leaves the lock free with the
+// news of the death, for the next taker. The waiter is stopped in its loop,
+// past its check of Close, from the holder's death until Close has begun.
+func TestCloseDuringTakeover(t *testing.T) {
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		path := fmt.Sprintf("%s/shmlock-test-%d-takeover", shm.Dir, os.Getpid())
+		os.Remove(path)
+		defer os.Remove(path)
+		r, err := shm.Open(path, shm.Options{Size: shmlock.Size, Slots: 16, Mode: mode})
+		require.NoError(t, err)
+		mu, err := shmlock.New(r, 0)
+		require.NoError(t, err)
+		hold := startHolder(t, path, 1, "sigkill")
+		got := make(chan error, 1)
+		go func() {
+			g, err := mu.Acquire(context.Background())
+			if err == nil {
+				g.Release()
+				err = errors.New("acquired")
+			}
+			got <- err
+		}()
+		time.Sleep(50 * time.Millisecond) // it waits
+		stopped, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		shmlock.SetWaitHook(func() { once.Do(func() { close(stopped); <-release }) })
+		defer shmlock.SetWaitHook(nil)
+		require.NoError(t, hold.cmd.Process.Kill())
+		hold.cmd.Wait()
+		<-stopped // woken, by the kernel or its probe, and stopped
+		closed := make(chan error, 1)
+		go func() { closed <- r.Close() }()
+		time.Sleep(50 * time.Millisecond) // Close has begun, and waits
+		close(release)
+		require.NoError(t, <-closed)
+		assert.ErrorIs(t, <-got, shm.ErrClosed, "a waiter took the lock after Close began")
+
+		again, err := shm.Open(path, shm.Options{})
+		require.NoError(t, err)
+		defer again.Close()
+		mu2, err := shmlock.New(again, 0)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g, err := mu2.Acquire(ctx)
+		require.NoError(t, err)
+		assert.True(t, g.Recovered(), "the holder's death was lost")
+		g.Commit()
+		g.Release()
 	})
 }

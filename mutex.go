@@ -185,10 +185,10 @@ func (m *Mutex) point(l *[8]uint64) {
 	m.low = line.Low(m.word)
 }
 
-// letGo points m at closing.Sentinel when its region is closed: a held word,
-// so that every fast path fails and goes to its slow path, which checks the
-// region first and reports it closed.
-func (m *Mutex) letGo() { m.point(&closing.Sentinel) }
+// letGo points m at a line of its own (closing.Sentinel) when its region is
+// closed: a held word, so that every fast path fails and goes to its slow
+// path, which checks the region first and reports it closed.
+func (m *Mutex) letGo() { m.point(closing.Sentinel()) }
 
 // closedError is the error, or the panic value, of a use of m after its
 // region was closed.
@@ -443,6 +443,9 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 				nw |= waiters
 			}
 			if atomic.CompareAndSwapUint64(m.word, w, nw) {
+				if m.life.Closed() {
+					return false, 0, m.giveBack(low, nw, w&ownerDied != 0)
+				}
 				m.took(nw)
 				return m.settle(w&ownerDied != 0, tell), nw, nil
 			}
@@ -506,6 +509,9 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 					nw |= waiters
 				}
 				if atomic.CompareAndSwapUint64(m.word, w, nw) {
+					if m.life.Closed() {
+						return false, 0, m.giveBack(low, nw, true)
+					}
 					m.took(nw)
 					fault.Hit(fault.MutexRecovered)
 					return m.settle(true, tell), nw, nil
@@ -543,6 +549,33 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		futex.Wait(low, uint32(w), max(timeout, time.Microsecond))
 		slept = true
 	}
+}
+
+// giveBack undoes an acquisition that installed nw after Close began (Close
+// waits for this waiter, so the word is still mapped): the lock goes free as
+// if it had not been taken, keeping ownerDied if it carried the news of a
+// death (the next taker counts it and is told), and a sleeper is woken. It
+// returns the error of the closed region.
+func (m *Mutex) giveBack(low *uint32, nw uint64, died bool) error {
+	for {
+		// Only waiters setting their bit change the word meanwhile,
+		// or an administrator's Break.
+		w := atomic.LoadUint64(m.word)
+		if w&^waiters != nw&^waiters {
+			break
+		}
+		free := w &^ lowHalf
+		if died {
+			free |= ownerDied
+		}
+		if atomic.CompareAndSwapUint64(m.word, w, free) {
+			if w&waiters != 0 {
+				futex.Wake(low, 1)
+			}
+			break
+		}
+	}
+	return m.closedError("lock")
 }
 
 // noteHeld records, for error messages and inspection, that the hold with

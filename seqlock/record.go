@@ -49,12 +49,12 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	return rec, nil
 }
 
-// letGo points r at closing.Sentinel when its region is closed: the
-// published copy's sequence reads odd, which sends every read to the branch
-// that reports the region closed. The data are never read again.
+// letGo points r at a line of its own (closing.Sentinel) when its region is
+// closed: the published copy's sequence reads odd, which sends every read to
+// the branch that reports the region closed. The data are never read again.
 func (r *Record) letGo() {
-	r.pub = &closing.Sentinel[wordPub]
-	r.seq = [2]*uint64{&closing.Sentinel[wordSeq0], &closing.Sentinel[wordSeq0+1]}
+	l := closing.Sentinel()
+	r.pub, r.seq = &l[wordPub], [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}
 }
 
 // Len returns the record's size in bytes.

@@ -57,11 +57,12 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	return s, nil
 }
 
-// letGo points s at closing.Sentinel when its region is closed: an odd
-// sequence, which sends every read to ReadContext, which reports the region
-// closed. The data are never read again.
+// letGo points s at a line of its own (closing.Sentinel) when its region is
+// closed: an odd sequence, which sends every read to ReadContext, which
+// reports the region closed. The data are never read again.
 func (s *SeqLock) letGo() {
-	s.seq, s.state = &closing.Sentinel[wordSeq], &closing.Sentinel[wordState]
+	l := closing.Sentinel()
+	s.seq, s.state = &l[wordSeq], &l[wordState]
 }
 
 // closedError is the error, or the panic value, of a use of s after its

@@ -43,8 +43,12 @@ func (h Holder) String() string {
 // word (bits 0..29), is still alive: the attachment with that owner ID in
 // ModeProbe, the attachment that records that thread ID in ModeRobust. It
 // reads only: recovering a lock whose holder is Dead is the caller's step, a
-// CAS from the exact owner word it probed.
+// CAS from the exact owner word it probed. After Close it says Unverifiable.
 func (r *Region) Probe(owner uint32) Holder {
+	if r.life.Closed() {
+		// Never Dead: that would license a recovery.
+		return Holder{ID: owner, State: Unverifiable, Reason: "the region is closed"}
+	}
 	if r.mode == ModeRobust {
 		return r.probeTID(owner)
 	}
@@ -239,7 +243,11 @@ func (r *Region) readTable() ([]byte, error) {
 // gone), in slot order. It reads only, and reads the table with pread, so
 // that the holes of a sparse table are not brought into memory (reading a
 // tmpfs hole through a mapping allocates a page; on a full /dev/shm it faults).
+// After Close it returns none.
 func (r *Region) Attachments() []Holder {
+	if r.life.Closed() {
+		return nil
+	}
 	table, err := r.readTable()
 	if err != nil {
 		return nil

@@ -707,6 +707,9 @@ var zeroLine [LineSize / 8]uint64
 // recovered. A program that shares a region with untrusted writers of the
 // file can Check before trusting it, and use SetPanicOnFault around access.
 func (r *Region) Check() error {
+	if r.life.Closed() {
+		return &Error{Op: "check", Path: r.path, Kind: ErrClosed}
+	}
 	fi, err := r.f.Stat()
 	if err != nil {
 		return &Error{Op: "check", Path: r.path, Err: err}
@@ -720,12 +723,26 @@ func (r *Region) Check() error {
 
 // Attaches returns how many attachments the region has had since it was
 // created (information: it may lag by one while another process attaches).
-func (r *Region) Attaches() uint64 { return atomic.LoadUint64(r.u64(offAttaches)) }
+// It panics if r was closed.
+func (r *Region) Attaches() uint64 {
+	r.mustBeOpen("attaches")
+	return atomic.LoadUint64(r.u64(offAttaches))
+}
 
-// Created returns when the region was created, and by which PID.
+// Created returns when the region was created, and by which PID. It panics
+// if r was closed.
 func (r *Region) Created() (time.Time, int32) {
+	r.mustBeOpen("created")
 	ne := binary.NativeEndian
 	return time.Unix(0, int64(ne.Uint64(r.m[offCreated:]))), int32(ne.Uint32(r.m[offCreator:]))
+}
+
+// mustBeOpen panics, with an error matching ErrClosed, if r was closed: the
+// methods that read the mapping and return no error call it.
+func (r *Region) mustBeOpen(op string) {
+	if r.life.Closed() {
+		panic(&Error{Op: op, Path: r.path, Kind: ErrClosed})
+	}
 }
 
 // Close detaches from the region and unmaps it. Locks this process still

@@ -9,7 +9,7 @@
 //  1. marks the region closed; every slow path checks the mark first;
 //  2. wakes every goroutine asleep on one of the region's words in a slow
 //     path, and waits for each to see the mark and leave;
-//  3. points every tracked object that is still alive at Sentinel, memory
+//  3. points every tracked object that is still alive at a Sentinel, memory
 //     of this process whose words send each fast path to its slow path: an
 //     owner word that is held (and never equal to a word a holder
 //     installed, whose bit 30 is clear), sequences that are odd.
@@ -32,8 +32,16 @@ import (
 // Of returns the Closing of a region (a *shm.Region); package shm sets it.
 var Of func(region any) *Closing
 
-// Sentinel is the line that closed objects point at: all bits set.
-var Sentinel = [8]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+// Sentinel returns a line of this process's memory for a closed object to
+// point at: all bits set. Each object gets a line of its own, so that a write
+// through one (by a use that raced with Close) reaches no other.
+func Sentinel() *[8]uint64 {
+	l := new([8]uint64)
+	for i := range l {
+		l[i] = ^uint64(0)
+	}
+	return l
+}
 
 // Closing is the closing state of one region.
 type Closing struct {
