@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -126,7 +128,8 @@ func openUseClose(path string, search bool) error {
 }
 
 // threadIDs returns the IDs of every thread of this process and of the next
-// n the kernel will hand out.
+// n the kernel will hand out: in turn, wrapping past pid_max to 300
+// (RESERVED_PIDS).
 func threadIDs(n int) ([]uint32, error) {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
@@ -142,8 +145,19 @@ func threadIDs(n int) ([]uint32, error) {
 		tids = append(tids, uint32(id))
 		newest = max(newest, uint32(id))
 	}
-	for i := range n {
-		tids = append(tids, newest+1+uint32(i))
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		return nil, err
+	}
+	pidMax, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return nil, err
+	}
+	for i, id := 0, newest; i < n; i++ {
+		if id++; id >= uint32(pidMax) {
+			id = 300
+		}
+		tids = append(tids, id)
 	}
 	return tids, nil
 }
@@ -211,4 +225,48 @@ func TestRobustManyRegions(t *testing.T) {
 		n, time.Since(start), before, threads(t), len(tids), robust.Threads())
 	require.LessOrEqual(t, threads(t), before+10, "threads grew with the regions")
 	require.LessOrEqual(t, len(tids), n/robust.Limit+2, "lines spread over more lists than they fill")
+}
+
+// Containers number their threads alike, so the kth container on a region
+// finds the next k-1 thread IDs of its PID namespace taken: 80 processes,
+// each in a PID namespace of its own and allowed 40 threads at most
+// (debug.SetMaxThreads), attach to one robust region and hold a lock each.
+// Every one gets an ID of its own, with a handful of threads, and none dies.
+func TestRobustManyContainers(t *testing.T) {
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("unshare (util-linux) not installed")
+	}
+	if out, err := exec.Command(unshare, "--pid", "--fork", "--mount-proc", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot create a PID namespace here (needs root): %v %s", err, out)
+	}
+	const n = 80
+	path := tempPath(t)
+	r, err := Open(path, Options{Size: 4096, Slots: 256, Mode: ModeRobust})
+	require.NoError(t, err)
+	defer r.Close()
+	tids := map[uint32]int{}
+	most := 0
+	start := time.Now()
+	for i := range n {
+		cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.run=^$", path)
+		cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_MAX_THREADS=40")
+		out := new(proctest.Buffer)
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		proctest.Eventually(t, 20*time.Second, fmt.Sprintf("container %d never attached", i), func() bool {
+			return strings.Contains(out.String(), "threads=") || cmd.ProcessState != nil || strings.Contains(out.String(), ":")
+		})
+		var tid uint32
+		var nt int
+		_, err := fmt.Sscanf(out.String(), "id=%d\nthreads=%d", &tid, &nt)
+		require.NoError(t, err, "container %d: %s", i, out.String())
+		tids[tid]++
+		require.Equal(t, 1, tids[tid], "container %d got thread ID %d, which another holds", i, tid)
+		most = max(most, nt)
+	}
+	t.Logf("%d containers attached in %v; thread IDs %d distinct; at most %d threads in one", n, time.Since(start), len(tids), most)
+	assert.LessOrEqual(t, most, 20, "a container kept a thread for each ID it found taken")
 }

@@ -98,8 +98,11 @@ func runChild(role, arg string) int {
 		fmt.Println("detached")
 		select {}
 	case "attach-tid":
-		// arg: path. Attach, link line 0, say its thread ID, and stay
-		// until killed.
+		// arg: path. Attach, link line 0, say its thread ID (and how many
+		// threads this process has), and stay until killed.
+		if n, _ := strconv.Atoi(os.Getenv("SHM_TEST_MAX_THREADS")); n > 0 {
+			debug.SetMaxThreads(n)
+		}
 		r, err := Open(arg, Options{})
 		if err != nil {
 			fmt.Println("open:", err)
@@ -111,6 +114,8 @@ func runChild(role, arg string) int {
 			return 1
 		}
 		fmt.Printf("id=%d\n", tid) // as attachedAs reads it
+		tasks, _ := os.ReadDir("/proc/self/task")
+		fmt.Printf("threads=%d\n", len(tasks))
 		select {}
 	case "close-truncated":
 		// arg: path. A robust region with locks on two pages, the file

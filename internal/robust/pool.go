@@ -4,9 +4,13 @@ package robust
 
 import (
 	"errors"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -27,7 +31,16 @@ import (
 // set_robust_list would replace it). A thread that does not suit is handed
 // back to the runtime (runtime.UnlockOSThread) untouched, once the search is
 // over: holding the rejected ones meanwhile is what makes each try land on
-// another thread.
+// another thread, the runtime's idle ones first, then new ones.
+//
+// A new thread gets the next ID of the PID namespace: the kernel hands them
+// out in turn (idr_alloc_cyclic). Where the region's table records the next
+// ones too (containers number alike: the kth container on a region finds
+// k-1 of them taken), trying one thread after another would need as many
+// threads; instead the search skips the taken IDs, by starting processes that
+// fail to exec at once (each takes an ID and is reaped), so that its next new
+// thread gets a free one. A search holds the runtime's idle threads and a
+// thread or two more, never ends one, and keeps one.
 //
 // Threads are few: lists are shared by every mapping of an arena, so a
 // process needs one per Limit lock lines it makes, plus one for each region
@@ -37,6 +50,9 @@ const (
 	MaxThreads = 128
 	// maxTries is the most threads one search tries (and holds at once).
 	maxTries = 64
+	// maxSkip is the most IDs one search skips (a few milliseconds each
+	// hundred).
+	maxSkip = 4096
 )
 
 var (
@@ -84,6 +100,7 @@ func (p *pool) find(ok func(tid int32) bool, grow bool) (*List, error) {
 			t.handBack()
 		}
 	}()
+	known, skips := threadIDs(), maxSkip
 	for range maxTries {
 		if n := registered.Add(1); n > MaxThreads {
 			registered.Add(-1)
@@ -93,6 +110,11 @@ func (p *pool) find(ok func(tid int32) bool, grow bool) (*List, error) {
 		if !t.usable || !ok(t.tid) {
 			registered.Add(-1)
 			tried = append(tried, t)
+			// A new thread: so is the next one, with the next ID,
+			// unless the taken ones are skipped.
+			if !known[t.tid] && !skipIDs(t.tid, ok, &skips) {
+				return nil, ErrTaken
+			}
 			continue
 		}
 		l, err := t.register(p.offset)
@@ -177,4 +199,67 @@ func ownListEmpty() bool {
 		return false
 	}
 	return h == nil || atomic.LoadUintptr((*uintptr)(h)) == uintptr(h)
+}
+
+// threadIDs returns the IDs of this process's threads, or none if /proc
+// cannot tell.
+func threadIDs() map[int32]bool {
+	ids := map[int32]bool{}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return ids
+	}
+	for _, d := range tasks {
+		if n, err := strconv.ParseInt(d.Name(), 10, 32); err == nil {
+			ids[int32(n)] = true
+		}
+	}
+	return ids
+}
+
+// skipIDs makes the next ID the kernel hands out in this PID namespace, after
+// the ID of the thread just started, one that ok accepts: it starts
+// processes that fail to exec at once, each of which takes an ID, until
+// /proc/sys/kernel/ns_last_pid (the namespace's last ID) is just below one
+// that ok accepts. Where that file cannot be read, it takes as many IDs as
+// ok refuses after after. It takes at most *budget IDs, and counts them off;
+// it reports whether the next ID is one ok accepts (as far as it can tell).
+func skipIDs(after int32, ok func(int32) bool, budget *int) bool {
+	if _, err := lastID(); err != nil {
+		id := after + 1
+		for ; !ok(id) && *budget > 0 && takeID(); id++ {
+			*budget--
+		}
+		return ok(id)
+	}
+	for {
+		last, err := lastID()
+		switch {
+		case err != nil:
+			return false
+		case ok(last + 1):
+			return true
+		case *budget == 0 || !takeID():
+			return false
+		}
+		*budget--
+	}
+}
+
+// lastID reads the last ID the kernel handed out in this PID namespace.
+func lastID() (int32, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/ns_last_pid")
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32)
+	return int32(n), err
+}
+
+// takeID starts a process that fails to exec at once, so that it takes the
+// namespace's next ID, and reaps it (syscall.ForkExec waits for a child whose
+// exec failed). It reports whether the process was started.
+func takeID() bool {
+	_, err := syscall.ForkExec("/", []string{"/"}, &syscall.ProcAttr{})
+	return err == syscall.EACCES || err == syscall.EISDIR || err == syscall.ENOENT
 }
