@@ -43,6 +43,11 @@ import (
 // that ID (probeTID). A list may link the lines of other regions too: their
 // tables record its ID as well, each for the one attachment that uses it.
 //
+// A list serves the lines of every region the process maps, so a region file
+// truncated under its mapping (bad input) stops the kernel's walk at its
+// first line, and the lines after it, of other regions too, go unmarked: the
+// probe finds those deaths.
+//
 // A dead attachment's IDs stay recorded until they are retired: a lock word
 // the kernel did not mark (the walk stops at a word it cannot read) may still
 // name one, and must be marked before the ID can name a live attachment's
