@@ -2,6 +2,7 @@ package seqlock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync/atomic"
@@ -22,6 +23,10 @@ const (
 	maxSleep   = time.Millisecond
 	probeAfter = time.Millisecond
 )
+
+// readHook, if set, runs before a waiting reader tries to recover the writer:
+// tests stop a reader there.
+var readHook atomic.Pointer[func()]
 
 // SeqLock is a record of fixed size in a region, written under a robust
 // mutex and read without locks. See the package documentation.
@@ -141,7 +146,12 @@ func (s *SeqLock) ReadContext(ctx context.Context, dst []byte) error {
 			odd, oddSince, sleep = s1, now, time.Microsecond
 		}
 		if now.Sub(oddSince) >= probeAfter {
-			s.recoverDeadWriter()
+			if f := readHook.Load(); f != nil {
+				(*f)()
+			}
+			if s.recoverDeadWriter() {
+				return s.closedError("read")
+			}
 		}
 		if err := ctx.Err(); err != nil {
 			return err
@@ -154,8 +164,18 @@ func (s *SeqLock) ReadContext(ctx context.Context, dst []byte) error {
 // recoverDeadWriter ends the write of a writer that died, as a writer would:
 // it takes the lock only if the writer is dead (or gone without releasing),
 // marks the record dirty and makes the sequence even. A reader that finds the
-// writer alive writes nothing.
-func (s *SeqLock) recoverDeadWriter() {
+// writer alive writes nothing. It reports whether it found the region
+// closed: Close may begin while a reader is here (Close waits for it), and
+// the Mutex's methods then panic with ErrClosed.
+func (s *SeqLock) recoverDeadWriter() (closed bool) {
+	defer func() {
+		if e := recover(); e != nil {
+			if err, ok := e.(error); !ok || !errors.Is(err, shm.ErrClosed) {
+				panic(e)
+			}
+			closed = true
+		}
+	}()
 	g, ok := s.mu.TryAcquire()
 	if !ok {
 		return
@@ -164,6 +184,7 @@ func (s *SeqLock) recoverDeadWriter() {
 	s.closeDeadWrite()
 	g.Commit()
 	g.Release()
+	return false
 }
 
 // closeDeadWrite marks dirty a write that was left open (odd), and closes it.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -470,4 +471,31 @@ func TestRecordCorrupt(t *testing.T) {
 	u.Release()
 	require.NoError(t, rec.Read(b))
 	assert.Equal(t, bytes.Repeat([]byte{7}, 64), b)
+}
+
+// A reader waiting on a live writer's open write, about to try to recover it
+// when Close begins, returns ErrClosed: it is stopped there until Close has
+// begun (Close waits for it).
+func TestCloseDuringReaderRecovery(t *testing.T) {
+	h := proctest.New(t, 60*time.Second)
+	const size = 64
+	path := filepath.Join(t.TempDir(), "region")
+	e, err := open(path, size)
+	require.NoError(t, err)
+	w := h.Spawn("hang-seq", path, strconv.Itoa(size))
+	defer w.Kill()
+	proctest.Eventually(t, 10*time.Second, "writer never started", func() bool { return e.get(ctrHanging) == 1 })
+	stopped, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	seqlock.SetReadHook(func() { once.Do(func() { close(stopped); <-release }) })
+	defer seqlock.SetReadHook(nil)
+	read := make(chan error, 1)
+	go func() { read <- e.seq.Read(make([]byte, size)) }()
+	<-stopped
+	closed := make(chan error, 1)
+	go func() { closed <- e.r.Close() }()
+	time.Sleep(50 * time.Millisecond) // Close has begun, and waits for the reader
+	close(release)
+	assert.ErrorIs(t, <-read, shm.ErrClosed)
+	require.NoError(t, <-closed)
 }
