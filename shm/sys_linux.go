@@ -13,6 +13,8 @@ import (
 
 	"github.com/edsrzf/mmap-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock/internal/robust"
 )
 
 // supported: this system has what a region needs (OFD locks, shared futexes).
@@ -89,13 +91,19 @@ func seekHole(fd int, off, end int64) int64 {
 	return h
 }
 
-// mapShared maps the first n bytes of f, shared, read-only or writable.
+// mapShared maps the first n bytes of f, shared, read-only or writable. A
+// writable mapping, whose locks may be taken, goes in a robust arena (without
+// a shadow), so that its range is not given to another mapping right after
+// Close (see internal/robust).
 func mapShared(f *os.File, n int, readOnly bool) ([]byte, func() error, error) {
-	mode := mmap.RDWR
-	if readOnly {
-		mode = mmap.RDONLY
+	if !readOnly {
+		m, err := robust.Map(int(f.Fd()), n, false)
+		if err != nil {
+			return nil, nil, err
+		}
+		return m.Bytes(), m.Unmap, nil
 	}
-	m, err := mmap.MapRegion(f, n, mode, 0, 0)
+	m, err := mmap.MapRegion(f, n, mmap.RDONLY, 0, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,15 @@ import (
 //	arena:  [ data half: mappings, shared | shadow half: entries, private ]
 //	         base                           base + half
 //
+// A range that a mapping leaves is reserved again, and given to another only
+// after quarantine: a goroutine that used a lock of the closed region
+// concurrently with Close (a race the caller must not start) may still hold
+// an address in it, and it must fault there, not reach another region's
+// lock.
+//
+// Regions in probe mode are mapped in an arena too, for the quarantine; they
+// have no shadow.
+//
 // A process starts with no arena; the first robust mapping reserves one of
 // defaultHalf a half (less where the address space is smaller, or limited),
 // and a mapping that fits no arena reserves another, with lists of its own.
@@ -48,10 +58,17 @@ type arena struct {
 	base unsafe.Pointer
 	half uintptr
 	free []span // free ranges of the data half, sorted by offset, coalesced
+	held []span // ranges left, in quarantine until their time
 	pool pool
 }
 
-type span struct{ off, n uintptr }
+type span struct {
+	off, n uintptr
+	until  time.Time // held: when it may be given again
+}
+
+// quarantine is how long a range a mapping left is kept from others.
+const quarantine = 10 * time.Second
 
 var arenas struct {
 	mu  sync.Mutex
@@ -60,10 +77,11 @@ var arenas struct {
 
 // Mapping is a region file mapped into an arena, with its shadow.
 type Mapping struct {
-	a    *arena
-	off  uintptr // in the data half
-	n    uintptr // length, in whole pages
-	data []byte
+	a      *arena
+	off    uintptr // in the data half
+	n      uintptr // length, in whole pages
+	data   []byte
+	shadow bool
 }
 
 func pageRound(n uintptr) uintptr {
@@ -72,8 +90,8 @@ func pageRound(n uintptr) uintptr {
 }
 
 // Map maps the first size bytes of the file fd, shared and writable, into an
-// arena, and makes its shadow ready for entries.
-func Map(fd int, size int) (*Mapping, error) {
+// arena, and if shadow is set makes its shadow ready for list entries.
+func Map(fd int, size int, shadow bool) (*Mapping, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("robust: mapping of %d bytes", size)
 	}
@@ -82,15 +100,17 @@ func Map(fd int, size int) (*Mapping, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mapping{a: a, off: off, n: n}
+	m := &Mapping{a: a, off: off, n: n, shadow: shadow}
 	addr := unsafe.Add(a.base, off)
 	if _, err := unix.MmapPtr(fd, 0, addr, uintptr(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
 		m.release()
 		return nil, err
 	}
-	if err := unix.Mprotect(m.shadow(), unix.PROT_READ|unix.PROT_WRITE); err != nil {
-		m.release()
-		return nil, err
+	if shadow {
+		if err := unix.Mprotect(m.shadowRange(), unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			m.release()
+			return nil, err
+		}
 	}
 	m.data = unsafe.Slice((*byte)(addr), size)
 	return m, nil
@@ -99,8 +119,8 @@ func Map(fd int, size int) (*Mapping, error) {
 // Bytes returns the mapping.
 func (m *Mapping) Bytes() []byte { return m.data }
 
-// shadow returns the mapping's shadow range.
-func (m *Mapping) shadow() []byte {
+// shadowRange returns the mapping's shadow range.
+func (m *Mapping) shadowRange() []byte {
 	return unsafe.Slice((*byte)(unsafe.Add(m.a.base, m.a.half+m.off)), m.n)
 }
 
@@ -120,11 +140,12 @@ func (m *Mapping) Find(ok func(tid int32) bool, grow bool) (*List, error) {
 // Unlink removes the mapping's entries from l: before Unmap, every list that
 // links any of them must.
 func (m *Mapping) Unlink(l *List) {
-	s := m.shadow()
+	s := m.shadowRange()
 	l.Unlink(unsafe.Pointer(&s[0]), unsafe.Add(unsafe.Pointer(&s[0]), len(s)))
 }
 
-// Unmap returns the mapping and its shadow to the arena's reservation.
+// Unmap returns the mapping and its shadow to the arena's reservation, where
+// they stay in quarantine before another mapping may have them.
 func (m *Mapping) Unmap() error {
 	if m.data == nil {
 		return nil
@@ -133,7 +154,7 @@ func (m *Mapping) Unmap() error {
 	return m.release()
 }
 
-// release reserves the mapping's ranges again and frees them for reuse. A
+// release reserves the mapping's ranges again and puts them in quarantine. A
 // range that cannot be reserved again (out of memory for the kernel's map)
 // is unmapped and never reused: something else may be mapped there later.
 func (m *Mapping) release() error {
@@ -147,7 +168,7 @@ func (m *Mapping) release() error {
 		return err
 	}
 	arenas.mu.Lock()
-	m.a.put(m.off, m.n)
+	m.a.held = append(m.a.held, span{m.off, m.n, time.Now().Add(quarantine)})
 	arenas.mu.Unlock()
 	return nil
 }
@@ -183,7 +204,7 @@ func newArena(n uintptr) (*arena, error) {
 		if half <= ^uintptr(0)/2 {
 			base, err := unix.MmapPtr(-1, 0, nil, 2*half, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 			if err == nil {
-				a := &arena{base: base, half: half, free: []span{{0, half}}}
+				a := &arena{base: base, half: half, free: []span{{off: 0, n: half}}}
 				a.pool.offset = int(line.LowHalf) - int(half)
 				return a, nil
 			}
@@ -195,14 +216,25 @@ func newArena(n uintptr) (*arena, error) {
 	return nil, fmt.Errorf("%w: %d bytes, twice over, could not be reserved", ErrAddressSpace, n)
 }
 
-// take allocates n bytes of the data half, first fit.
+// take allocates n bytes of the data half, first fit, from the ranges free
+// and those whose quarantine is over.
 func (a *arena) take(n uintptr) (uintptr, bool) {
+	now := time.Now()
+	kept := a.held[:0]
+	for _, s := range a.held {
+		if now.Before(s.until) {
+			kept = append(kept, s)
+		} else {
+			a.put(s.off, s.n)
+		}
+	}
+	a.held = kept
 	for i, s := range a.free {
 		if s.n >= n {
 			if s.n == n {
 				a.free = append(a.free[:i], a.free[i+1:]...)
 			} else {
-				a.free[i] = span{s.off + n, s.n - n}
+				a.free[i] = span{off: s.off + n, n: s.n - n}
 			}
 			return s.off, true
 		}
@@ -215,7 +247,7 @@ func (a *arena) put(off, n uintptr) {
 	i := sort.Search(len(a.free), func(i int) bool { return a.free[i].off > off })
 	a.free = append(a.free, span{})
 	copy(a.free[i+1:], a.free[i:])
-	a.free[i] = span{off, n}
+	a.free[i] = span{off: off, n: n}
 	if i+1 < len(a.free) && a.free[i].off+a.free[i].n == a.free[i+1].off {
 		a.free[i].n += a.free[i+1].n
 		a.free = append(a.free[:i+1], a.free[i+2:]...)
