@@ -39,7 +39,9 @@ import (
 //	             before one Acquire are told together), and every death is
 //	             counted once, but for one whose taker dies in the instant
 //	             between its CAS and its count: the taker's own death is
-//	             then counted and told, and the one before it told with it.
+//	             then counted and told, and the one before it told with it
+//	             (so too a death a waiter gives back at Close, if a Break
+//	             lands meanwhile: the two are counted as one).
 //	bit  31      waiters: a waiter may be asleep on the low half of the word;
 //	             whoever releases must wake one. Set by a waiter before it
 //	             sleeps, cleared by every release, and set again by a waiter

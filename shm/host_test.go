@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -103,10 +104,11 @@ func openUseClose(path string, search bool) error {
 				binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
 			}
 			binary.NativeEndian.PutUint32(e[entNTIDs:], uint32(k))
-			if _, err := f.WriteAt(e[:], int64(s*entryBytes)); err != nil {
+			// The lock first, as a claimant takes it.
+			if err := tryLockByte(int(f.Fd()), int64(s*entryBytes)); err != nil {
 				return err
 			}
-			if err := tryLockByte(int(f.Fd()), int64(s*entryBytes)); err != nil {
+			if _, err := f.WriteAt(e[:], int64(s*entryBytes)); err != nil {
 				return err
 			}
 			tids = tids[k:]
@@ -128,15 +130,25 @@ func openUseClose(path string, search bool) error {
 }
 
 // threadIDs returns the IDs of every thread of this process and of the next
-// n the kernel will hand out: in turn, wrapping past pid_max to 300
+// n the kernel will hand out in its PID namespace: in turn after the last
+// one it handed out (ns_last_pid), wrapping past pid_max to 300
 // (RESERVED_PIDS).
 func threadIDs(n int) ([]uint32, error) {
+	// The last ID first: a thread started after it is read has a later
+	// one, which the list of threads read next shows, or the IDs after.
+	newest := uint32(0)
+	if b, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
+		last, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+		if err != nil {
+			return nil, err
+		}
+		newest = uint32(last)
+	}
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
 		return nil, err
 	}
 	var tids []uint32
-	newest := uint32(0)
 	for _, d := range tasks {
 		id, err := strconv.ParseUint(d.Name(), 10, 32)
 		if err != nil {
@@ -269,4 +281,58 @@ func TestRobustManyContainers(t *testing.T) {
 	}
 	t.Logf("%d containers attached in %v; thread IDs %d distinct; at most %d threads in one", n, time.Since(start), len(tids), most)
 	assert.LessOrEqual(t, most, 20, "a container kept a thread for each ID it found taken")
+}
+
+// The memory a closed region leaves is not given to the next one at once: a
+// goroutine that raced Close with a lock method may still hold an address in
+// it, and must fault there rather than take another region's lock.
+func TestClosedRangeNotReused(t *testing.T) {
+	for _, mode := range []Mode{ModeProbe, ModeRobust} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			var ranges [][2]uintptr
+			for i := range 20 {
+				r, err := Open(filepath.Join(dir, strconv.Itoa(i)), Options{Size: 1 << 20, Mode: mode})
+				require.NoError(t, err)
+				b, err := r.Bytes(0, r.Size())
+				require.NoError(t, err)
+				lo := uintptr(unsafe.Pointer(&b[0]))
+				hi := lo + uintptr(len(b))
+				for _, old := range ranges {
+					require.False(t, lo < old[1] && old[0] < hi, "region %d mapped over a closed region's memory", i)
+				}
+				ranges = append(ranges, [2]uintptr{lo, hi})
+				require.NoError(t, r.Close())
+			}
+		})
+	}
+}
+
+// A process one thread short of its limit (debug.SetMaxThreads, which ends a
+// process past it) that must look for a free thread ID is refused robust
+// mode with ErrLimit, and lives: the search would hold the threads it has,
+// and the runtime start more meanwhile.
+func TestRobustSearchNearThreadLimit(t *testing.T) {
+	path := tempPath(t)
+	r := openRobust(t, path, Options{Size: 4096, Slots: 64})
+	_, err := r.OwnerFor(0)
+	require.NoError(t, err)
+	taken, err := threadIDs(40)
+	require.NoError(t, err)
+	plantLive(t, path, 3, taken) // our threads and the next IDs: a search must start threads
+	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
+	cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_THREAD_ROOM=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out := new(proctest.Buffer)
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	proctest.Eventually(t, 20*time.Second, "the child neither attached nor failed", func() bool {
+		o := out.String()
+		return strings.Contains(o, "threads=") || strings.Contains(o, "open:") || strings.Contains(o, "fatal error")
+	})
+	time.Sleep(10 * time.Millisecond)
+	t.Logf("%s", out.String())
+	assert.NotContains(t, out.String(), "fatal error")
+	assert.Contains(t, out.String(), "too few more threads")
 }

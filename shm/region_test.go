@@ -103,6 +103,10 @@ func runChild(role, arg string) int {
 		if n, _ := strconv.Atoi(os.Getenv("SHM_TEST_MAX_THREADS")); n > 0 {
 			debug.SetMaxThreads(n)
 		}
+		if n, _ := strconv.Atoi(os.Getenv("SHM_TEST_THREAD_ROOM")); n > 0 {
+			tasks, _ := os.ReadDir("/proc/self/task")
+			debug.SetMaxThreads(len(tasks) + n)
+		}
 		r, err := Open(arg, Options{})
 		if err != nil {
 			fmt.Println("open:", err)
@@ -113,7 +117,8 @@ func runChild(role, arg string) int {
 			fmt.Println("owner:", err)
 			return 1
 		}
-		fmt.Printf("id=%d\n", tid) // as attachedAs reads it
+		fmt.Printf("id=%d\n", tid)        // as attachedAs reads it
+		time.Sleep(10 * time.Millisecond) // threads that took IDs are gone
 		tasks, _ := os.ReadDir("/proc/self/task")
 		fmt.Printf("threads=%d\n", len(tasks))
 		select {}

@@ -134,9 +134,11 @@ func TestRobustTIDsUnique(t *testing.T) {
 			binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
 		}
 		binary.NativeEndian.PutUint32(e[entNTIDs:], maxTIDs)
+		// The lock first, as a claimant takes it: a record without it
+		// is a dead claimant's, which a retirement may clear.
+		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)))
 		_, err = f.WriteAt(e[:], int64(s*entryBytes))
 		require.NoError(t, err)
-		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)))
 	}
 
 	other := openRobust(t, path, Options{})
@@ -342,9 +344,11 @@ func plantLive(t *testing.T, path string, first int, tids []uint32) {
 			binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
 		}
 		binary.NativeEndian.PutUint32(e[entNTIDs:], uint32(n))
+		// The lock first, as a claimant takes it: a record without it
+		// is a dead claimant's, which a retirement may clear.
+		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)), "live: its liveness lock held")
 		_, err = f.WriteAt(e[:], int64(s*entryBytes))
 		require.NoError(t, err)
-		require.NoError(t, tryLockByte(int(f.Fd()), int64(s*entryBytes)), "live: its liveness lock held")
 		tids = tids[n:]
 	}
 }
@@ -392,6 +396,7 @@ func TestRobustSearchSkipsTakenIDs(t *testing.T) {
 				default:
 					require.NoError(t, err)
 				}
+				time.Sleep(10 * time.Millisecond) // threads that took IDs are gone
 				t.Logf("try %d: %d IDs taken; threads %d before, %d now; took %v (%v)", i, len(taken), before, threads(t), took, err)
 			}
 			assert.LessOrEqual(t, threads(t)-before, 16, "threads beyond the few a search holds")

@@ -4,13 +4,15 @@ package robust
 
 import (
 	"errors"
+	"math"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -37,10 +39,11 @@ import (
 // out in turn (idr_alloc_cyclic). Where the region's table records the next
 // ones too (containers number alike: the kth container on a region finds
 // k-1 of them taken), trying one thread after another would need as many
-// threads; instead the search skips the taken IDs, by starting processes that
-// fail to exec at once (each takes an ID and is reaped), so that its next new
-// thread gets a free one. A search holds the runtime's idle threads and a
-// thread or two more, never ends one, and keeps one.
+// threads; instead the search first skips the taken IDs, giving each to a
+// thread that ends at once (takeID: one that never ran anything, so ending
+// it harms nobody), so that its next new thread gets a free one. A search
+// holds the runtime's idle threads and a new thread or two, never ends one
+// of the runtime's, and keeps one.
 //
 // Threads are few: lists are shared by every mapping of an arena, so a
 // process needs one per Limit lock lines it makes, plus one for each region
@@ -48,11 +51,18 @@ import (
 const (
 	// MaxThreads is the most threads that carry lists in one process.
 	MaxThreads = 128
-	// maxTries is the most threads one search tries (and holds at once).
+	// maxTries is the most new threads one search tries where taken IDs
+	// cannot be skipped; maxNew where they can.
 	maxTries = 64
-	// maxSkip is the most IDs one search skips (a few milliseconds each
-	// hundred).
+	maxNew   = 4
+	// maxSkip is the most IDs one search skips.
 	maxSkip = 4096
+	// minRoom, and one more for each P, is how many more threads the
+	// process must be allowed to start for a search to begin: each
+	// goroutine it starts may have the runtime start a thread for an idle
+	// P, and holding the idle threads makes it start more (3 to 5 seen with
+	// 100 idle threads, up to GOMAXPROCS+7 with none).
+	minRoom = 6
 )
 
 var (
@@ -60,6 +70,9 @@ var (
 	ErrThreads = errors.New("the process's robust lists are all in use")
 	// ErrTaken: every thread tried has an ID the caller refused.
 	ErrTaken = errors.New("every thread tried has a taken ID")
+	// ErrNoRoom: the process may start too few more threads for a search
+	// (debug.SetMaxThreads, or its pids cgroup, would stop it).
+	ErrNoRoom = errors.New("too few more threads may start")
 	// ErrNoList: no list of the pool suits (Find without grow).
 	ErrNoList = errors.New("no robust list suits")
 )
@@ -100,32 +113,108 @@ func (p *pool) find(ok func(tid int32) bool, grow bool) (*List, error) {
 			t.handBack()
 		}
 	}()
+	// Threads that exist are tried first (the runtime's idle ones); once
+	// they are held the runtime starts new ones, the next of which gets the
+	// namespace's next ID, so taken ones are skipped before. Holding the
+	// existing ones makes the runtime start a few threads more (to run the
+	// goroutines meanwhile): where none of them has a free ID and none can
+	// be skipped to, nothing is held.
 	known, skips := threadIDs(), maxSkip
-	for range maxTries {
+	room, need := threadRoom(len(known)), runtime.GOMAXPROCS(0)+minRoom
+	if room < need {
+		return nil, ErrNoRoom
+	}
+	newTries := min(maxTries, room-need)
+	if canTakeID {
+		newTries = maxNew
+		if !skipTaken(ok, &skips) {
+			newTries = 0 // no new thread would have a free ID
+			if !anyFree(known, ok) {
+				return nil, ErrTaken
+			}
+		}
+	}
+	for len(tried) < len(known)+newTries {
 		if n := registered.Add(1); n > MaxThreads {
 			registered.Add(-1)
 			return nil, ErrThreads
 		}
 		t := lockThread()
-		if !t.usable || !ok(t.tid) {
-			registered.Add(-1)
-			tried = append(tried, t)
-			// A new thread: so is the next one, with the next ID,
-			// unless the taken ones are skipped.
-			if !known[t.tid] && !skipIDs(t.tid, ok, &skips) {
-				return nil, ErrTaken
+		if t.usable && ok(t.tid) {
+			l, err := t.register(p.offset)
+			if err != nil {
+				registered.Add(-1)
+				return nil, err
 			}
-			continue
+			p.lists = append(p.lists, l)
+			return l, nil
 		}
-		l, err := t.register(p.offset)
-		if err != nil {
-			registered.Add(-1)
-			return nil, err
+		registered.Add(-1)
+		tried = append(tried, t)
+		if !known[t.tid] && canTakeID && !skipTaken(ok, &skips) {
+			break
 		}
-		p.lists = append(p.lists, l)
-		return l, nil
 	}
 	return nil, ErrTaken
+}
+
+// anyFree reports whether a thread of ids that may carry a list (not the main
+// thread, not one that carries one already) has an ID that ok accepts.
+func anyFree(ids map[int32]bool, ok func(int32) bool) bool {
+	pid := int32(unix.Getpid())
+	for id := range ids {
+		if id != pid && !listTIDs.has(id) && ok(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// listTIDs are the IDs of the threads that carry lists, in every pool.
+var listTIDs tidSet
+
+type tidSet struct {
+	mu  sync.Mutex
+	ids map[int32]bool
+}
+
+func (s *tidSet) add(id int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[int32]bool{}
+	}
+	s.ids[id] = true
+}
+
+func (s *tidSet) has(id int32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ids[id]
+}
+
+// skipTaken makes the next IDs the kernel hands out in this PID namespace
+// ones that ok accepts, by giving the IDs it refuses to threads that end at
+// once (takeID): enough of them in a row (one for each P, and a few) that the
+// threads the runtime starts meanwhile, for idle Ps, leave one for the
+// search's next. It takes at most *budget IDs, and counts them off; it
+// reports whether it could.
+func skipTaken(ok func(int32) bool, budget *int) bool {
+	run := int32(runtime.GOMAXPROCS(0) + maxNew)
+	for ; *budget > 0; *budget-- {
+		id, started := takeID()
+		if !started {
+			return false
+		}
+		free := true
+		for i := int32(1); i <= run && free; i++ {
+			free = ok(id + i)
+		}
+		if free {
+			return true
+		}
+	}
+	return false
 }
 
 // thread is a goroutine locked to its OS thread, waiting to be told whether
@@ -185,6 +274,7 @@ func (t *thread) register(offset int) (*List, error) {
 		unix.Munmap(page)
 		return nil, err
 	}
+	listTIDs.add(t.tid)
 	return &List{head: h, tid: t.tid}, nil
 }
 
@@ -217,49 +307,60 @@ func threadIDs() map[int32]bool {
 	return ids
 }
 
-// skipIDs makes the next ID the kernel hands out in this PID namespace, after
-// the ID of the thread just started, one that ok accepts: it starts
-// processes that fail to exec at once, each of which takes an ID, until
-// /proc/sys/kernel/ns_last_pid (the namespace's last ID) is just below one
-// that ok accepts. Where that file cannot be read, it takes as many IDs as
-// ok refuses after after. It takes at most *budget IDs, and counts them off;
-// it reports whether the next ID is one ok accepts (as far as it can tell).
-func skipIDs(after int32, ok func(int32) bool, budget *int) bool {
-	if _, err := lastID(); err != nil {
-		id := after + 1
-		for ; !ok(id) && *budget > 0 && takeID(); id++ {
-			*budget--
-		}
-		return ok(id)
-	}
-	for {
-		last, err := lastID()
-		switch {
-		case err != nil:
-			return false
-		case ok(last + 1):
-			return true
-		case *budget == 0 || !takeID():
-			return false
-		}
-		*budget--
-	}
-}
-
-// lastID reads the last ID the kernel handed out in this PID namespace.
-func lastID() (int32, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/ns_last_pid")
+// threadRoom is how many more threads this process, which has n, may start
+// before a limit stops it: the Go runtime's (debug.SetMaxThreads, which
+// kills a process past it; read by setting it to what it was), or that of
+// its pids cgroup, or of any cgroup above (v1 or v2).
+func threadRoom(n int) int {
+	limit := debug.SetMaxThreads(math.MaxInt32)
+	debug.SetMaxThreads(limit)
+	room := limit - n
+	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
-		return 0, err
+		return room
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 32)
-	return int32(n), err
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		var roots []string
+		switch {
+		case f[0] == "0" && f[1] == "":
+			roots = []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}
+		case strings.Contains(","+f[1]+",", ",pids,"):
+			roots = []string{"/sys/fs/cgroup/pids"}
+		default:
+			continue
+		}
+		for _, root := range roots {
+			for dir := f[2]; ; dir = filepath.Dir(dir) {
+				if r, ok := pidsRoom(filepath.Join(root, dir)); ok {
+					room = min(room, r)
+				}
+				if dir == "/" || dir == "." {
+					break
+				}
+			}
+		}
+	}
+	return room
 }
 
-// takeID starts a process that fails to exec at once, so that it takes the
-// namespace's next ID, and reaps it (syscall.ForkExec waits for a child whose
-// exec failed). It reports whether the process was started.
-func takeID() bool {
-	_, err := syscall.ForkExec("/", []string{"/"}, &syscall.ProcAttr{})
-	return err == syscall.EACCES || err == syscall.EISDIR || err == syscall.ENOENT
+// pidsRoom reads how many more tasks the pids cgroup at dir admits.
+func pidsRoom(dir string) (int, bool) {
+	max, err := os.ReadFile(filepath.Join(dir, "pids.max"))
+	if err != nil || strings.TrimSpace(string(max)) == "max" {
+		return 0, false
+	}
+	cur, err := os.ReadFile(filepath.Join(dir, "pids.current"))
+	if err != nil {
+		return 0, false
+	}
+	m, err1 := strconv.Atoi(strings.TrimSpace(string(max)))
+	c, err2 := strconv.Atoi(strings.TrimSpace(string(cur)))
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return m - c, true
 }

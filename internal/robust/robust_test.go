@@ -68,7 +68,7 @@ func hold(args []string) int {
 		fmt.Println(err)
 		return 1
 	}
-	m, err := robust.Map(int(f.Fd()), size)
+	m, err := robust.Map(int(f.Fd()), size, true)
 	if err != nil {
 		fmt.Println(err)
 		return 1
@@ -156,7 +156,7 @@ func TestNotTheMainThread(t *testing.T) {
 	defer f.Close()
 	seen := map[int32]bool{}
 	for range 20 {
-		m, err := robust.Map(int(f.Fd()), size)
+		m, err := robust.Map(int(f.Fd()), size, true)
 		require.NoError(t, err)
 		defer m.Unmap()
 		// A new list each time: every TID seen so far is refused.
@@ -169,4 +169,29 @@ func TestNotTheMainThread(t *testing.T) {
 		require.NoError(t, err)
 		assert.Same(t, l, again)
 	}
+}
+
+// takeID gives the namespace's next ID to a thread that ends at once: the
+// IDs it returns increase (but for the wrap past pid_max), the next thread
+// started gets a later one, and none of its threads outlives the call.
+func TestTakeID(t *testing.T) {
+	tasks := func() int {
+		d, err := os.ReadDir("/proc/self/task")
+		require.NoError(t, err)
+		return len(d)
+	}
+	before := tasks()
+	a, ok := robust.TakeID()
+	if !ok {
+		t.Skip("takeID is not implemented on this architecture")
+	}
+	b, ok := robust.TakeID()
+	require.True(t, ok)
+	assert.Greater(t, b, a, "IDs are handed out in turn (unless they wrapped)")
+	for range 1000 {
+		_, ok = robust.TakeID()
+		require.True(t, ok)
+	}
+	time.Sleep(20 * time.Millisecond)
+	assert.LessOrEqual(t, tasks(), before+2, "threads that took IDs outlived the call")
 }
