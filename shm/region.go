@@ -752,10 +752,13 @@ func (r *Region) mustBeOpen(op string) {
 // After Close, the locks and records made in the region report ErrClosed:
 // the methods that return an error return one that matches it (and
 // fs.ErrClosed), and those that cannot (Lock, Unlock, TryLock) panic with
-// one. Goroutines waiting for a lock of the region in Acquire or Lock when
-// Close begins are woken, and Close waits for them to return so. Close must
-// not run concurrently with any other use of the region, its locks or the
-// slices of Bytes, which point into memory that Close unmaps.
+// one. Goroutines asleep in Acquire, Lock or a SeqLock's Read, waiting for a
+// holder, when Close begins are woken, and Close waits for them to return
+// so. Any other use concurrent with Close (a lock method just starting, a
+// slice of Bytes) is a race: it may touch the memory Close unmaps, and fault
+// there (that memory goes to no other region for a while). So stop the
+// region's users first (cancel their contexts) and wait for them; Close
+// then ends the waits that remain.
 func (r *Region) Close() error {
 	if !r.life.Close() {
 		return nil
