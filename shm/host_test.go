@@ -336,3 +336,131 @@ func TestRobustSearchNearThreadLimit(t *testing.T) {
 	assert.NotContains(t, out.String(), "fatal error")
 	assert.Contains(t, out.String(), "too few more threads")
 }
+
+// userTasks counts the threads of every process of this user (by real user
+// ID), as RLIMIT_NPROC does.
+func userTasks() int {
+	uid := strconv.Itoa(os.Getuid())
+	procs, _ := os.ReadDir("/proc")
+	n := 0
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue // self, thread-self and the rest
+		}
+		b, err := os.ReadFile("/proc/" + p.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		var mine bool
+		var threads int
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
+				f := strings.Fields(v)
+				mine = len(f) > 0 && f[0] == uid
+			} else if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+				threads, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if mine {
+			n += threads
+		}
+	}
+	return n
+}
+
+// An ordinary user one task short of RLIMIT_NPROC, whose search for a free
+// thread ID would start threads, is refused robust mode with ErrLimit, and
+// lives (the runtime ends a process that cannot start a thread).
+func TestRobustSearchNearNPROC(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run a child as another user")
+	}
+	dir, err := os.MkdirTemp("", "shm-nproc")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	require.NoError(t, os.Chmod(dir, 0o777))
+	exe, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	bin := filepath.Join(dir, "test.bin")
+	require.NoError(t, os.WriteFile(bin, exe, 0o755))
+	path := filepath.Join(dir, "region")
+	r, err := Open(path, Options{Size: 4096, Slots: 64, Mode: ModeRobust, Perm: 0o666})
+	require.NoError(t, err)
+	defer r.Close()
+	_, err = r.OwnerFor(0)
+	require.NoError(t, err)
+	taken, err := threadIDs(100)
+	require.NoError(t, err)
+	plantLive(t, path, 3, taken) // the next IDs: the child's search must start threads
+	for _, gomaxprocs := range []string{"2", "8"} {
+		cmd := exec.Command(bin, "-test.run=^$", path)
+		cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_NPROC_ROOM=1", "GOMAXPROCS="+gomaxprocs)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Pdeathsig: syscall.SIGKILL}
+		out := new(proctest.Buffer)
+		cmd.Stdout, cmd.Stderr = out, out
+		require.NoError(t, cmd.Start())
+		proctest.Eventually(t, 20*time.Second, "the child neither attached nor failed", func() bool {
+			o := out.String()
+			return strings.Contains(o, "threads=") || strings.Contains(o, "open:") || strings.Contains(o, "fatal error") || strings.Contains(o, "setrlimit:")
+		})
+		time.Sleep(10 * time.Millisecond)
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Logf("GOMAXPROCS=%s: %s", gomaxprocs, out.String())
+		assert.NotContains(t, out.String(), "fatal error")
+		assert.Contains(t, out.String(), "too few more threads")
+	}
+}
+
+// vmSize is this process's reserved address space, in bytes.
+func vmSize(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmSize:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			require.NoError(t, err)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmSize")
+	return 0
+}
+
+// Large regions opened and closed in quick succession (their ranges in
+// quarantine) reserve no more address space, and start no more threads, than
+// a few of them at once: the quarantine gives way rather than a new arena
+// be reserved. Two Regions of one file still open after.
+func TestArenaChurn(t *testing.T) {
+	for _, mode := range []Mode{ModeProbe, ModeRobust} {
+		t.Run(mode.String(), func(t *testing.T) {
+			path := filepath.Join(shmTempDir(t), "r")
+			size := 128 << 20 // a 32-bit address space holds few of them
+			if unsafe.Sizeof(uintptr(0)) == 8 {
+				size <<= 5 // 4 GiB
+			}
+			r, err := Open(path, Options{Size: size, Mode: mode})
+			require.NoError(t, err)
+			require.NoError(t, r.Close())
+			vm, th := vmSize(t), robust.Threads()
+			for i := range 300 {
+				r, err := Open(path, Options{})
+				require.NoError(t, err, "cycle %d", i)
+				require.NoError(t, r.Place(0, KindMutex, 0))
+				_, err = r.OwnerFor(0)
+				require.NoError(t, err)
+				require.NoError(t, r.Close())
+			}
+			a, err := Open(path, Options{})
+			require.NoError(t, err)
+			defer a.Close()
+			b, err := Open(path, Options{})
+			require.NoError(t, err, "a second Region of the file")
+			defer b.Close()
+			grown := vmSize(t) - vm
+			t.Logf("300 cycles of a %d MiB region: address space %+d MiB, robust threads %d -> %d", size>>20, grown>>20, th, robust.Threads())
+			assert.Less(t, grown, int64(300)*int64(size)/4, "address space grew with the cycles")
+			assert.LessOrEqual(t, robust.Threads(), th+2, "threads grew with the cycles")
+		})
+	}
+}

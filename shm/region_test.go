@@ -107,6 +107,15 @@ func runChild(role, arg string) int {
 			tasks, _ := os.ReadDir("/proc/self/task")
 			debug.SetMaxThreads(len(tasks) + n)
 		}
+		if n, err := strconv.Atoi(os.Getenv("SHM_TEST_NPROC_ROOM")); err == nil {
+			// RLIMIT_NPROC: this user's tasks now, and n more.
+			used := userTasks()
+			lim := syscall.Rlimit{Cur: uint64(used + n), Max: uint64(used + n)}
+			if err := syscall.Setrlimit(6 /* RLIMIT_NPROC */, &lim); err != nil {
+				fmt.Println("setrlimit:", err)
+				return 1
+			}
+		}
 		r, err := Open(arg, Options{})
 		if err != nil {
 			fmt.Println("open:", err)

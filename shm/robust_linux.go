@@ -76,7 +76,7 @@ func robustAvailable() bool { return robust.Available() }
 
 // mapRobust maps the region file, size bytes, into a robust arena.
 func (r *Region) mapRobust(size int) error {
-	m, err := robust.Map(int(r.f.Fd()), size, true)
+	m, err := robust.Map(int(r.f.Fd()), size)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 			Detail: fmt.Sprintf("robust mode: all %d threads this process gives to robust lists are in use (%d lock lines each)", robust.MaxThreads, robust.Limit)}
 	case errors.Is(err, robust.ErrNoRoom):
 		return nil, &Error{Op: "attach", Path: r.path, Kind: ErrLimit,
-			Detail: "robust mode: this process may start too few more threads to look for a thread ID the process table does not record (debug.SetMaxThreads, or its pids cgroup)"}
+			Detail: "robust mode: this process may start too few more threads to look for a thread ID the process table does not record (debug.SetMaxThreads, RLIMIT_NPROC or its pids cgroup)"}
 	case errors.Is(err, robust.ErrTaken):
 		return nil, &Error{Op: "attach", Path: r.path, Kind: ErrLimit,
 			Detail: fmt.Sprintf("robust mode: every thread tried has an ID the process table records (%d IDs recorded)", len(taken))}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/edsrzf/mmap-go"
 	"golang.org/x/sys/unix"
@@ -92,22 +93,31 @@ func seekHole(fd int, off, end int64) int64 {
 }
 
 // mapShared maps the first n bytes of f, shared, read-only or writable. A
-// writable mapping, whose locks may be taken, goes in a robust arena (without
-// a shadow), so that its range is not given to another mapping right after
-// Close (see internal/robust).
+// writable mapping, whose locks may be taken, leaves its range reserved
+// (PROT_NONE) for a while when it is unmapped (robust.Hold), so that the
+// kernel does not give it to the next mapping at once: a use that raced
+// Close faults there, rather than reaching another region's lock.
 func mapShared(f *os.File, n int, readOnly bool) ([]byte, func() error, error) {
-	if !readOnly {
-		m, err := robust.Map(int(f.Fd()), n, false)
-		if err != nil {
-			return nil, nil, err
-		}
-		return m.Bytes(), m.Unmap, nil
+	mode := mmap.RDWR
+	if readOnly {
+		mode = mmap.RDONLY
 	}
-	m, err := mmap.MapRegion(f, n, mmap.RDONLY, 0, 0)
+	m, err := mmap.MapRegion(f, n, mode, 0, 0)
 	if err != nil {
 		return nil, nil, err
 	}
-	return m, m.Unmap, nil
+	if readOnly {
+		return m, m.Unmap, nil
+	}
+	unmap := func() error {
+		p, size := unsafe.Pointer(&m[0]), uintptr(len(m))
+		if err := robust.Reserve(p, size); err != nil {
+			return m.Unmap()
+		}
+		robust.Hold(p, size)
+		return nil
+	}
+	return m, unmap, nil
 }
 
 // openFile opens the region file at path, creating it if create is set and it

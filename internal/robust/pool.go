@@ -71,7 +71,7 @@ var (
 	// ErrTaken: every thread tried has an ID the caller refused.
 	ErrTaken = errors.New("every thread tried has a taken ID")
 	// ErrNoRoom: the process may start too few more threads for a search
-	// (debug.SetMaxThreads, or its pids cgroup, would stop it).
+	// (debug.SetMaxThreads, RLIMIT_NPROC or its pids cgroup would stop it).
 	ErrNoRoom = errors.New("too few more threads may start")
 	// ErrNoList: no list of the pool suits (Find without grow).
 	ErrNoList = errors.New("no robust list suits")
@@ -309,12 +309,13 @@ func threadIDs() map[int32]bool {
 
 // threadRoom is how many more threads this process, which has n, may start
 // before a limit stops it: the Go runtime's (debug.SetMaxThreads, which
-// kills a process past it; read by setting it to what it was), or that of
-// its pids cgroup, or of any cgroup above (v1 or v2).
+// kills a process past it), the user's RLIMIT_NPROC, or that of its pids
+// cgroup, or of any cgroup above (v1 or v2).
 func threadRoom(n int) int {
-	limit := debug.SetMaxThreads(math.MaxInt32)
-	debug.SetMaxThreads(limit)
-	room := limit - n
+	room := maxThreads() - n
+	if r, ok := nprocRoom(); ok {
+		room = min(room, r)
+	}
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return room
@@ -345,6 +346,56 @@ func threadRoom(n int) int {
 		}
 	}
 	return room
+}
+
+// maxThreads is the Go runtime's limit on threads (debug.SetMaxThreads),
+// read at the first search, and only then: it can only be read by setting it
+// and setting it back, which races with a host that sets it meanwhile (the
+// host may then keep MaxInt32, or lose its value). A limit the host changes
+// later is not seen.
+var maxThreads = sync.OnceValue(func() int {
+	n := debug.SetMaxThreads(math.MaxInt32)
+	debug.SetMaxThreads(n)
+	return n
+})
+
+// nprocRoom is how many more tasks RLIMIT_NPROC lets this process's user
+// start: the limit less the threads of every process of the user (by real
+// user ID) that /proc shows. Root is not held to it.
+func nprocRoom() (int, bool) {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NPROC, &lim) != nil || lim.Cur == unix.RLIM_INFINITY || unix.Geteuid() == 0 {
+		return 0, false
+	}
+	uid := strconv.Itoa(unix.Getuid())
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	used := 0
+	for _, p := range procs {
+		if p.Name()[0] < '0' || p.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + p.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		var mine bool
+		var threads int
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
+				f := strings.Fields(v)
+				mine = len(f) > 0 && f[0] == uid
+			} else if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+				threads, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if mine {
+			used += threads
+		}
+	}
+	return int(min(lim.Cur, math.MaxInt32)) - used, true
 }
 
 // pidsRoom reads how many more tasks the pids cgroup at dir admits.

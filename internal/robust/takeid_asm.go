@@ -3,8 +3,12 @@
 package robust
 
 import (
+	"runtime"
 	"sync"
+	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // canTakeID says whether takeID is implemented here.
@@ -26,12 +30,29 @@ var (
 // thread that ends at once, and returns that ID: the next thread or process
 // to start gets a later one. It is a thread of this process, like the
 // runtime's, so it needs no permission a Go program lacks, sends no SIGCHLD
-// and runs no program.
+// and runs no program; takeID returns once it is gone (tgkill finds no such
+// thread), so that it does not hold a place under the process's limits (its
+// pids cgroup, RLIMIT_NPROC) while the next one starts.
+//
+// Unlike the runtime's, these threads are not serialised with exec (Go issue
+// 19546): a syscall.Exec of a set-user-ID program concurrent with a search
+// may run it without its privilege.
 func takeID() (int32, bool) {
 	takeMu.Lock()
 	defer takeMu.Unlock()
 	all, old := ^uint64(0), uint64(0)
 	stack := uintptr(unsafe.Pointer(&idStack[len(idStack)-2])) &^ 15
 	id := rawTakeID(&all, &old, stack)
-	return id, id > 0
+	if id <= 0 {
+		return 0, false
+	}
+	pid := unix.Getpid()
+	for i := 0; i < 10_000 && unix.Tgkill(pid, int(id), 0) == nil; i++ {
+		if i < 100 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	return id, true
 }

@@ -3,10 +3,11 @@
 // func rawTakeID(all, old *uint64, stack uintptr) int32
 //
 // Starts a thread that ends at once and returns its ID (or -errno). The
-// thread is made with the Go runtime's own clone flags (runtime.newosproc),
-// and, as there, with every signal blocked, which it inherits: it runs no
-// instruction of the runtime's and takes no signal, and between its start
-// and its exit it touches no memory.
+// thread is made with the Go runtime's own clone flags (runtime.clone, with
+// CLONE_SETTLS as on amd64; its TLS is a word it never reads), and, as in
+// runtime.newosproc, with every signal blocked, which it inherits: it runs no
+// instruction of the runtime's and takes no signal, and between its start and
+// its exit it touches no memory.
 TEXT ·rawTakeID(SB),NOSPLIT,$0-28
 	// rt_sigprocmask(SIG_SETMASK, all, old, 8)
 	MOVQ	$2, DI
@@ -15,12 +16,12 @@ TEXT ·rawTakeID(SB),NOSPLIT,$0-28
 	MOVQ	$8, R10
 	MOVQ	$14, AX
 	SYSCALL
-	// clone(CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_SYSVSEM|CLONE_THREAD, stack, 0, 0, 0)
-	MOVQ	$0x50f00, DI
+	// clone(CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_SYSVSEM|CLONE_THREAD|CLONE_SETTLS, stack, 0, 0, tls)
+	MOVQ	$0xd0f00, DI
 	MOVQ	stack+16(FP), SI
 	MOVQ	$0, DX
 	MOVQ	$0, R10
-	MOVQ	$0, R8
+	MOVQ	SI, R8
 	MOVQ	$56, AX
 	SYSCALL
 	CMPQ	AX, $0
