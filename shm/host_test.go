@@ -464,3 +464,58 @@ func TestArenaChurn(t *testing.T) {
 		})
 	}
 }
+
+// Robust regions larger than an arena's default half, of many sizes, opened
+// and closed one after another: they share a few pools (halves are powers of
+// two), so the threads robust lists hold do not grow with the sizes seen.
+func TestArenaSizesShareThreads(t *testing.T) {
+	if !robust.Available() {
+		t.Skip("no robust lists here")
+	}
+	if unsafe.Sizeof(uintptr(0)) < 8 {
+		t.Skip("needs a 64-bit address space")
+	}
+	dir := shmTempDir(t)
+	th0 := threads(t)
+	for i := range 40 {
+		path := filepath.Join(dir, strconv.Itoa(i))
+		r, err := Open(path, Options{Size: 65<<30 + i*4096, Mode: ModeRobust})
+		require.NoError(t, err)
+		require.NoError(t, r.Place(0, KindMutex, 0))
+		_, err = r.OwnerFor(0)
+		require.NoError(t, err, "cycle %d", i)
+		require.NoError(t, r.Close())
+		os.Remove(path)
+	}
+	grew := threads(t) - th0
+	t.Logf("40 sizes of region: threads +%d", grew)
+	assert.LessOrEqual(t, grew, 8, "a pool, and its thread, per size")
+}
+
+// A range a closed region left stays in quarantine when a mapping too large
+// for its arena passes: the small region opened after gets other addresses.
+func TestQuarantineSurvivesLargeOpen(t *testing.T) {
+	if !robust.Available() {
+		t.Skip("no robust lists here")
+	}
+	if unsafe.Sizeof(uintptr(0)) < 8 {
+		t.Skip("needs a 64-bit address space")
+	}
+	dir := shmTempDir(t)
+	addr := func(r *Region) uintptr {
+		b, err := r.Bytes(0, r.Size())
+		require.NoError(t, err)
+		return uintptr(unsafe.Pointer(&b[0]))
+	}
+	a, err := Open(filepath.Join(dir, "a"), Options{Size: 1 << 20, Mode: ModeRobust})
+	require.NoError(t, err)
+	pa := addr(a)
+	require.NoError(t, a.Close())
+	b, err := Open(filepath.Join(dir, "b"), Options{Size: 65 << 30, Mode: ModeRobust})
+	require.NoError(t, err)
+	defer b.Close()
+	c, err := Open(filepath.Join(dir, "c"), Options{Size: 1 << 20, Mode: ModeRobust})
+	require.NoError(t, err)
+	defer c.Close()
+	assert.NotEqual(t, pa, addr(c), "a closed region's range went to another region at once")
+}

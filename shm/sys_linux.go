@@ -98,26 +98,28 @@ func seekHole(fd int, off, end int64) int64 {
 // kernel does not give it to the next mapping at once: a use that raced
 // Close faults there, rather than reaching another region's lock.
 func mapShared(f *os.File, n int, readOnly bool) ([]byte, func() error, error) {
-	mode := mmap.RDWR
 	if readOnly {
-		mode = mmap.RDONLY
+		m, err := mmap.MapRegion(f, n, mmap.RDONLY, 0, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, m.Unmap, nil
 	}
-	m, err := mmap.MapRegion(f, n, mode, 0, 0)
+	// Mapped by address, not through unix.Mmap, which would keep a record
+	// of the mapping for unix.Munmap that the reservation below outlives.
+	p, err := unix.MmapPtr(int(f.Fd()), 0, nil, uintptr(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, nil, err
 	}
-	if readOnly {
-		return m, m.Unmap, nil
-	}
+	size := uintptr(n)
 	unmap := func() error {
-		p, size := unsafe.Pointer(&m[0]), uintptr(len(m))
 		if err := robust.Reserve(p, size); err != nil {
-			return m.Unmap()
+			return unix.MunmapPtr(p, size)
 		}
 		robust.Hold(p, size)
 		return nil
 	}
-	return m, unmap, nil
+	return unsafe.Slice((*byte)(p), n), unmap, nil
 }
 
 // openFile opens the region file at path, creating it if create is set and it

@@ -66,6 +66,10 @@ type arena struct {
 	held []span // ranges left, in quarantine until their time, oldest first
 	live int    // mappings in it
 	pool *pool
+	// holed: a range of it was unmapped (release could not reserve it
+	// again), where the kernel may have placed another mapping since, so
+	// the arena is never unmapped whole.
+	holed bool
 }
 
 type span struct {
@@ -170,6 +174,7 @@ func (m *Mapping) release() error {
 	defer arenas.mu.Unlock()
 	m.a.live--
 	if err != nil {
+		m.a.holed = true
 		unix.MunmapPtr(unsafe.Add(m.a.base, m.off), m.n)
 		unix.MunmapPtr(unsafe.Add(m.a.base, m.a.half+m.off), m.n)
 		return err
@@ -193,6 +198,9 @@ func (as *arenaSet) place(n uintptr) (*arena, uintptr, error) {
 	as.dropEmpty(now)
 	for _, early := range []bool{false, true} {
 		for _, a := range as.all {
+			if n > a.half {
+				continue // releasing its quarantine early would not make room
+			}
 			if off, ok := a.take(n, now, early); ok {
 				a.live++
 				return a, off, nil
@@ -215,7 +223,7 @@ func (as *arenaSet) dropEmpty(now time.Time) {
 	kept := as.all[:0]
 	for i, a := range as.all {
 		a.release(now, false)
-		if i > 0 && a.live == 0 && len(a.held) == 0 {
+		if i > 0 && a.live == 0 && len(a.held) == 0 && !a.holed {
 			unix.MunmapPtr(a.base, 2*a.half)
 			continue
 		}
@@ -226,9 +234,16 @@ func (as *arenaSet) dropEmpty(now time.Time) {
 }
 
 // newArena reserves an arena whose halves hold at least n bytes: defaultHalf
-// if the address space allows, less down to n if not.
+// if the address space allows (or the least power of two times it that holds
+// n), less down to n if not.
 func (as *arenaSet) newArena(n uintptr) (*arena, error) {
-	for half := max(defaultHalf, n); ; half = max(pageRound(half/2), n) {
+	// Halves beyond the default are powers of two, so that regions of
+	// many sizes share a few pools (each holds threads for good).
+	first := uintptr(defaultHalf)
+	for first < n && first <= ^uintptr(0)/4 {
+		first *= 2
+	}
+	for half := max(first, n); ; half = max(pageRound(half/2), n) {
 		if half <= ^uintptr(0)/2 {
 			base, err := unix.MmapPtr(-1, 0, nil, 2*half, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 			if err == nil {

@@ -127,7 +127,11 @@ func (p *pool) find(ok func(tid int32) bool, grow bool) (*List, error) {
 	newTries := min(maxTries, room-need)
 	if canTakeID {
 		newTries = maxNew
-		if !skipTaken(ok, &skips) {
+		free, started := skipTaken(ok, &skips)
+		if !started {
+			return nil, ErrNoRoom // a thread could not start
+		}
+		if !free {
 			newTries = 0 // no new thread would have a free ID
 			if !anyFree(known, ok) {
 				return nil, ErrTaken
@@ -151,8 +155,14 @@ func (p *pool) find(ok func(tid int32) bool, grow bool) (*List, error) {
 		}
 		registered.Add(-1)
 		tried = append(tried, t)
-		if !known[t.tid] && canTakeID && !skipTaken(ok, &skips) {
-			break
+		if !known[t.tid] && canTakeID {
+			free, started := skipTaken(ok, &skips)
+			if !started {
+				return nil, ErrNoRoom
+			}
+			if !free {
+				break
+			}
 		}
 	}
 	return nil, ErrTaken
@@ -198,23 +208,24 @@ func (s *tidSet) has(id int32) bool {
 // once (takeID): enough of them in a row (one for each P, and a few) that the
 // threads the runtime starts meanwhile, for idle Ps, leave one for the
 // search's next. It takes at most *budget IDs, and counts them off; it
-// reports whether it could.
-func skipTaken(ok func(int32) bool, budget *int) bool {
+// reports whether it could, and false for started if a thread failed to
+// start (the process is at a limit on tasks).
+func skipTaken(ok func(int32) bool, budget *int) (free, started bool) {
 	run := int32(runtime.GOMAXPROCS(0) + maxNew)
 	for ; *budget > 0; *budget-- {
 		id, started := takeID()
 		if !started {
-			return false
+			return false, false
 		}
 		free := true
 		for i := int32(1); i <= run && free; i++ {
 			free = ok(id + i)
 		}
 		if free {
-			return true
+			return true, true
 		}
 	}
-	return false
+	return false, true
 }
 
 // thread is a goroutine locked to its OS thread, waiting to be told whether
@@ -348,23 +359,25 @@ func threadRoom(n int) int {
 	return room
 }
 
-// maxThreads is the Go runtime's limit on threads (debug.SetMaxThreads),
-// read at the first search, and only then: it can only be read by setting it
-// and setting it back, which races with a host that sets it meanwhile (the
-// host may then keep MaxInt32, or lose its value). A limit the host changes
-// later is not seen.
-var maxThreads = sync.OnceValue(func() int {
+// maxThreads is the Go runtime's limit on threads (debug.SetMaxThreads), read
+// at every search. It can only be read by setting it and setting it back: a
+// host that sets it in the same instant may see MaxInt32 returned, or have its
+// value undone. Reading it once instead would miss a limit the host lowers
+// later, and the search would then exceed it, a fatal error.
+func maxThreads() int {
 	n := debug.SetMaxThreads(math.MaxInt32)
 	debug.SetMaxThreads(n)
 	return n
-})
+}
 
 // nprocRoom is how many more tasks RLIMIT_NPROC lets this process's user
 // start: the limit less the threads of every process of the user (by real
-// user ID) that /proc shows. Root is not held to it.
+// user ID) that /proc shows. Root of the initial user namespace is not held
+// to it; root of any other is. Tasks of the user that this /proc does not
+// show (in other PID namespaces) are not counted.
 func nprocRoom() (int, bool) {
 	var lim unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NPROC, &lim) != nil || lim.Cur == unix.RLIM_INFINITY || unix.Geteuid() == 0 {
+	if unix.Getrlimit(unix.RLIMIT_NPROC, &lim) != nil || lim.Cur == unix.RLIM_INFINITY || (unix.Getuid() == 0 && initialUserNS()) {
 		return 0, false
 	}
 	uid := strconv.Itoa(unix.Getuid())
@@ -396,6 +409,13 @@ func nprocRoom() (int, bool) {
 		}
 	}
 	return int(min(lim.Cur, math.MaxInt32)) - used, true
+}
+
+// initialUserNS reports whether this process is in the initial user
+// namespace, whose uid_map maps every ID to itself.
+func initialUserNS() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(b)), " ") == "0 0 4294967295"
 }
 
 // pidsRoom reads how many more tasks the pids cgroup at dir admits.
