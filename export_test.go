@@ -2,13 +2,14 @@ package shmlock
 
 import "time"
 
-// SetProbeSchedule replaces the waiters' probe schedule (see probeDelay), for
+// SetProbeSchedule replaces the prober's schedules, both modes' (see schedule), for
 // test children that must not be rescued by a probe, and returns the function
 // that restores the previous one. Not safe while locks are waited for.
 func SetProbeSchedule(delay, min, max time.Duration) (restore func()) {
-	old := probeSchedule
-	probeSchedule.delay, probeSchedule.min, probeSchedule.max = delay, min, max
-	return func() { probeSchedule = old }
+	old, oldRobust := probeSchedule, robustSchedule
+	probeSchedule = schedule{delay, min, max}
+	robustSchedule = probeSchedule
+	return func() { probeSchedule, robustSchedule = old, oldRobust }
 }
 
 // SetWaitHook sets the function every round of a waiter's loop calls (nil: none).

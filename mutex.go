@@ -2,7 +2,6 @@ package shmlock
 
 import (
 	"context"
-	"runtime"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -71,8 +70,8 @@ const (
 )
 
 // The lock's cache line, in 64-bit words. Word 3 is its placement tag
-// (shm.Region.Place); words 4..7 belong to the object the lock protects (a
-// seqlock keeps its sequence there).
+// (shm.Region.Place); words 4..6 belong to the object the lock protects (a
+// seqlock keeps its sequence there); word 7 is the waiters' (wait.go).
 const (
 	wordOwner = 0 // the owner word above
 	// wordRecoveries: bits 0..62 count the holders found dead or broken
@@ -83,6 +82,7 @@ const (
 	// 32..63, Unix milliseconds modulo 2^32 in bits 0..31. One word, so
 	// the two always belong together: the "held for at least" of errors.
 	wordSince = 2
+	wordWait  = 7
 )
 
 // untold is the news bit of the recoveries word.
@@ -95,30 +95,6 @@ func successor(w, self, keep uint64) uint64 { return w&^lowHalf + genOne | self 
 
 // Size is the number of bytes a Mutex occupies in a region: one cache line.
 const Size = shm.LineSize
-
-// Tuning of the slow path.
-const (
-	// spinLoads bounds the test-and-test-and-set spinning before a waiter
-	// considers sleeping; every spinYield loads it yields its thread.
-	spinLoads = 120
-	spinYield = 30
-	// A holder is probed once it has held the same owner word for
-	// probeDelay, then every quarter of the time it has held it so far,
-	// between probeMin and probeMax. Short holds are probed often (a death
-	// is found fast); a holder that works for seconds is probed a few
-	// times a second, at the cost of a system call or two each time.
-	probeDelay = 200 * time.Microsecond
-	probeMin   = 250 * time.Microsecond
-	probeMax   = 16 * time.Millisecond
-)
-
-// waitHook, if set, runs at every round of a waiter's loop, after the check of
-// Close: tests stop a waiter there.
-var waitHook atomic.Pointer[func()]
-
-// probeSchedule is the schedule in force; tests lengthen it to show that a
-// death watch, not a probe, ended a wait.
-var probeSchedule = struct{ delay, min, max time.Duration }{probeDelay, probeMin, probeMax}
 
 // Mutex is a mutual exclusion lock shared by the processes that map one
 // region, which survives the death of its holder: the first waiter to find the
@@ -343,10 +319,14 @@ func (m *Mutex) unlockSlow() {
 		if w&ownerMask != m.self {
 			panic(&NotHeldError{Lock: m.name(), Owner: w})
 		}
-		if atomic.CompareAndSwapUint64(m.word, w, w&^lowHalf) {
+		free := w &^ lowHalf
+		if w&waiters != 0 && atomic.LoadUint64(&m.line[wordWait])&starving != 0 {
+			free |= reserved
+		}
+		if atomic.CompareAndSwapUint64(m.word, w, free) {
 			fault.Hit(fault.MutexReleasedBeforeWake)
 			if w&waiters != 0 {
-				futex.Wake(m.low, 1)
+				m.wake(free)
 			}
 			return
 		}
@@ -384,173 +364,6 @@ type releaser struct{ m *Mutex }
 func (r releaser) Release(committed bool) {
 	fault.Hit(fault.MutexBeforeRelease)
 	r.m.Unlock()
-}
-
-// lockSlow acquires m after the fast path failed: spin a little, then sleep
-// on the futex between probes of the holder, until the lock is free or its
-// holder is found dead. tell says whether the caller can be told of a dead
-// (or broken) predecessor; if not, the news is left untold (see settle). It
-// returns whether it told, and the owner word it installed.
-func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held uint64, err error) {
-	var (
-		spins     int
-		slept     bool
-		seen      uint64 // the held owner word being waited out, without the waiters bit
-		seenAt    time.Time
-		nextProbe time.Time
-		last      shm.Holder
-		start     = time.Now()
-		// A hold that outlasts its first probe gets a death watch: when
-		// the holder's process exits, died is set and the sleepers on
-		// the word are woken, so that this waiter probes at once rather
-		// than at its next scheduled probe. died is nil while no watch
-		// is armed, and one watch fires once.
-		watched   bool
-		died      *atomic.Bool
-		stopWatch = func() {}
-		// quick is the next interval between probes after a watch fired
-		// but the probe did not yet find the holder dead (its liveness
-		// lock can outlast its exit for a moment): it doubles from
-		// probeDelay until the schedule's own interval is no longer.
-		quick time.Duration
-	)
-	defer func() { stopWatch() }()
-	// Close wakes and waits out the goroutines asleep here, so that none
-	// touches the word once its memory is unmapped.
-	low := m.low
-	if !m.life.Enter(low) {
-		return false, 0, m.closedError("lock")
-	}
-	defer m.life.Leave(low)
-	if ctx.Done() != nil {
-		// Cancellation wakes every sleeper on the word; they re-check.
-		// (It may run after lockSlow returned, even after Close: a wake
-		// of an address no longer mapped is refused, harmlessly.)
-		stop := context.AfterFunc(ctx, func() { futex.Wake(low, 1<<30) })
-		defer stop()
-	}
-	for {
-		if m.life.Closed() {
-			return false, 0, m.closedError("lock")
-		}
-		if f := waitHook.Load(); f != nil {
-			(*f)()
-		}
-		w := atomic.LoadUint64(m.word)
-		if w&ownerMask == 0 {
-			// Free. A waiter that slept keeps the waiters bit set, so
-			// that its release wakes whoever else may be asleep.
-			nw := successor(w, m.self, waiters)
-			if slept {
-				nw |= waiters
-			}
-			if atomic.CompareAndSwapUint64(m.word, w, nw) {
-				if m.life.Closed() {
-					return false, 0, m.giveBack(low, nw, w&ownerDied != 0)
-				}
-				m.took(nw)
-				return m.settle(w&ownerDied != 0, tell), nw, nil
-			}
-			continue
-		}
-		if spins < spinLoads {
-			spins++
-			if spins%spinYield == 0 {
-				runtime.Gosched()
-			}
-			continue
-		}
-		now := time.Now()
-		if w&^waiters != seen {
-			// Another holder, or another hold: the death clock restarts.
-			seen, seenAt = w&^waiters, now
-			nextProbe = now.Add(probeSchedule.delay)
-			m.noteHeld(seen, now)
-			stopWatch()
-			stopWatch, watched, died, quick = func() {}, false, nil, 0
-		}
-		if ctx.Err() != nil {
-			if slept {
-				// A release may have woken us rather than a waiter
-				// that stays: pass the wake-up on.
-				futex.Wake(low, 1)
-			}
-			if last.ID != uint32(w&ownerMask) {
-				last = m.r.Probe(uint32(w & ownerMask))
-			}
-			return false, 0, m.heldError(ctx, w, start, seenAt, last)
-		}
-		fired := died != nil && died.Load()
-		if fired || !now.Before(nextProbe) {
-			if fired {
-				died, quick = nil, probeSchedule.delay
-			}
-			if !watched {
-				// Armed before the probe: a death before the watch
-				// began is seen by this probe, and one after it fires
-				// the watch.
-				watched = true
-				f := new(atomic.Bool)
-				died = f
-				stopWatch = m.r.Watch(uint32(w&ownerMask), func() {
-					f.Store(true)
-					futex.Wake(low, 1<<30)
-				})
-			}
-			last = m.r.Probe(uint32(w & ownerMask))
-			if last.State == shm.Dead {
-				fault.Hit(fault.MutexProbedDead)
-				// Recovery is this one CAS, from the exact word that
-				// was probed to ours. If anything changed since (a
-				// release, another recovery, a waiter's bit), the CAS
-				// fails and we look again: never a clear-then-retake.
-				// A recoverer that dies right after it is a dead
-				// holder like any other.
-				nw := successor(w, m.self, waiters)
-				if slept {
-					nw |= waiters
-				}
-				if atomic.CompareAndSwapUint64(m.word, w, nw) {
-					if m.life.Closed() {
-						return false, 0, m.giveBack(low, nw, true)
-					}
-					m.took(nw)
-					fault.Hit(fault.MutexRecovered)
-					return m.settle(true, tell), nw, nil
-				}
-				continue
-			}
-			interval := min(max(now.Sub(seenAt)/4, probeSchedule.min), probeSchedule.max)
-			if quick > 0 {
-				if quick < interval {
-					interval, quick = quick, 2*quick
-				} else {
-					quick = 0
-				}
-			}
-			nextProbe = now.Add(interval)
-		}
-		if w&waiters == 0 {
-			if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
-				continue
-			}
-			w |= waiters
-		}
-		fault.Hit(fault.MutexWaiterBeforeSleep)
-		timeout := nextProbe.Sub(now)
-		if d, ok := ctx.Deadline(); ok {
-			timeout = min(timeout, time.Until(d))
-		}
-		if died != nil && died.Load() {
-			continue
-		}
-		// Sleeps only while the low half still reads our expected value:
-		// a release in between changes it, so no wake-up is lost. A death
-		// watch that fires between the check above and the sleep wakes
-		// nobody; the timeout, the next probe, bounds that rare case.
-		futex.Wait(low, uint32(w), max(timeout, time.Microsecond))
-		slept = true
-	}
 }
 
 // giveBack undoes an acquisition that installed nw after Close began (Close

@@ -70,11 +70,11 @@ type peerEnv struct {
 }
 
 func openPeerEnv(path string) (*peerEnv, error) {
-	r, err := shm.Open(path, shm.Options{Size: peerRegionSize, Slots: 64, Mode: shm.ModeProbe})
+	r, err := shm.Open(path, shm.Options{Size: peerRegionSize, Slots: 256, Mode: shm.ModeProbe})
 	if err != nil {
 		return nil, err
 	}
-	rr, err := shm.Open(path+".robust", shm.Options{Size: peerRegionSize, Slots: 64, Mode: shm.ModeRobust})
+	rr, err := shm.Open(path+".robust", shm.Options{Size: peerRegionSize, Slots: 256, Mode: shm.ModeRobust})
 	if err != nil {
 		r.Close()
 		return nil, err

@@ -200,6 +200,8 @@ func runChild(args []string) int {
 	switch args[0] {
 	case "contend", "xadd":
 		return contendChild(args[0], args[1:])
+	case "grid":
+		return gridLoop(args[1:])
 	case "recover-hold", "recover-wait":
 		return recoverChild(args[0], args[1:])
 	}

@@ -23,7 +23,8 @@ func Wait(addr *uint32, val uint32, timeout time.Duration) {
 	wait(addr, val, timeout)
 }
 
-// Wake wakes at most n waiters sleeping on addr.
-func Wake(addr *uint32, n int) {
-	wake(addr, n)
+// Wake wakes at most n waiters sleeping on addr and returns how many it woke
+// (0 where there is no futex).
+func Wake(addr *uint32, n int) int {
+	return wake(addr, n)
 }

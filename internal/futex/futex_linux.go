@@ -22,7 +22,11 @@ func wait(addr *uint32, val uint32, timeout time.Duration) {
 		uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
-func wake(addr *uint32, n int) {
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWake,
+func wake(addr *uint32, n int) int {
+	woke, _, errno := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWake,
 		uintptr(n), 0, 0, 0)
+	if errno != 0 {
+		return 0
+	}
+	return int(woke)
 }
