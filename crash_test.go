@@ -212,6 +212,25 @@ func mutexUnderLoad(n int) crashRow {
 	}
 }
 
+// starvingUnderLoad is mutexUnderLoad with every worker starving at once, so
+// that every release with sleepers leaves the word reserved for them.
+func starvingUnderLoad(n int) crashRow {
+	return func(t *testing.T, p fault.Point, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		starve := []string{starveEnv + "=1"}
+		victim := h.spawnIn(h.path, append(faultEnv(p, n), starve...), "increment", "0", "0")
+		a := h.spawnIn(h.path, starve, "increment", "1", "0")
+		b := h.spawnIn(h.path, starve, "increment", "2", "0")
+		diedAt(t, victim, p)
+		c0 := h.load(offCounter)
+		h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
+		*h.word(offStop) = 1
+		a.wait(t, 20*time.Second)
+		b.wait(t, 20*time.Second)
+		h.finalCheck(t)
+	}
+}
+
 // mutexRecoverer: the victim is the one waiter of a holder that is killed,
 // and dies on its way to recovering (or to sleep); two later workers must
 // still get through.
@@ -379,6 +398,10 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.MutexBeforeRelease:      mutexUnderLoad(10),
 		fault.MutexReleasedBeforeWake: mutexUnderLoad(2),
 		fault.MutexWaiterBeforeSleep:  mutexRecoverer,
+		fault.MutexProberClaimed:      mutexRecoverer,
+		fault.MutexWokenSet:           mutexUnderLoad(2),
+		fault.MutexReservedBeforeWake: starvingUnderLoad(2),
+		fault.MutexProberLeft:         mutexUnderLoad(2),
 		fault.MutexProbedDead:         probed,
 		fault.MutexRecovered:          probed,
 		fault.SeqWriteOdd:             writerUnderLoad("seq", 10),

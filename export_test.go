@@ -20,3 +20,18 @@ func SetWaitHook(f func()) {
 	}
 	waitHook.Store(&f)
 }
+
+// SetStarveAfter replaces how long a waiter waits before releases hand the lock
+// to the sleepers, and returns the function that restores it. Not safe while
+// locks are waited for.
+func SetStarveAfter(d time.Duration) (restore func()) {
+	old := starveAfter
+	starveAfter = d
+	return func() { starveAfter = old }
+}
+
+// WaitWord returns the wait word of the lock at off of r (wait.go), and its
+// probing bit.
+func WaitWord(line *[8]uint64) *uint64 { return &line[wordWait] }
+
+const Probing = probing

@@ -36,6 +36,8 @@ const (
 	offRecoverer = 160 // pid of the last "recover-hang" child that recovered
 	offStop      = 168 // nonzero: workers stop
 	offAcquired  = 176 // CLOCK_MONOTONIC ns of the last "wait" acquisition
+	offFirst     = 184 // CLOCK_MONOTONIC ns of the first "wait" acquisition
+	offWaiting   = 192 // "wait" children about to wait
 	offMine      = 256 // per-worker committed increments, 8 bytes each
 	maxWorkers   = 32
 	regionSize   = offMine + 8*maxWorkers
@@ -47,6 +49,9 @@ const (
 	// slowProbesEnv, set in a child's environment, spaces its probes of a
 	// holder half a minute apart after the first.
 	slowProbesEnv = "SHMLOCK_TEST_SLOW_PROBES"
+	// starveEnv, set in a child's environment, makes every release with
+	// sleepers hand the lock to them (starving at once).
+	starveEnv = "SHMLOCK_TEST_STARVE"
 )
 
 func TestMain(m *testing.M) {
@@ -74,7 +79,7 @@ func openEnv(path string) (*env, error) { return openEnvIn(path, shm.ModeAuto) }
 // openEnvIn opens the test region in mode. Children open it in ModeAuto, and
 // so follow the mode their test created it in.
 func openEnvIn(path string, mode shm.Mode) (*env, error) {
-	r, err := shm.Open(path, shm.Options{Size: regionSize, Slots: 64, Mode: mode})
+	r, err := shm.Open(path, shm.Options{Size: regionSize, Slots: 128, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +129,9 @@ func runChild(role string, args []string) int {
 	if os.Getenv(slowProbesEnv) != "" {
 		shmlock.SetProbeSchedule(200*time.Microsecond, 30*time.Second, 30*time.Second)
 	}
+	if os.Getenv(starveEnv) != "" {
+		shmlock.SetStarveAfter(0)
+	}
 	if f, ok := extraRoles[role]; ok {
 		return f(args)
 	}
@@ -144,6 +152,20 @@ func runChild(role string, args []string) int {
 		atomic.StoreUint64(e.word(offHeld), uint64(os.Getpid()))
 		select {}
 
+	case "hold-unmap": // hold the lock, unmap its page without Close, wait to be killed
+		if _, err := e.mu.Acquire(ctx); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		page := uintptr(unsafe.Pointer(e.word(offMutex))) &^ uintptr(os.Getpagesize()-1)
+		atomic.StoreUint64(e.word(offHeld), uint64(os.Getpid()))
+		if _, _, errno := syscall.Syscall(syscall.SYS_MUNMAP, page, uintptr(os.Getpagesize()), 0); errno != 0 {
+			fmt.Println("munmap:", errno)
+			return 1
+		}
+		fmt.Println("unmapped")
+		select {}
+
 	case "hold-release": // hold for args[1] ms, then release normally
 		ms, _ := strconv.Atoi(args[1])
 		g, _ := e.mu.Acquire(ctx)
@@ -158,12 +180,15 @@ func runChild(role string, args []string) int {
 	case "wait": // wait for the lock, note whether we recovered, release
 		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
+		atomic.AddUint64(e.word(offWaiting), 1)
 		g, err := e.mu.Acquire(ctx)
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
-		atomic.StoreUint64(e.word(offAcquired), uint64(monotonic()))
+		now := uint64(monotonic())
+		atomic.StoreUint64(e.word(offAcquired), now)
+		atomic.CompareAndSwapUint64(e.word(offFirst), 0, now)
 		e.enter(g.Recovered())
 		if g.Recovered() {
 			atomic.AddUint64(e.word(offRecovered), 1)

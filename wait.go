@@ -59,12 +59,6 @@ const (
 	// starveAfter: a waiter that has waited this long makes releases hand
 	// the lock to the sleepers (starving); an acquisition after a shorter
 	// wait ends that.
-	// starveAfter: a waiter that has waited this long makes releases hand
-	// the lock to the sleepers (starving); an acquisition after a shorter
-	// wait ends that. It bounds how long a barging holder can keep the
-	// lock from the sleepers, at the price of one wake-up per release
-	// while it lasts (docs/DESIGN.md weighs it).
-	starveAfter = 10 * time.Millisecond
 	// reservedWait bounds the prober's sleep on a reserved word, whose
 	// sleeper may have died after it was woken.
 	reservedWait = time.Millisecond
@@ -90,6 +84,13 @@ var (
 var waitHook atomic.Pointer[func()]
 
 var multicore = runtime.NumCPU() > 1
+
+// starveAfter: a waiter that has waited this long makes releases hand the lock
+// to the sleepers (starving); an acquisition after a shorter wait ends that.
+// It bounds how long barging holders keep the lock from the sleepers, at the
+// price of a wake-up per release while it lasts (docs/DESIGN.md weighs it).
+// Tests lower it.
+var starveAfter = 10 * time.Millisecond
 
 // A waiter is one goroutine's wait for a Mutex: its clock, its part in the
 // prober role and, while it is the prober, its schedule and death watch.
@@ -353,6 +354,9 @@ func (wt *waiter) role(now time.Time) {
 		}
 		lease := probing | (l+1)&beatMask
 		if atomic.CompareAndSwapUint64(p, l, l&^leaseBits|lease) {
+			if wt.lease == 0 {
+				fault.Hit(fault.MutexProberClaimed)
+			}
 			wt.lease, wt.renewed = lease, now
 			return
 		}
@@ -398,6 +402,9 @@ func (wt *waiter) leave() {
 		}
 		return l&^leaseBits | (l+1)&beatMask
 	})
+	if left {
+		fault.Hit(fault.MutexProberLeft)
+	}
 	if left && atomic.LoadUint64(wt.m.word)&waiters != 0 {
 		wt.m.wake(0)
 	}
@@ -430,6 +437,7 @@ func (m *Mutex) wake(free uint64) {
 				break
 			}
 		}
+		fault.Hit(fault.MutexWokenSet)
 		if futex.Wake(m.low, 1) == 0 {
 			for l := atomic.LoadUint64(p); l&woken != 0; l = atomic.LoadUint64(p) {
 				if atomic.CompareAndSwapUint64(p, l, l&^woken) {
@@ -439,6 +447,7 @@ func (m *Mutex) wake(free uint64) {
 		}
 		return
 	}
+	fault.Hit(fault.MutexReservedBeforeWake)
 	if futex.Wake(m.low, 1) > 0 {
 		return
 	}

@@ -20,6 +20,10 @@ const (
 	MutexBeforeRelease                   // the holder is about to release
 	MutexReleasedBeforeWake              // released; sleepers not yet woken
 	MutexWaiterBeforeSleep               // the waiters bit is set; not yet asleep
+	MutexProberClaimed                   // a waiter took the prober role; not yet asleep
+	MutexWokenSet                        // a release set woken; nobody woken yet
+	MutexReservedBeforeWake              // released reserved for the sleepers; none woken yet
+	MutexProberLeft                      // a prober gave up the role; no sleeper woken to take it
 	MutexProbedDead                      // the holder was probed dead; no CAS yet
 	MutexRecovered                       // the recovery CAS succeeded; not yet counted
 
@@ -48,7 +52,8 @@ const (
 
 var names = [numPoints]string{
 	"mutex-acquired", "mutex-before-release", "mutex-released-before-wake",
-	"mutex-waiter-before-sleep", "mutex-probed-dead", "mutex-recovered",
+	"mutex-waiter-before-sleep", "mutex-prober-claimed", "mutex-woken-set",
+	"mutex-reserved-before-wake", "mutex-prober-left", "mutex-probed-dead", "mutex-recovered",
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",

@@ -1,0 +1,114 @@
+//go:build linux
+
+package shmlock_test
+
+import (
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/shm"
+)
+
+// The bounds in which a death is found while many processes wait (see the
+// README's guarantees), with room for a loaded machine: 64 waiting processes
+// on 2 cores.
+const (
+	// the prober alive: its schedule (probe mode, a pidfd watch making it
+	// prompt) or the kernel (robust mode), or the safety-net schedule
+	// (robust mode, a word the kernel could not reach)
+	deathBound = 250 * time.Millisecond
+	// the prober died too: its lease is taken over within two lease
+	// periods (2 × 50 ms), then the new prober probes
+	proberDeathBound = 400 * time.Millisecond
+)
+
+// spawnWaiters starts n "wait" children and waits until they are all asleep
+// on the lock.
+func (h *harness) spawnWaiters(n int, env ...string) []*child {
+	var cs []*child
+	before := h.load(offWaiting)
+	for range n {
+		cs = append(cs, h.spawnIn(h.path, env, "wait"))
+	}
+	h.eventually(30*time.Second, "the waiters did not start", func() bool { return h.load(offWaiting) >= before+uint64(n) })
+	time.Sleep(300 * time.Millisecond) // asleep in the futex
+	return cs
+}
+
+// takeover kills the holder and checks that the waiters take the lock over,
+// one of them told, within bound; it returns the time from the death to the
+// first acquisition.
+func (h *harness) takeover(t *testing.T, holder *child, waiters []*child, bound time.Duration, also ...*child) time.Duration {
+	died := monotonic()
+	for _, c := range also {
+		c.kill()
+	}
+	holder.kill()
+	h.eventually(10*time.Second, "no waiter took the lock over", func() bool { return h.load(offFirst) != 0 })
+	took := time.Duration(int64(h.load(offFirst)) - died)
+	recovered := 0
+	for _, c := range waiters {
+		out := c.wait(t, 30*time.Second)
+		require.Contains(t, out, "recovered=", out)
+		if strings.Contains(out, "recovered=true") {
+			recovered++
+		}
+	}
+	assert.Equal(t, 1, recovered, "exactly one waiter is told of the death")
+	assert.EqualValues(t, 1, h.load(offRecovered))
+	assert.Zero(t, h.load(offViolation), "two holders at once")
+	assert.Less(t, took, bound, "death → first acquisition")
+	return took
+}
+
+// A holder dies while 64 processes wait on its lock: one of them takes it
+// over, told, within deathBound, in both modes; in robust mode also when
+// the kernel cannot mark the word (the holder unmapped it without Close).
+func TestTakeoverManyWaiters(t *testing.T) {
+	cases := []struct {
+		mode shm.Mode
+		role string
+	}{{shm.ModeProbe, "hold"}, {shm.ModeRobust, "hold"}, {shm.ModeRobust, "hold-unmap"}}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%v/%s", c.mode, c.role), func(t *testing.T) {
+			h := newModeHarness(t, 120*time.Second, c.mode)
+			holder := h.spawn(c.role)
+			h.waitHeld()
+			waiters := h.spawnWaiters(64)
+			took := h.takeover(t, holder, waiters, deathBound)
+			t.Logf("64 waiters: death → acquired in %v", took)
+		})
+	}
+}
+
+// The prober dies with the holder: another waiter takes the lease over and
+// finds the death within proberDeathBound. In robust mode the holder
+// unmapped its lock without Close, so only a probe can find it.
+func TestProberDies(t *testing.T) {
+	for _, c := range []struct {
+		mode shm.Mode
+		role string
+	}{{shm.ModeProbe, "hold"}, {shm.ModeRobust, "hold-unmap"}} {
+		t.Run(c.mode.String(), func(t *testing.T) {
+			h := newModeHarness(t, 120*time.Second, c.mode)
+			holder := h.spawn(c.role)
+			h.waitHeld()
+			line, err := h.r.Line(offMutex)
+			require.NoError(t, err)
+			prober := h.spawnWaiters(1)
+			require.NotZero(t, atomic.LoadUint64(shmlock.WaitWord(line))&shmlock.Probing, "the first waiter is the prober")
+			lease := atomic.LoadUint64(shmlock.WaitWord(line))
+			waiters := h.spawnWaiters(16)
+			require.Equal(t, lease&(1<<33-1)>>32, atomic.LoadUint64(shmlock.WaitWord(line))&(1<<33-1)>>32)
+			took := h.takeover(t, holder, waiters, proberDeathBound, prober[0])
+			t.Logf("prober and holder dead: → acquired in %v", took)
+		})
+	}
+}
