@@ -399,7 +399,6 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.MutexReleasedBeforeWake: mutexUnderLoad(2),
 		fault.MutexWaiterBeforeSleep:  mutexRecoverer,
 		fault.MutexProberClaimed:      mutexRecoverer,
-		fault.MutexWokenSet:           mutexUnderLoad(2),
 		fault.MutexReservedBeforeWake: starvingUnderLoad(2),
 		fault.MutexProberLeft:         mutexUnderLoad(2),
 		fault.MutexProbedDead:         probed,

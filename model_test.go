@@ -18,15 +18,21 @@ import (
 // with ccflags, runs it with args, and returns its output.
 func pan(t *testing.T, mutate func(string) string, defines []string, ccflags []string, args ...string) string {
 	t.Helper()
+	return panFile(t, "mutex.pml", mutate, defines, ccflags, args...)
+}
+
+// panFile is pan on the model in file.
+func panFile(t *testing.T, file string, mutate func(string) string, defines []string, ccflags []string, args ...string) string {
+	t.Helper()
 	dir := t.TempDir()
-	model, err := os.ReadFile("mutex.pml")
+	model, err := os.ReadFile(file)
 	require.NoError(t, err)
 	if mutate != nil {
 		m := mutate(string(model))
 		require.NotEqual(t, string(model), m, "the mutation no longer applies to the model")
 		model = []byte(m)
 	}
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "mutex.pml"), model, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "model.pml"), model, 0o644))
 	run := func(name string, args ...string) string {
 		cmd := exec.Command(name, args...)
 		cmd.Dir = dir
@@ -34,7 +40,7 @@ func pan(t *testing.T, mutate func(string) string, defines []string, ccflags []s
 		require.NoError(t, err, "%s %v:\n%s", name, args, out)
 		return string(out)
 	}
-	run("spin", append(append([]string{}, defines...), "-a", "mutex.pml")...)
+	run("spin", append(append([]string{}, defines...), "-a", "model.pml")...)
 	run("cc", append([]string{"-O2", "-w", "-o", "pan", "pan.c"}, ccflags...)...)
 	cmd := exec.Command("./pan", args...)
 	cmd.Dir = dir
@@ -115,4 +121,34 @@ func TestModel(t *testing.T) {
 	}, robust, []string{"-DNP"}, "-l", "-f", "-m1000000")
 	assert.Contains(t, noFreeTakeover, "non-progress cycle", "the model misses readers wedged on a word the kernel freed")
 	t.Log("robust readers without the free takeover:", regexp.MustCompile(`pan:1: .*`).FindString(noFreeTakeover))
+}
+
+// TestWaitModel checks the waiting policy's model (wait.pml): with every
+// process alive, no sleeper is left asleep without a timer (no lost
+// wake-up); with a death at any new step, mutual exclusion holds and every
+// live worker finishes on the timers the death enables. Each mutant fails.
+func TestWaitModel(t *testing.T) {
+	if _, err := exec.LookPath("spin"); err != nil {
+		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
+	}
+	safety := []string{"-DSAFETY"}
+	for _, c := range []struct {
+		name    string
+		mutate  func(string) string
+		defines []string
+		errors  string
+	}{
+		{"alive", nil, []string{"-DNOCRASH"}, "0"},
+		{"deaths", nil, nil, "0"},
+		{"woken bit loses a wake-up", nil, []string{"-DNOCRASH", "-DWOKEN"}, "1"},
+		{"reservation not undone", nil, []string{"-DNOCRASH", "-DNO_UNRESERVE"}, "1"},
+		{"stale lease never taken over", func(m string) string {
+			return strings.Replace(m, "(lease == _pid || lease == NONE || !alive[lease])", "(lease == _pid || lease == NONE)", 1)
+		}, nil, "1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := panFile(t, "wait.pml", c.mutate, c.defines, safety, "-m1000000")
+			assert.Equal(t, c.errors, panErrorCount(t, out), out)
+		})
+	}
 }

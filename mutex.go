@@ -200,7 +200,8 @@ func (m *Mutex) lockWait() {
 }
 
 // TryLock locks m if it is free and reports whether it did. It never waits
-// and never probes the holder. It cannot say that the previous holder died,
+// and never probes the holder. It takes a word reserved for the sleepers, too
+// (wait.go), keeping their waiters bit, so that its release wakes one. It cannot say that the previous holder died,
 // so it leaves that news for the next Acquire (see ownerDied). It panics if
 // the region was closed.
 func (m *Mutex) TryLock() bool {

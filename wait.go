@@ -25,9 +25,7 @@ import (
 //	             the holder (and, in shm.ModeProbe, watches its process);
 //	             the others sleep until a release wakes them, or for
 //	             leasePeriod at most.
-//	bit  33      woken: a release woke a sleeper that has not looked at the
-//	             owner word since, so the next release need not wake another.
-//	bit  34      starving: a waiter has waited starveAfter or longer. A
+//	bit  33      starving: a waiter has waited starveAfter or longer. A
 //	             release with sleepers then leaves the owner word reserved
 //	             (owner 0, waiters set, ownerDied clear): the fast path fails
 //	             on it and only a waiter that has slept takes it, so the lock
@@ -35,8 +33,7 @@ import (
 const (
 	beatMask  = 1<<32 - 1
 	probing   = 1 << 32
-	woken     = 1 << 33
-	starving  = 1 << 34
+	starving  = 1 << 33
 	leaseBits = probing | beatMask
 )
 
@@ -56,9 +53,6 @@ const (
 	// last look. The prober renews it every renewEvery.
 	leasePeriod = 50 * time.Millisecond
 	renewEvery  = leasePeriod / 4
-	// starveAfter: a waiter that has waited this long makes releases hand
-	// the lock to the sleepers (starving); an acquisition after a shorter
-	// wait ends that.
 	// reservedWait bounds the prober's sleep on a reserved word, whose
 	// sleeper may have died after it was woken.
 	reservedWait = time.Millisecond
@@ -166,6 +160,15 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		now := time.Now()
 		wt.see(w, now)
 		if ctx.Err() != nil {
+			// The last look: a holder found dead is taken over even
+			// now, by whichever waiter finds it, prober or not.
+			if wt.last = m.r.Probe(uint32(w & ownerMask)); wt.last.State == shm.Dead {
+				if nw, ok := wt.take(w); ok {
+					fault.Hit(fault.MutexRecovered)
+					return wt.won(nw, true, tell)
+				}
+				continue
+			}
 			return false, 0, wt.gaveUp(w)
 		}
 		if wt.lease != 0 && wt.probe(w, now) {
@@ -203,16 +206,9 @@ func (wt *waiter) won(nw uint64, died, tell bool) (bool, uint64, error) {
 		return false, 0, m.giveBack(m.low, nw, died)
 	}
 	m.took(nw)
-	short := time.Since(wt.start) < starveAfter
-	wt.update(func(l uint64) uint64 {
-		if wt.slept {
-			l &^= woken
-		}
-		if short {
-			l &^= starving
-		}
-		return l
-	})
+	if time.Since(wt.start) < starveAfter {
+		wt.update(func(l uint64) uint64 { return l &^ starving })
+	}
 	return m.settle(died, tell), nw, nil
 }
 
@@ -288,19 +284,9 @@ func (wt *waiter) sleep(w uint64, now time.Time) {
 		w |= waiters
 	}
 	wt.role(now)
-	long := now.Sub(wt.start) >= starveAfter
-	wt.update(func(l uint64) uint64 {
-		// Cleared after the waiters bit is set: a release that saw
-		// woken and woke nobody changed the word, so the futex below
-		// returns at once.
-		if wt.slept {
-			l &^= woken
-		}
-		if long {
-			l |= starving
-		}
-		return l
-	})
+	if now.Sub(wt.start) >= starveAfter {
+		wt.update(func(l uint64) uint64 { return l | starving })
+	}
 	if wt.watch.fired() {
 		return
 	}
@@ -376,8 +362,7 @@ func (wt *waiter) gaveUp(w uint64) error {
 	if wt.slept {
 		// A release may have woken us rather than a waiter that stays:
 		// pass the wake-up on.
-		wt.update(func(l uint64) uint64 { return l &^ woken })
-		m.wake(w &^ lowHalf)
+		futex.Wake(m.low, 1)
 	}
 	if wt.last.ID != uint32(w&ownerMask) {
 		wt.last = m.r.Probe(uint32(w & ownerMask))
@@ -422,29 +407,11 @@ func (wt *waiter) update(f func(uint64) uint64) {
 }
 
 // wake wakes a sleeper after a release that installed free, a free or a
-// reserved word. A free word needs a wake only if no woken sleeper is on its
-// way already. A reserved word needs one always; if nobody slept, the
-// reservation is undone, and whoever went to sleep on it meanwhile is woken.
+// reserved word. A reserved word that woke nobody is undone, and whoever went
+// to sleep on it meanwhile is woken.
 func (m *Mutex) wake(free uint64) {
-	p := &m.line[wordWait]
 	if free&lowHalf != reserved {
-		for {
-			l := atomic.LoadUint64(p)
-			if l&woken != 0 {
-				return
-			}
-			if atomic.CompareAndSwapUint64(p, l, l|woken) {
-				break
-			}
-		}
-		fault.Hit(fault.MutexWokenSet)
-		if futex.Wake(m.low, 1) == 0 {
-			for l := atomic.LoadUint64(p); l&woken != 0; l = atomic.LoadUint64(p) {
-				if atomic.CompareAndSwapUint64(p, l, l&^woken) {
-					break
-				}
-			}
-		}
+		futex.Wake(m.low, 1)
 		return
 	}
 	fault.Hit(fault.MutexReservedBeforeWake)

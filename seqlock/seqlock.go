@@ -59,7 +59,7 @@ var (
 )
 
 // The words of the mutex's cache line that belong to the object it protects
-// (see shmlock.Mutex): 4..7.
+// (see shmlock.Mutex): 4..6.
 const (
 	wordSeq   = 4 // SeqLock: the sequence, odd while a write is under way
 	wordState = 5 // SeqLock: stateDirty while the last write did not complete

@@ -21,7 +21,6 @@ const (
 	MutexReleasedBeforeWake              // released; sleepers not yet woken
 	MutexWaiterBeforeSleep               // the waiters bit is set; not yet asleep
 	MutexProberClaimed                   // a waiter took the prober role; not yet asleep
-	MutexWokenSet                        // a release set woken; nobody woken yet
 	MutexReservedBeforeWake              // released reserved for the sleepers; none woken yet
 	MutexProberLeft                      // a prober gave up the role; no sleeper woken to take it
 	MutexProbedDead                      // the holder was probed dead; no CAS yet
@@ -52,7 +51,7 @@ const (
 
 var names = [numPoints]string{
 	"mutex-acquired", "mutex-before-release", "mutex-released-before-wake",
-	"mutex-waiter-before-sleep", "mutex-prober-claimed", "mutex-woken-set",
+	"mutex-waiter-before-sleep", "mutex-prober-claimed",
 	"mutex-reserved-before-wake", "mutex-prober-left", "mutex-probed-dead", "mutex-recovered",
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",

@@ -1,0 +1,155 @@
+/*
+ * A model of the Mutex's waiting policy (wait.go), checked with SPIN (see
+ * model_test.go): the waiters bit, futex sleep and wake, the
+ * starving state and its reserved word, and the prober lease, with deaths at
+ * each new step. Each step is labelled with the Go code's name for it.
+ *
+ * Time is abstract. A sleep ends by a wake, or by a timeout; timeouts are
+ * enabled only once some process has died, so that with every process alive
+ * nobody relies on a timer:
+ *   no lost wake-up   -DNOCRASH: every worker finishes, none is left asleep
+ *                     (a live sleeper blocked for ever is an invalid end
+ *                     state, which the safety run reports)
+ *   mutex             at most one live holder, with deaths
+ *   no wedge          with deaths: every live worker finishes, on wakes or
+ *                     on the timers the deaths enable (the prober's, and a
+ *                     stale lease's takeover)
+ *
+ * Mutants: -DNO_UNRESERVE leaves a reservation that woke nobody in place;
+ * -DWOKEN skips a release's wake while a woken sleeper has not looked (a
+ * lost wake-up, found in the -DNOCRASH run).
+ */
+
+#define W 3            /* workers: _pid 1..3 */
+#define NONE 0
+#ifdef NOCRASH
+#define K 2            /* acquisitions each */
+#else
+#define K 1            /* with deaths: one each, to keep the state space small */
+#endif
+
+byte owner = NONE;     /* the owner word: holder ... */
+bool wbit = false;     /* ... and its waiters bit; owner NONE with wbit is reserved */
+bool woken = false;    /* the wait word */
+bool starving = false;
+byte lease = NONE;     /* the prober: its holder, abstracting the beat counter */
+bool asleep[W+1];      /* in futex_wait */
+bool alive[W+1];
+byte crashes = 0;
+byte inside = 0;
+
+/* A death at this step: the process stops for good, its liveness goes, and
+ * if it held the lock it no longer counts as a holder (the word still names
+ * it until someone recovers). */
+#ifdef NOCRASH
+#define CRASH skip
+#else
+#define CRASH if :: crashes < 1 -> atomic { crashes++; alive[_pid] = false; asleep[_pid] = false; if :: owner == _pid -> inside = 0 :: else -> skip fi }; goto dead :: true -> skip fi
+#endif
+
+/* futex wake of one sleeper; n says whether one was woken */
+inline wake1(n) {
+	atomic {
+		n = 0;
+		if
+		:: asleep[1] -> asleep[1] = false; n = 1
+		:: asleep[2] -> asleep[2] = false; n = 1
+		:: asleep[3] -> asleep[3] = false; n = 1
+		:: else -> skip
+		fi
+	}
+}
+
+/* wake (Mutex.wake), after a release that left free, reserved or not */
+inline wake(res) {
+	byte n;
+	if
+	:: !res ->
+#ifdef WOKEN
+	   /* the woken bit of an earlier design: a release skips its wake
+	    * while a woken sleeper has not looked; a wake that found nobody
+	    * leaves it set for a moment, and a release then skips a wake
+	    * that a new sleeper needed */
+	   if
+	   :: atomic { woken -> skip }
+	   :: atomic { !woken -> woken = true };
+	      wake1(n);
+	      if :: n == 0 -> woken = false :: else -> skip fi
+	   fi
+#else
+	   wake1(n)
+#endif
+	:: res ->
+	   CRASH;                                               /* fault.MutexReservedBeforeWake */
+	   wake1(n);
+#ifndef NO_UNRESERVE
+	   if
+	   :: n == 0 -> atomic { if :: owner == NONE && wbit -> wbit = false :: else -> skip fi }; wake1(n)
+	   :: else -> skip
+	   fi
+#endif
+	fi
+}
+
+proctype Worker() {
+	byte k, o;
+	bool slept, wb, res;
+	alive[_pid] = true;
+	do
+	:: k == K -> break
+	:: k < K -> k++;
+	   slept = false;
+	   /* lockSlow (the fast path is its first CAS from a plain free word) */
+	   do
+	   :: atomic { owner == NONE && (!wbit || slept) -> owner = _pid; wbit = wbit || slept }; break  /* take */
+	   :: atomic { owner != NONE && lease == _pid && !alive[owner] -> o = owner; wb = wbit };           /* probe: Dead */
+	      if
+	      :: atomic { owner == o && wbit == wb -> owner = _pid; wbit = wbit || slept }; break      /* recovery CAS */
+	      :: else -> skip
+	      fi
+	   :: atomic { owner != NONE || (wbit && !slept) -> o = owner; wb = wbit };
+	      /* sleep: the waiters bit, the role, the flags, the futex */
+	      if
+	      :: wb -> skip
+	      :: !wb -> if :: atomic { owner == o && !wbit -> wbit = true; wb = true } :: else -> goto again fi
+	      fi;
+	      if
+	      :: atomic { lease == NONE || !alive[lease] -> lease = _pid };                          /* role: claim */
+	         CRASH                                                                             /* fault.MutexProberClaimed */
+	      :: else -> skip
+	      fi;
+	      if :: slept -> woken = false :: else -> skip fi;
+	      if :: starving = true :: skip fi;                                                     /* waited long, or not */
+	      CRASH;                                                                               /* fault.MutexWaiterBeforeSleep */
+	      atomic { if :: owner == o && wbit == wb -> asleep[_pid] = true :: else -> skip fi };   /* futex_wait */
+	      if
+	      :: atomic { !asleep[_pid] -> skip }                                                   /* woken, or EAGAIN */
+	      :: atomic { asleep[_pid] && crashes > 0 && (lease == _pid || lease == NONE || !alive[lease]) -> asleep[_pid] = false }
+	                                                                                            /* timeout, once deaths enable timers */
+	      fi;
+	      slept = true;
+again:	      skip
+	   od;
+	   /* won */
+	   atomic { inside++; assert(inside == 1) };
+	   if :: slept -> woken = false :: else -> skip fi;
+	   if :: starving = false :: skip fi;                                                       /* a short wait ends starving */
+	   if
+	   :: atomic { lease == _pid -> lease = NONE };                                            /* leave */
+	      CRASH;                                                                            /* fault.MutexProberLeft */
+	      if :: wbit -> wake(false) :: else -> skip fi
+	   :: else -> skip
+	   fi;
+	   CRASH;                                                                               /* fault.MutexAcquired */
+	   /* unlockSlow: free, or reserved if starving and someone sleeps */
+	   atomic { inside--; wb = wbit; res = wbit && starving; owner = NONE; wbit = res };
+	   CRASH;                                                                                  /* fault.MutexReleasedBeforeWake */
+	   if :: wb -> wake(res) :: else -> skip fi
+	od;
+dead:
+	skip
+}
+
+init {
+	atomic { run Worker(); run Worker(); run Worker() }
+}
