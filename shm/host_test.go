@@ -235,7 +235,10 @@ func TestRobustManyRegions(t *testing.T) {
 	}
 	t.Logf("%d robust regions opened in %v; threads %d before, %d after; %d robust lists (%d threads carry them)",
 		n, time.Since(start), before, threads(t), len(tids), robust.Threads())
-	require.LessOrEqual(t, threads(t), before+10, "threads grew with the regions")
+	// The runtime adds threads of its own while Open's system calls block;
+	// those are bounded by the calls in flight, not by the regions.
+	require.LessOrEqual(t, robust.Threads(), n/robust.Limit+2, "robust threads grew with the regions")
+	require.LessOrEqual(t, threads(t), before+64, "threads grew with the regions")
 	require.LessOrEqual(t, len(tids), n/robust.Limit+2, "lines spread over more lists than they fill")
 }
 
@@ -465,6 +468,10 @@ func TestArenaChurn(t *testing.T) {
 	}
 }
 
+// gib65 is a variable so that 32-bit builds, where the tests using it skip,
+// still compile.
+var gib65 int64 = 65 << 30
+
 // Robust regions larger than an arena's default half, of many sizes, opened
 // and closed one after another: they share a few pools (halves are powers of
 // two), so the threads robust lists hold do not grow with the sizes seen.
@@ -477,9 +484,10 @@ func TestArenaSizesShareThreads(t *testing.T) {
 	}
 	dir := shmTempDir(t)
 	th0 := threads(t)
+	big := int(gib65)
 	for i := range 40 {
 		path := filepath.Join(dir, strconv.Itoa(i))
-		r, err := Open(path, Options{Size: 65<<30 + i*4096, Mode: ModeRobust})
+		r, err := Open(path, Options{Size: big + i*4096, Mode: ModeRobust})
 		require.NoError(t, err)
 		require.NoError(t, r.Place(0, KindMutex, 0))
 		_, err = r.OwnerFor(0)
@@ -511,7 +519,8 @@ func TestQuarantineSurvivesLargeOpen(t *testing.T) {
 	require.NoError(t, err)
 	pa := addr(a)
 	require.NoError(t, a.Close())
-	b, err := Open(filepath.Join(dir, "b"), Options{Size: 65 << 30, Mode: ModeRobust})
+	big := int(gib65)
+	b, err := Open(filepath.Join(dir, "b"), Options{Size: big, Mode: ModeRobust})
 	require.NoError(t, err)
 	defer b.Close()
 	c, err := Open(filepath.Join(dir, "c"), Options{Size: 1 << 20, Mode: ModeRobust})
