@@ -202,7 +202,7 @@ func runChild(args []string) int {
 		return contendChild(args[0], args[1:])
 	case "grid":
 		return gridLoop(args[1:])
-	case "recover-hold", "recover-wait":
+	case "recover-hold", "recover-hold-unmap", "recover-wait", "recover-waitn":
 		return recoverChild(args[0], args[1:])
 	}
 	role, path, kind := args[0], args[1], args[2]
