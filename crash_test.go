@@ -245,6 +245,23 @@ func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h.recoverersGetThrough(t)
 }
 
+// deadlineRecoverer: the victim, its context already done, finds the holder
+// dead (in robust mode, one the kernel could not mark) and dies once its CAS
+// took the lock over; two later workers must still get through, told.
+func deadlineRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newModeHarness(t, 60*time.Second, mode)
+	if mode == shm.ModeRobust {
+		h.setOwner(5<<32 | uint64(h.goneTID(t, true)))
+	} else {
+		holder := h.spawn("hold")
+		h.waitHeld()
+		holder.kill()
+	}
+	victim := h.spawnIn(h.path, faultEnv(p, 1), "acquire-expired")
+	diedAt(t, victim, p)
+	h.recoverersGetThrough(t)
+}
+
 // mutexStuckRecoverer (robust mode): a holder died and the kernel did not
 // mark its lock word, the case the probe is kept for behind the kernel. It
 // is simulated: the test process holds the lock until the victim sleeps on
@@ -394,29 +411,30 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		probed = mutexStuckRecoverer
 	}
 	rows := map[fault.Point]crashRow{
-		fault.MutexAcquired:           mutexUnderLoad(10),
-		fault.MutexBeforeRelease:      mutexUnderLoad(10),
-		fault.MutexReleasedBeforeWake: mutexUnderLoad(2),
-		fault.MutexWaiterBeforeSleep:  mutexRecoverer,
-		fault.MutexProberClaimed:      mutexRecoverer,
-		fault.MutexReservedBeforeWake: starvingUnderLoad(2),
-		fault.MutexProberLeft:         mutexUnderLoad(2),
-		fault.MutexProbedDead:         probed,
-		fault.MutexRecovered:          probed,
-		fault.SeqWriteOdd:             writerUnderLoad("seq", 10),
-		fault.SeqWriteMidData:         writerUnderLoad("seq", 10),
-		fault.SeqReleaseState:         writerUnderLoad("seq", 10),
-		fault.SeqReleaseEven:          writerUnderLoad("seq", 10),
-		fault.SeqReaderTookOver:       seqReaderRecoverer,
-		fault.SeqRepairDirty:          seqReaderRecoverer,
-		fault.RecordOdd:               writerUnderLoad("rec", 10),
-		fault.RecordCopied:            writerUnderLoad("rec", 10),
-		fault.RecordMidData:           writerUnderLoad("rec", 10),
-		fault.RecordEven:              writerUnderLoad("rec", 10),
-		fault.RecordPublished:         writerUnderLoad("rec", 10),
-		fault.RecordReadIndex:         readerUnderLoad(1000),
-		fault.RegionCloseMarked:       closerDies,
-		fault.RegionRetireSwept:       retirerDies,
+		fault.MutexAcquired:            mutexUnderLoad(10),
+		fault.MutexBeforeRelease:       mutexUnderLoad(10),
+		fault.MutexReleasedBeforeWake:  mutexUnderLoad(2),
+		fault.MutexWaiterBeforeSleep:   mutexRecoverer,
+		fault.MutexProberClaimed:       mutexRecoverer,
+		fault.MutexReservedBeforeWake:  starvingUnderLoad(2),
+		fault.MutexProberLeft:          mutexUnderLoad(2),
+		fault.MutexProbedDead:          probed,
+		fault.MutexRecovered:           probed,
+		fault.MutexRecoveredAtDeadline: deadlineRecoverer,
+		fault.SeqWriteOdd:              writerUnderLoad("seq", 10),
+		fault.SeqWriteMidData:          writerUnderLoad("seq", 10),
+		fault.SeqReleaseState:          writerUnderLoad("seq", 10),
+		fault.SeqReleaseEven:           writerUnderLoad("seq", 10),
+		fault.SeqReaderTookOver:        seqReaderRecoverer,
+		fault.SeqRepairDirty:           seqReaderRecoverer,
+		fault.RecordOdd:                writerUnderLoad("rec", 10),
+		fault.RecordCopied:             writerUnderLoad("rec", 10),
+		fault.RecordMidData:            writerUnderLoad("rec", 10),
+		fault.RecordEven:               writerUnderLoad("rec", 10),
+		fault.RecordPublished:          writerUnderLoad("rec", 10),
+		fault.RecordReadIndex:          readerUnderLoad(1000),
+		fault.RegionCloseMarked:        closerDies,
+		fault.RegionRetireSwept:        retirerDies,
 	}
 	for _, p := range fault.All() {
 		row, ok := rows[p]

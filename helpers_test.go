@@ -200,6 +200,21 @@ func runChild(role string, args []string) int {
 		fmt.Printf("recovered=%v\n", g.Recovered())
 		return 0
 
+	case "acquire-expired": // Acquire with a context already done; say what came of it
+		ctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+		defer cancel()
+		g, err := e.mu.Acquire(ctx)
+		if err != nil {
+			fmt.Printf("err=%v\n", err)
+			return 0
+		}
+		e.enter(g.Recovered())
+		e.leave()
+		g.Commit()
+		g.Release()
+		fmt.Printf("recovered=%v\n", g.Recovered())
+		return 0
+
 	case "recover-hang": // wait; if we recovered, hang inside (to be killed)
 		g, err := e.mu.Acquire(ctx)
 		if err != nil {

@@ -164,7 +164,7 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 			// now, by whichever waiter finds it, prober or not.
 			if wt.last = m.r.Probe(uint32(w & ownerMask)); wt.last.State == shm.Dead {
 				if nw, ok := wt.take(w); ok {
-					fault.Hit(fault.MutexRecovered)
+					fault.Hit(fault.MutexRecoveredAtDeadline)
 					return wt.won(nw, true, tell)
 				}
 				continue

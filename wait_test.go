@@ -112,3 +112,25 @@ func TestProberDies(t *testing.T) {
 		})
 	}
 }
+
+// A waiter whose context is already done still takes over a holder it finds
+// dead, and is told: the death is not left to waiters that may never come.
+// (In robust mode the holder is one the kernel could not mark: an
+// attachment that is gone.)
+func TestDeadlineTakesOverDeadHolder(t *testing.T) {
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newModeHarness(t, 60*time.Second, mode)
+		if mode == shm.ModeRobust {
+			h.setOwner(5<<32 | uint64(h.goneTID(t, true)))
+		} else {
+			holder := h.spawn("hold")
+			h.waitHeld()
+			holder.kill()
+		}
+		out := h.spawn("acquire-expired").wait(t, 20*time.Second)
+		assert.Contains(t, out, "recovered=true", "a done context gave up on a dead holder")
+		told, err := h.acquire(time.Second)
+		require.NoError(t, err, "the lock is wedged")
+		assert.False(t, told, "the death was told twice")
+	})
+}

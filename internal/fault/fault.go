@@ -16,15 +16,16 @@ type Point uint8
 // The points, in protocol order. Each says what has happened when it is hit.
 const (
 	// Mutex
-	MutexAcquired           Point = iota // the acquiring CAS succeeded (any path)
-	MutexBeforeRelease                   // the holder is about to release
-	MutexReleasedBeforeWake              // released; sleepers not yet woken
-	MutexWaiterBeforeSleep               // the waiters bit is set; not yet asleep
-	MutexProberClaimed                   // a waiter took the prober role; not yet asleep
-	MutexReservedBeforeWake              // released reserved for the sleepers; none woken yet
-	MutexProberLeft                      // a prober gave up the role; no sleeper woken to take it
-	MutexProbedDead                      // the holder was probed dead; no CAS yet
-	MutexRecovered                       // the recovery CAS succeeded; not yet counted
+	MutexAcquired            Point = iota // the acquiring CAS succeeded (any path)
+	MutexBeforeRelease                    // the holder is about to release
+	MutexReleasedBeforeWake               // released; sleepers not yet woken
+	MutexWaiterBeforeSleep                // the waiters bit is set; not yet asleep
+	MutexProberClaimed                    // a waiter took the prober role; not yet asleep
+	MutexReservedBeforeWake               // released reserved for the sleepers; none woken yet
+	MutexProberLeft                       // a prober gave up the role; no sleeper woken to take it
+	MutexProbedDead                       // the holder was probed dead; no CAS yet
+	MutexRecovered                        // the recovery CAS succeeded; not yet counted
+	MutexRecoveredAtDeadline              // a waiter whose context ended took a dead holder's lock; not yet counted
 
 	// SeqLock
 	SeqWriteOdd       // the sequence went odd; no data stored yet
@@ -53,6 +54,7 @@ var names = [numPoints]string{
 	"mutex-acquired", "mutex-before-release", "mutex-released-before-wake",
 	"mutex-waiter-before-sleep", "mutex-prober-claimed",
 	"mutex-reserved-before-wake", "mutex-prober-left", "mutex-probed-dead", "mutex-recovered",
+	"mutex-recovered-at-deadline",
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
