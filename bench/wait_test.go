@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -73,8 +74,8 @@ func BenchmarkWait(b *testing.B) {
 
 // gridResult is what one process reports.
 type gridResult struct {
-	ops, cpu, cs, held, maxWait uint64
-	hist                        [histSize]uint64
+	ops, cpu, cs, tcs, held, maxWait uint64
+	hist                             [histSize]uint64
 }
 
 func grid(b *testing.B, name string, n int, cs string) {
@@ -108,6 +109,7 @@ func grid(b *testing.B, name string, n int, cs string) {
 			b.Fatalf("process %d: %v", i, err)
 		}
 		sum.ops, sum.cpu, sum.cs, sum.held = sum.ops+r.ops, sum.cpu+r.cpu, sum.cs+r.cs, sum.held+r.held
+		sum.tcs += r.tcs
 		sum.maxWait = max(sum.maxWait, r.maxWait)
 		for j := range r.hist {
 			sum.hist[j] += r.hist[j]
@@ -121,6 +123,7 @@ func grid(b *testing.B, name string, n int, cs string) {
 	b.ReportMetric(ops/elapsed.Seconds(), "ops/s")
 	b.ReportMetric(float64(sum.cpu)/ops/1e3, "cpu-us/op")
 	b.ReportMetric(float64(sum.cs)/ops, "cs/op")
+	b.ReportMetric(float64(sum.tcs)/ops, "thread-cs/op")
 	b.ReportMetric(histQuantile(&sum.hist, 0.5)/1e3, "p50-us")
 	b.ReportMetric(histQuantile(&sum.hist, 0.99)/1e3, "p99-us")
 	b.ReportMetric(float64(sum.maxWait)/1e6, "max-ms")
@@ -171,9 +174,14 @@ func gridLoop(args []string) int {
 	for atomic.LoadUint64(&ctl[gridGo]) == 0 {
 		time.Sleep(100 * time.Microsecond)
 	}
+	// The loop keeps to one thread, so that its own context switches can
+	// be told from those of the runtime's other threads (such as sysmon,
+	// which polls every 20 µs while a thread blocks in a system call).
+	runtime.LockOSThread()
 	var r gridResult
-	var before, after unix.Rusage
+	var before, after, tBefore, tAfter unix.Rusage
 	unix.Getrusage(unix.RUSAGE_SELF, &before)
+	unix.Getrusage(unix.RUSAGE_THREAD, &tBefore)
 	for {
 		t0 := nanotime()
 		p.Lock()
@@ -192,9 +200,11 @@ func gridLoop(args []string) int {
 		r.maxWait = max(r.maxWait, wait)
 		r.hist[histIndex(wait)]++
 	}
+	unix.Getrusage(unix.RUSAGE_THREAD, &tAfter)
 	unix.Getrusage(unix.RUSAGE_SELF, &after)
 	r.cpu = uint64(rusageCPU(&after) - rusageCPU(&before))
 	r.cs = uint64(after.Nvcsw + after.Nivcsw - before.Nvcsw - before.Nivcsw)
+	r.tcs = uint64(tAfter.Nvcsw + tAfter.Nivcsw - tBefore.Nvcsw - tBefore.Nivcsw)
 	fmt.Print(formatGrid(&r))
 	return 0
 }
@@ -218,7 +228,7 @@ func criticalSection(cs string) (func(t1 int64), error) {
 
 func formatGrid(r *gridResult) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "%d %d %d %d %d", r.ops, r.cpu, r.cs, r.held, r.maxWait)
+	fmt.Fprintf(&s, "%d %d %d %d %d %d", r.ops, r.cpu, r.cs, r.tcs, r.held, r.maxWait)
 	for i, c := range r.hist {
 		if c != 0 {
 			fmt.Fprintf(&s, " %d:%d", i, c)
@@ -230,18 +240,18 @@ func formatGrid(r *gridResult) string {
 
 func parseGrid(s string) (*gridResult, error) {
 	f := strings.Fields(s)
-	if len(f) < 5 {
+	if len(f) < 6 {
 		return nil, fmt.Errorf("bad report %q", s)
 	}
 	r := new(gridResult)
-	for i, p := range []*uint64{&r.ops, &r.cpu, &r.cs, &r.held, &r.maxWait} {
+	for i, p := range []*uint64{&r.ops, &r.cpu, &r.cs, &r.tcs, &r.held, &r.maxWait} {
 		v, err := strconv.ParseUint(f[i], 10, 64)
 		if err != nil {
 			return nil, err
 		}
 		*p = v
 	}
-	for _, kv := range f[5:] {
+	for _, kv := range f[6:] {
 		k, v, _ := strings.Cut(kv, ":")
 		i, err1 := strconv.Atoi(k)
 		c, err2 := strconv.ParseUint(v, 10, 64)
