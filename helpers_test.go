@@ -200,6 +200,27 @@ func runChild(role string, args []string) int {
 		fmt.Printf("recovered=%v\n", g.Recovered())
 		return 0
 
+	case "fair": // until stopped: Acquire, hold args[1] ms asleep, release; then say ops and longest wait
+		ms, _ := strconv.Atoi(args[1])
+		ops, longest := 0, time.Duration(0)
+		for atomic.LoadUint64(e.word(offStop)) == 0 {
+			t0 := time.Now()
+			g, err := e.mu.Acquire(ctx)
+			if err != nil {
+				fmt.Println(err)
+				return 1
+			}
+			longest = max(longest, time.Since(t0))
+			e.enter(g.Recovered())
+			time.Sleep(time.Duration(ms) * time.Millisecond)
+			e.leave()
+			g.Commit()
+			g.Release()
+			ops++
+		}
+		fmt.Printf("ops=%d longest=%d\n", ops, longest.Microseconds())
+		return 0
+
 	case "acquire-expired": // Acquire with a context already done; say what came of it
 		ctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 		defer cancel()

@@ -142,6 +142,7 @@ func TestWaitModel(t *testing.T) {
 		{"deaths", nil, nil, "0"},
 		{"woken bit loses a wake-up", nil, []string{"-DNOCRASH", "-DWOKEN"}, "1"},
 		{"reservation not undone", nil, []string{"-DNOCRASH", "-DNO_UNRESERVE"}, "1"},
+		{"a class named taken as woken", nil, []string{"-DNOCRASH", "-DCLASS_TRUSTED"}, "1"},
 		{"stale lease never taken over", func(m string) string {
 			return strings.Replace(m, "(lease == _pid || lease == NONE || !alive[lease])", "(lease == _pid || lease == NONE)", 1)
 		}, nil, "1"},

@@ -123,6 +123,7 @@ type Mutex struct {
 	r    *shm.Region
 	off  int
 	life *closing.Closing
+	gate chan struct{} // held by the goroutine of this process that waits in the futex (wait.go)
 }
 
 // New returns the Mutex that lives at offset off of r's data area. off must be
@@ -151,7 +152,7 @@ func New(r *shm.Region, off int) (*Mutex, error) {
 	// held starts as our bare owner, so that Unlock's expected value always
 	// names us: an Unlock of a lock never taken fails its CAS even on a
 	// fresh zero word, and panics in the slow path.
-	m := &Mutex{self: uint64(self), held: uint64(self), r: r, off: off, life: closing.Of(r)}
+	m := &Mutex{self: uint64(self), held: uint64(self), r: r, off: off, life: closing.Of(r), gate: make(chan struct{}, 1)}
 	m.point(line)
 	closing.Track(m.life, m, (*Mutex).letGo)
 	return m, nil
@@ -200,10 +201,10 @@ func (m *Mutex) lockWait() {
 }
 
 // TryLock locks m if it is free and reports whether it did. It never waits
-// and never probes the holder. It takes a word reserved for the sleepers, too
-// (wait.go), keeping their waiters bit, so that its release wakes one. It cannot say that the previous holder died,
-// so it leaves that news for the next Acquire (see ownerDied). It panics if
-// the region was closed.
+// and never probes the holder. A lock reserved for its sleepers (wait.go)
+// counts as held, so that polling cannot starve them. It cannot say that the
+// previous holder died, so it leaves that news for the next Acquire (see
+// ownerDied). It panics if the region was closed.
 func (m *Mutex) TryLock() bool {
 	for {
 		w := atomic.LoadUint64(m.word)
@@ -211,6 +212,9 @@ func (m *Mutex) TryLock() bool {
 			if m.life.Closed() {
 				panic(m.closedError("trylock"))
 			}
+			return false
+		}
+		if w&lowHalf == reserved {
 			return false
 		}
 		if nw := successor(w, m.self, waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
@@ -257,7 +261,8 @@ func (m *Mutex) settle(died, tell bool) (told bool) {
 // found dead by one probe, and returns a guard that is told of a death
 // (Recovered) as Acquire's is. It writes nothing when it fails, so a reader
 // that must not write shared memory may call it to free a lock whose holder
-// died. It panics if the region was closed.
+// died. A lock reserved for its sleepers counts as held, as for TryLock. It
+// panics if the region was closed.
 func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	w := atomic.LoadUint64(m.word)
 	if w&ownerMask != 0 {
@@ -276,6 +281,9 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		m.took(nw)
 		fault.Hit(fault.MutexRecovered)
 		return guard.New(releaser{m}, m.settle(true, true), nw>>32), true
+	}
+	if w&lowHalf == reserved {
+		return nil, false // for the sleepers
 	}
 	nw := successor(w, m.self, waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {

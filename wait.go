@@ -2,6 +2,8 @@ package shmlock
 
 import (
 	"context"
+	"math/bits"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -25,17 +27,50 @@ import (
 //	             the holder (and, in shm.ModeProbe, watches its process);
 //	             the others sleep until a release wakes them, or for
 //	             leasePeriod at most.
-//	bit  33      starving: a waiter has waited starveAfter or longer. A
-//	             release with sleepers then leaves the owner word reserved
-//	             (owner 0, waiters set, ownerDied clear): the fast path fails
-//	             on it and only a waiter that has slept takes it, so the lock
-//	             goes to the sleepers in turn instead of to whoever barges.
+//	bits 33..40  ages: bit 32+c says that a waiter of age class c may be
+//	             asleep, one that has waited starveAfter·2^(c-1) or longer
+//	             (c is 1..8; class 0, a shorter wait, has no bit). While any
+//	             is set, the lock is starving: a release with sleepers then
+//	             leaves the owner word reserved (owner 0, waiters set,
+//	             ownerDied clear), which the fast path fails on and only a
+//	             waiter that has slept takes, and wakes a sleeper of the
+//	             oldest class named, so the lock goes to the longest
+//	             waiters instead of to whoever barges, however often the
+//	             others' timers reorder the futex's queue. A release that
+//	             finds a class asleep by nobody clears its bit.
 const (
-	beatMask  = 1<<32 - 1
-	probing   = 1 << 32
-	starving  = 1 << 33
-	leaseBits = probing | beatMask
+	beatMask   = 1<<32 - 1
+	probing    = 1 << 32
+	ageClasses = 8
+	starving   = (1<<ageClasses - 1) << 33
+	leaseBits  = probing | beatMask
 )
+
+// ageBit is the wait word's bit of age class c (1..ageClasses).
+func ageBit(c int) uint64 { return 1 << (32 + c) }
+
+// A sleeper's futex mask: bit c for its age class c (0..ageClasses), and one
+// of the bits above those for the waiter itself, so that its own wake-ups (its
+// context's end, its death watch) wake it alone, or a few sharing the bit,
+// instead of every sleeper of every process.
+const ownBits = 32 - ageClasses - 1
+
+var waiterSeq atomic.Uint32
+
+// ownMask is the bit of a new waiter of this process.
+func ownMask() uint32 {
+	n := waiterSeq.Add(1) + uint32(os.Getpid())
+	return 1 << (ageClasses + 1 + n%ownBits)
+}
+
+// ageClass is the class of a waiter that has waited d. A sleeper of class c
+// sleeps with futex mask 1<<c, so that a release can wake that class alone.
+func ageClass(d time.Duration) int {
+	if starveAfter <= 0 {
+		return ageClasses
+	}
+	return min(bits.Len64(uint64(d/starveAfter)), ageClasses)
+}
 
 // reserved is the low half of an owner word left for the sleepers.
 const reserved = waiters
@@ -53,8 +88,8 @@ const (
 	// last look. The prober renews it every renewEvery.
 	leasePeriod = 50 * time.Millisecond
 	renewEvery  = leasePeriod / 4
-	// reservedWait bounds the prober's sleep on a reserved word, whose
-	// sleeper may have died after it was woken.
+	// reservedWait bounds a sleep on a reserved word, whose sleeper may
+	// have died after it was woken.
 	reservedWait = time.Millisecond
 )
 
@@ -80,8 +115,8 @@ var waitHook atomic.Pointer[func()]
 var multicore = runtime.NumCPU() > 1
 
 // starveAfter: a waiter that has waited this long makes releases hand the lock
-// to the sleepers (starving); an acquisition after a shorter wait ends that.
-// It bounds how long barging holders keep the lock from the sleepers, at the
+// to the sleepers, oldest first, until none of them has waited this long. It
+// bounds how long barging holders keep the lock from the sleepers, at the
 // price of a wake-up per release while it lasts (docs/DESIGN.md weighs it).
 // Tests lower it.
 var starveAfter = 10 * time.Millisecond
@@ -92,8 +127,9 @@ type waiter struct {
 	m     *Mutex
 	ctx   context.Context
 	start time.Time
-	slept bool // it slept on the word at least once, so it may take a reserved word
-	spins int  // loads spun since it last woke
+	own   uint32 // its own futex mask bit (ownMask)
+	slept bool   // it slept on the word at least once, so it may take a reserved word
+	spins int    // loads spun since it last woke
 
 	// seen is the hold being waited out (its owner word without the
 	// waiters bit), seenAt when this waiter first saw it.
@@ -120,6 +156,9 @@ type waiter struct {
 // broken) predecessor; if not, the news is left untold (see settle). It
 // returns whether it told, and the owner word it installed.
 func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held uint64, err error) {
+	if m.enterGate(ctx) {
+		defer func() { <-m.gate }()
+	}
 	// Close wakes and waits out the goroutines asleep here, so that none
 	// touches the word once its memory is unmapped.
 	low := m.low
@@ -127,14 +166,16 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		return false, 0, m.closedError("lock")
 	}
 	defer m.life.Leave(low)
+	wt := waiter{m: m, ctx: ctx, start: time.Now(), own: ownMask()}
 	if ctx.Done() != nil {
-		// Cancellation wakes every sleeper on the word; they re-check.
-		// (It may run after lockSlow returned, even after Close: a wake
-		// of an address no longer mapped is refused, harmlessly.)
-		stop := context.AfterFunc(ctx, func() { futex.Wake(low, 1<<30) })
+		// Cancellation wakes this waiter, and any sharing its bit; they
+		// re-check. (It may run after lockSlow returned, even after
+		// Close: a wake of an address no longer mapped is refused,
+		// harmlessly.)
+		own := wt.own
+		stop := context.AfterFunc(ctx, func() { futex.WakeMask(low, 1<<30, own) })
 		defer stop()
 	}
-	wt := waiter{m: m, ctx: ctx, start: time.Now()}
 	defer wt.leave()
 	for {
 		if m.life.Closed() {
@@ -187,6 +228,27 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 	}
 }
 
+// enterGate waits for m's gate. One goroutine of this process at a time waits
+// for m in the futex, where it holds a thread while it sleeps; the others wait
+// here, without one, so that a process with many goroutines waiting for
+// locks does not run out of threads. It reports false, without the gate, if
+// ctx ended or the region began closing first: the caller then looks at the
+// word once more and returns, without a sleep beyond reservedWait.
+func (m *Mutex) enterGate(ctx context.Context) bool {
+	select {
+	case m.gate <- struct{}{}:
+		return true
+	default:
+	}
+	select {
+	case m.gate <- struct{}{}:
+		return true
+	case <-ctx.Done():
+	case <-m.life.Done():
+	}
+	return false
+}
+
 // take is the acquiring CAS from w, a free word or one whose holder was
 // probed dead. A waiter that slept sets the waiters bit, since it cannot know
 // whether others still sleep: that passes the wake-up on.
@@ -206,9 +268,6 @@ func (wt *waiter) won(nw uint64, died, tell bool) (bool, uint64, error) {
 		return false, 0, m.giveBack(m.low, nw, died)
 	}
 	m.took(nw)
-	if time.Since(wt.start) < starveAfter {
-		wt.update(func(l uint64) uint64 { return l &^ starving })
-	}
 	return m.settle(died, tell), nw, nil
 }
 
@@ -261,7 +320,7 @@ func (wt *waiter) probe(w uint64, now time.Time) bool {
 	id := uint32(w & ownerMask)
 	// Armed before the probe: a death before the watch began is seen by
 	// this probe, and one after it fires the watch.
-	wt.watch.arm(wt.m, id)
+	wt.watch.arm(wt.m, id, wt.own)
 	wt.last = wt.m.r.Probe(id)
 	if wt.last.State == shm.Dead {
 		fault.Hit(fault.MutexProbedDead)
@@ -284,8 +343,9 @@ func (wt *waiter) sleep(w uint64, now time.Time) {
 		w |= waiters
 	}
 	wt.role(now)
-	if now.Sub(wt.start) >= starveAfter {
-		wt.update(func(l uint64) uint64 { return l | starving })
+	class := ageClass(now.Sub(wt.start))
+	if class > 0 {
+		wt.update(func(l uint64) uint64 { return l | ageBit(class) })
 	}
 	if wt.watch.fired() {
 		return
@@ -293,7 +353,7 @@ func (wt *waiter) sleep(w uint64, now time.Time) {
 	fault.Hit(fault.MutexWaiterBeforeSleep)
 	// A death watch that fires between the check above and the sleep
 	// wakes nobody: the prober's timeout, its next probe, bounds that.
-	futex.Wait(m.low, uint32(w), max(wt.timeout(w, now), time.Microsecond))
+	futex.WaitMask(m.low, uint32(w), max(wt.timeout(w, now), time.Microsecond), 1<<class|wt.own)
 	wt.slept, wt.spins = true, 0
 }
 
@@ -301,12 +361,12 @@ func (wt *waiter) sleep(w uint64, now time.Time) {
 func (wt *waiter) timeout(w uint64, now time.Time) time.Duration {
 	t := leasePeriod
 	if wt.lease != 0 {
-		t = renewEvery
-		if w&ownerMask == 0 {
-			t = min(t, reservedWait)
-		} else {
-			t = min(t, wt.nextProbe.Sub(now))
-		}
+		t = min(renewEvery, wt.nextProbe.Sub(now))
+	}
+	if w&ownerMask == 0 {
+		// Reserved: its sleeper may have died after it was woken, or
+		// there is none and the releaser died before it undid it.
+		t = reservedWait
 	}
 	if d, ok := wt.ctx.Deadline(); ok {
 		t = min(t, time.Until(d))
@@ -359,10 +419,15 @@ func (wt *waiter) resign() {
 // gaveUp ends a wait whose context is done while w is held.
 func (wt *waiter) gaveUp(w uint64) error {
 	m := wt.m
-	if wt.slept {
-		// A release may have woken us rather than a waiter that stays:
-		// pass the wake-up on.
-		futex.Wake(m.low, 1)
+	// The role first, so that a sleeper woken next finds it free.
+	if !wt.leave() && wt.slept && w&waiters == 0 {
+		// A release may have woken us rather than a waiter that stays,
+		// and the word's new holder took it without the waiters bit,
+		// so its release would wake nobody: set the bit for the
+		// sleepers, or, if the word moved on, pass the wake-up on.
+		if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
+			futex.Wake(m.low, 1)
+		}
 	}
 	if wt.last.ID != uint32(w&ownerMask) {
 		wt.last = m.r.Probe(uint32(w & ownerMask))
@@ -370,13 +435,14 @@ func (wt *waiter) gaveUp(w uint64) error {
 	return m.heldError(wt.ctx, w, wt.start, wt.seenAt, wt.last)
 }
 
-// leave ends this waiter's part in the wait word, however the wait ended. A
-// prober that leaves while others may sleep wakes one, which takes the role
-// when it sleeps again: a death is then never left to the others' timers.
-func (wt *waiter) leave() {
+// leave ends this waiter's part in the wait word, however the wait ended,
+// and reports whether it woke a sleeper. A prober that leaves while others
+// may sleep wakes one, which takes the role when it sleeps again: a death is
+// then never left to the others' timers. A second call does nothing.
+func (wt *waiter) leave() bool {
 	wt.watch.stop()
 	if wt.lease == 0 {
-		return
+		return false
 	}
 	lease := wt.lease
 	wt.lease = 0
@@ -392,7 +458,9 @@ func (wt *waiter) leave() {
 	}
 	if left && atomic.LoadUint64(wt.m.word)&waiters != 0 {
 		wt.m.wake(0)
+		return true
 	}
+	return false
 }
 
 // update applies f to the wait word atomically, writing only if f changes it.
@@ -407,15 +475,16 @@ func (wt *waiter) update(f func(uint64) uint64) {
 }
 
 // wake wakes a sleeper after a release that installed free, a free or a
-// reserved word. A reserved word that woke nobody is undone, and whoever went
-// to sleep on it meanwhile is woken.
+// reserved word: for a reserved word, one of the oldest class asleep. A
+// reserved word that woke nobody is undone, and whoever went to sleep on it
+// meanwhile is woken.
 func (m *Mutex) wake(free uint64) {
 	if free&lowHalf != reserved {
 		futex.Wake(m.low, 1)
 		return
 	}
 	fault.Hit(fault.MutexReservedBeforeWake)
-	if futex.Wake(m.low, 1) > 0 {
+	if m.wakeOldest() || futex.Wake(m.low, 1) > 0 {
 		return
 	}
 	if atomic.CompareAndSwapUint64(m.word, free, free&^waiters) {
@@ -423,9 +492,32 @@ func (m *Mutex) wake(free uint64) {
 	}
 }
 
+// wakeOldest wakes one sleeper of the oldest age class the wait word names,
+// and clears the bit of each older class it finds asleep by nobody. A class's
+// sleeper that set its bit just before that clear sleeps on unnamed until it
+// wakes: any wake may still choose it, and it names its class again before it
+// sleeps again, so the clear costs order, never a wake-up.
+func (m *Mutex) wakeOldest() bool {
+	p := &m.line[wordWait]
+	for c := ageClasses; c > 0; c-- {
+		if atomic.LoadUint64(p)&ageBit(c) == 0 {
+			continue
+		}
+		if futex.WakeMask(m.low, 1, 1<<c) > 0 {
+			return true
+		}
+		for l := atomic.LoadUint64(p); l&ageBit(c) != 0; l = atomic.LoadUint64(p) {
+			if atomic.CompareAndSwapUint64(p, l, l&^ageBit(c)) {
+				break
+			}
+		}
+	}
+	return false
+}
+
 // deathWatch is the prober's watch on the holder's process (shm.Region.Watch):
-// armed at the first probe of a hold, it wakes the sleepers when that process
-// exits, so that the prober probes at once.
+// armed at the first probe of a hold, it wakes the prober when that process
+// exits, so that it probes at once.
 type deathWatch struct {
 	armed  bool
 	died   *atomic.Bool // set by the watch; nil while unarmed or once seen
@@ -439,7 +531,7 @@ type deathWatch struct {
 
 func (d *deathWatch) fired() bool { return d.died != nil && d.died.Load() }
 
-func (d *deathWatch) arm(m *Mutex, id uint32) {
+func (d *deathWatch) arm(m *Mutex, id uint32, own uint32) {
 	if d.armed {
 		return
 	}
@@ -449,7 +541,7 @@ func (d *deathWatch) arm(m *Mutex, id uint32) {
 	low := m.low
 	d.stopFn = m.r.Watch(id, func() {
 		f.Store(true)
-		futex.Wake(low, 1<<30)
+		futex.WakeMask(low, 1<<30, own)
 	})
 }
 

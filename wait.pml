@@ -1,8 +1,8 @@
 /*
  * A model of the Mutex's waiting policy (wait.go), checked with SPIN (see
  * model_test.go): the waiters bit, futex sleep and wake, the
- * starving state and its reserved word, and the prober lease, with deaths at
- * each new step. Each step is labelled with the Go code's name for it.
+ * starving state and its reserved word, and the prober lease, with up to two
+ * deaths (say, a prober's and a holder's) at each new step. Each step is labelled with the Go code's name for it.
  *
  * Time is abstract. A sleep ends by a wake, or by a timeout; timeouts are
  * enabled only once some process has died, so that with every process alive
@@ -15,12 +15,18 @@
  *                     on the timers the deaths enable (the prober's, and a
  *                     stale lease's takeover)
  *
+ * One age class stands for the code's eight: a sleeper that has waited long
+ * names it in the wait word (old: the lock is starving), and a reserved
+ * release wakes a sleeper of that class first, any sleeper if it finds none.
+ *
  * Mutants: -DNO_UNRESERVE leaves a reservation that woke nobody in place;
  * -DWOKEN skips a release's wake while a woken sleeper has not looked (a
- * lost wake-up, found in the -DNOCRASH run).
+ * lost wake-up, found in the -DNOCRASH run); -DCLASS_TRUSTED takes a class
+ * named in the wait word as a sleeper woken, even when its wake found nobody.
  */
 
 #define W 3            /* workers: _pid 1..3 */
+#define CRASHES 2      /* deaths at most: a prober's and a holder's */
 #define NONE 0
 #ifdef NOCRASH
 #define K 2            /* acquisitions each */
@@ -31,7 +37,8 @@
 byte owner = NONE;     /* the owner word: holder ... */
 bool wbit = false;     /* ... and its waiters bit; owner NONE with wbit is reserved */
 bool woken = false;    /* the wait word */
-bool starving = false;
+bool old = false;      /* the wait word's age class: starving */
+bool cls[W+1];         /* a sleeper's futex mask: of the old class, or not */
 byte lease = NONE;     /* the prober: its holder, abstracting the beat counter */
 bool asleep[W+1];      /* in futex_wait */
 bool alive[W+1];
@@ -44,7 +51,7 @@ byte inside = 0;
 #ifdef NOCRASH
 #define CRASH skip
 #else
-#define CRASH if :: crashes < 1 -> atomic { crashes++; alive[_pid] = false; asleep[_pid] = false; if :: owner == _pid -> inside = 0 :: else -> skip fi }; goto dead :: true -> skip fi
+#define CRASH if :: atomic { crashes < CRASHES -> crashes++; alive[_pid] = false; asleep[_pid] = false; if :: owner == _pid -> inside = 0 :: else -> skip fi }; goto dead :: true -> skip fi
 #endif
 
 /* futex wake of one sleeper; n says whether one was woken */
@@ -58,6 +65,32 @@ inline wake1(n) {
 		:: else -> skip
 		fi
 	}
+}
+
+/* wakeOldest: a wake of the sleepers of the class named (WakeMask); a class
+ * asleep by nobody is cleared */
+inline wakeOldest(n) {
+	n = 0;
+	if
+	:: old ->
+	   atomic {
+		if
+		:: asleep[1] && cls[1] -> asleep[1] = false; n = 1
+		:: asleep[2] && cls[2] -> asleep[2] = false; n = 1
+		:: asleep[3] && cls[3] -> asleep[3] = false; n = 1
+		:: else -> skip
+		fi
+	   };
+	   if
+#ifdef CLASS_TRUSTED
+	   :: n == 0 -> old = false; n = 1
+#else
+	   :: n == 0 -> old = false
+#endif
+	   :: else -> skip
+	   fi
+	:: else -> skip
+	fi
 }
 
 /* wake (Mutex.wake), after a release that left free, reserved or not */
@@ -81,7 +114,8 @@ inline wake(res) {
 #endif
 	:: res ->
 	   CRASH;                                               /* fault.MutexReservedBeforeWake */
-	   wake1(n);
+	   wakeOldest(n);
+	   if :: n == 0 -> wake1(n) :: else -> skip fi;
 #ifndef NO_UNRESERVE
 	   if
 	   :: n == 0 -> atomic { if :: owner == NONE && wbit -> wbit = false :: else -> skip fi }; wake1(n)
@@ -119,7 +153,7 @@ proctype Worker() {
 	      :: else -> skip
 	      fi;
 	      if :: slept -> woken = false :: else -> skip fi;
-	      if :: starving = true :: skip fi;                                                     /* waited long, or not */
+	      if :: slept -> cls[_pid] = true; old = true :: true -> skip fi;                     /* its age class: old, or not yet */
 	      CRASH;                                                                               /* fault.MutexWaiterBeforeSleep */
 	      atomic { if :: owner == o && wbit == wb -> asleep[_pid] = true :: else -> skip fi };   /* futex_wait */
 	      if
@@ -127,13 +161,12 @@ proctype Worker() {
 	      :: atomic { asleep[_pid] && crashes > 0 && (lease == _pid || lease == NONE || !alive[lease]) -> asleep[_pid] = false }
 	                                                                                            /* timeout, once deaths enable timers */
 	      fi;
-	      slept = true;
+	      slept = true; cls[_pid] = false;
 again:	      skip
 	   od;
 	   /* won */
 	   atomic { inside++; assert(inside == 1) };
 	   if :: slept -> woken = false :: else -> skip fi;
-	   if :: starving = false :: skip fi;                                                       /* a short wait ends starving */
 	   if
 	   :: atomic { lease == _pid -> lease = NONE };                                            /* leave */
 	      CRASH;                                                                            /* fault.MutexProberLeft */
@@ -142,7 +175,7 @@ again:	      skip
 	   fi;
 	   CRASH;                                                                               /* fault.MutexAcquired */
 	   /* unlockSlow: free, or reserved if starving and someone sleeps */
-	   atomic { inside--; wb = wbit; res = wbit && starving; owner = NONE; wbit = res };
+	   atomic { inside--; wb = wbit; res = wbit && old; owner = NONE; wbit = res };
 	   CRASH;                                                                                  /* fault.MutexReleasedBeforeWake */
 	   if :: wb -> wake(res) :: else -> skip fi
 	od;

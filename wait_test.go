@@ -3,7 +3,10 @@
 package shmlock_test
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -133,4 +136,141 @@ func TestDeadlineTakesOverDeadHolder(t *testing.T) {
 		require.NoError(t, err, "the lock is wedged")
 		assert.False(t, told, "the death was told twice")
 	})
+}
+
+// Goroutines of one process waiting for one Mutex hold one thread between
+// them, not one each: the others wait in the process, so that thousands of
+// waiting goroutines cannot exhaust the runtime's threads.
+func TestGoroutinesShareAThread(t *testing.T) {
+	const n = 300
+	h := newHarness(t, 60*time.Second)
+	h.mu.Lock()
+	before := osThreads(t)
+	var got atomic.Int32
+	for range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if g, err := h.mu.Acquire(ctx); err == nil {
+				got.Add(1)
+				g.Release()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // all waiting
+	during := osThreads(t)
+	t.Logf("%d goroutines waiting: threads %d before, %d during", n, before, during)
+	h.mu.Unlock()
+	h.eventually(30*time.Second, "the waiters did not all get the lock", func() bool { return got.Load() == n })
+	assert.LessOrEqual(t, during, before+20, "a thread per waiting goroutine")
+}
+
+func osThreads(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatal("no Threads: in /proc/self/status")
+	return 0
+}
+
+// A context that ends wakes its own waiter, not every sleeper of every
+// process: eight processes asleep on a held lock barely wake while this one
+// gives up 200 timed waits.
+func TestDeadlineWakesOnlyItsWaiter(t *testing.T) {
+	h := newHarness(t, 60*time.Second)
+	h.mu.Lock()
+	waiters := h.spawnWaiters(8)
+	before := h.wakeups(t, waiters)
+	for range 200 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		_, err := h.mu.Acquire(ctx)
+		cancel()
+		require.Error(t, err)
+	}
+	woke := h.wakeups(t, waiters) - before
+	t.Logf("8 sleepers woke %d times while 200 timed waits ended", woke)
+	assert.Less(t, woke, 8*100, "every sleeper woke at every timed wait's end")
+	h.mu.Unlock()
+	for _, c := range waiters {
+		c.wait(t, 30*time.Second)
+	}
+}
+
+// wakeups sums the voluntary context switches of the children's threads.
+func (h *harness) wakeups(t *testing.T, cs []*child) int {
+	n := 0
+	for _, c := range cs {
+		dir := fmt.Sprintf("/proc/%d/task", c.cmd.Process.Pid)
+		tasks, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, task := range tasks {
+			b, err := os.ReadFile(dir + "/" + task.Name() + "/status")
+			if err != nil {
+				continue // the thread ended
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(l, "voluntary_ctxt_switches:"); ok {
+					k, _ := strconv.Atoi(strings.TrimSpace(v))
+					n += k
+				}
+			}
+		}
+	}
+	return n
+}
+
+// A word reserved for sleepers when there are none (its releaser died before
+// it undid the reservation), under the lease of a dead prober: TryLock and
+// TryAcquire treat it as held, and Lock takes it after reservedWait, not
+// after a lease period.
+func TestReservedWithoutSleepers(t *testing.T) {
+	h := newHarness(t, 60*time.Second)
+	h.setOwner(7<<32 | 1<<31) // owner 0, the waiters bit: reserved
+	line, err := h.r.Line(offMutex)
+	require.NoError(t, err)
+	atomic.StoreUint64(shmlock.WaitWord(line), shmlock.Probing|41)
+	assert.False(t, h.mu.TryLock(), "TryLock took a reserved word")
+	_, ok := h.mu.TryAcquire()
+	assert.False(t, ok, "TryAcquire took a reserved word")
+	start := time.Now()
+	h.mu.Lock()
+	took := time.Since(start)
+	h.mu.Unlock()
+	t.Logf("Lock of a reserved word without sleepers: %v", took)
+	assert.Less(t, took, 25*time.Millisecond, "Lock waited out a lease period")
+}
+
+// Forty processes each holding the lock for 2 ms asleep, so that the queue's
+// round (80 ms) outlasts a sleeper's 50 ms timer, which sends it to the back
+// of the futex's queue: the oldest waiters are still served first, and
+// nobody waits for most of the run.
+func TestOldestServedFirst(t *testing.T) {
+	const n, holdMS = 40, 2
+	h := newHarness(t, 60*time.Second)
+	h.mu.Lock()
+	var cs []*child
+	for range n {
+		cs = append(cs, h.spawn("fair", strconv.Itoa(holdMS)))
+	}
+	time.Sleep(200 * time.Millisecond)
+	h.mu.Unlock()
+	time.Sleep(2500 * time.Millisecond)
+	*h.word(offStop) = 1
+	fewest, longest := 1<<30, 0
+	for _, c := range cs {
+		var ops, us int
+		out := c.wait(t, 30*time.Second)
+		_, err := fmt.Sscanf(strings.TrimSpace(out), "ops=%d longest=%d", &ops, &us)
+		require.NoError(t, err, out)
+		fewest, longest = min(fewest, ops), max(longest, us)
+	}
+	t.Logf("%d processes, 2.5 s: fewest acquisitions %d, longest wait %v", n, fewest, time.Duration(longest)*time.Microsecond)
+	assert.Less(t, time.Duration(longest)*time.Microsecond, time.Second, "a waiter waited for most of the run")
+	assert.Zero(t, h.load(offViolation), "two holders at once")
 }

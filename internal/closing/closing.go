@@ -50,6 +50,7 @@ type Closing struct {
 	objs    []tracked
 	live    int             // objects alive at the last sweep
 	waiters map[*uint32]int // words slept on in slow paths, and by how many
+	done    chan struct{}   // closed when Close begins; made on first use
 }
 
 type tracked struct {
@@ -59,6 +60,17 @@ type tracked struct {
 
 // Closed reports whether Close has begun.
 func (c *Closing) Closed() bool { return c.closed.Load() }
+
+// Done returns a channel that is closed when Close begins, for slow paths that
+// wait on something other than a word of the region.
+func (c *Closing) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{}) // Close closes it, under mu
+	}
+	return c.done
+}
 
 // Track has release called with p at Close, if p is still alive then. It
 // holds p weakly: tracking never keeps an object alive, and the entries of
@@ -118,6 +130,12 @@ func (c *Closing) Close() bool {
 	if !c.closed.CompareAndSwap(false, true) {
 		return false
 	}
+	c.mu.Lock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+	}
+	close(c.done)
+	c.mu.Unlock()
 	// A waiter that checked the mark just before it was set may fall
 	// asleep after a wake: wake again until every one has left.
 	for {

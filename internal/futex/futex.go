@@ -23,6 +23,21 @@ func Wait(addr *uint32, val uint32, timeout time.Duration) {
 	wait(addr, val, timeout)
 }
 
+// WaitMask is Wait for a sleeper that a WakeMask with a mask sharing a bit
+// with mask (nonzero) may wake; Wake wakes it as any other.
+func WaitMask(addr *uint32, val uint32, timeout time.Duration, mask uint32) {
+	if timeout <= 0 {
+		return
+	}
+	waitMask(addr, val, timeout, mask)
+}
+
+// WakeMask is Wake restricted to the sleepers whose WaitMask mask shares a
+// bit with mask; those of Wait match every mask.
+func WakeMask(addr *uint32, n int, mask uint32) int {
+	return wakeMask(addr, n, mask)
+}
+
 // Wake wakes at most n waiters sleeping on addr and returns how many it woke
 // (0 where there is no futex).
 func Wake(addr *uint32, n int) int {

@@ -15,3 +15,9 @@ func wait(addr *uint32, val uint32, timeout time.Duration) {
 }
 
 func wake(addr *uint32, n int) int { return 0 }
+
+func waitMask(addr *uint32, val uint32, timeout time.Duration, mask uint32) {
+	wait(addr, val, timeout)
+}
+
+func wakeMask(addr *uint32, n int, mask uint32) int { return 0 }

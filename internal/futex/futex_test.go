@@ -89,3 +89,29 @@ func TestWaitValueAndTimeout(t *testing.T) {
 	Wait(&w, 5, 0)
 	Wait(&w, 5, -time.Second)
 }
+
+// WakeMask wakes only the sleepers whose mask shares a bit with its own;
+// Wake wakes any; a WaitMask's timeout is a duration from now.
+func TestWakeMask(t *testing.T) {
+	word, err := mapWord(filepath.Join(t.TempDir(), "word"))
+	require.NoError(t, err)
+	woke := make(chan uint32, 2)
+	for _, mask := range []uint32{1 << 1, 1 << 2} {
+		go func() {
+			WaitMask(word, 0, 20*time.Second, mask)
+			woke <- mask
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // both asleep
+	require.Zero(t, WakeMask(word, 1, 1<<3), "a mask no sleeper has woke one")
+	require.Equal(t, 1, WakeMask(word, 2, 1<<2))
+	require.Equal(t, uint32(1<<2), <-woke)
+	require.Equal(t, 1, Wake(word, 2))
+	require.Equal(t, uint32(1<<1), <-woke)
+
+	start := time.Now()
+	WaitMask(word, 0, 50*time.Millisecond, 1)
+	took := time.Since(start)
+	require.GreaterOrEqual(t, took, 50*time.Millisecond)
+	require.Less(t, took, 5*time.Second, "the timeout was taken as a time, not a duration")
+}
