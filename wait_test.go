@@ -246,12 +246,12 @@ func TestReservedWithoutSleepers(t *testing.T) {
 	assert.Less(t, took, 25*time.Millisecond, "Lock waited out a lease period")
 }
 
-// Forty processes each holding the lock for 2 ms asleep, so that the queue's
-// round (80 ms) outlasts a sleeper's 50 ms timer, which sends it to the back
-// of the futex's queue: the oldest waiters are still served first, and
-// nobody waits for most of the run.
+// Sixty-four processes each hold the lock for 2 ms asleep, so that the
+// queue's round (128 ms) outlasts a sleeper's 50 ms timer, which sends it to
+// the back of the futex's queue: the oldest waiters are still served first,
+// and nobody waits for a third of the run.
 func TestOldestServedFirst(t *testing.T) {
-	const n, holdMS = 40, 2
+	const n, holdMS = 64, 2
 	h := newHarness(t, 60*time.Second)
 	h.mu.Lock()
 	var cs []*child
@@ -260,7 +260,7 @@ func TestOldestServedFirst(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	h.mu.Unlock()
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(3 * time.Second)
 	*h.word(offStop) = 1
 	fewest, longest := 1<<30, 0
 	for _, c := range cs {
@@ -270,7 +270,7 @@ func TestOldestServedFirst(t *testing.T) {
 		require.NoError(t, err, out)
 		fewest, longest = min(fewest, ops), max(longest, us)
 	}
-	t.Logf("%d processes, 2.5 s: fewest acquisitions %d, longest wait %v", n, fewest, time.Duration(longest)*time.Microsecond)
+	t.Logf("%d processes, 3 s: fewest acquisitions %d, longest wait %v", n, fewest, time.Duration(longest)*time.Microsecond)
 	assert.Less(t, time.Duration(longest)*time.Microsecond, time.Second, "a waiter waited for most of the run")
 	assert.Zero(t, h.load(offViolation), "two holders at once")
 }
