@@ -34,4 +34,7 @@ func SetStarveAfter(d time.Duration) (restore func()) {
 // probing bit.
 func WaitWord(line *[8]uint64) *uint64 { return &line[wordWait] }
 
-const Probing = probing
+const (
+	Probing  = probing
+	Starving = starving
+)

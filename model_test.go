@@ -125,8 +125,9 @@ func TestModel(t *testing.T) {
 
 // TestWaitModel checks the waiting policy's model (wait.pml): with every
 // process alive, no sleeper is left asleep without a timer (no lost
-// wake-up); with a death at any new step, mutual exclusion holds and every
-// live worker finishes on the timers the death enables. Each mutant fails.
+// wake-up), also when a woken waiter leaves without the lock; with up to two
+// deaths at the new steps, mutual exclusion holds and every live worker
+// finishes on the timers the deaths enable. Each mutant fails.
 func TestWaitModel(t *testing.T) {
 	if _, err := exec.LookPath("spin"); err != nil {
 		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
@@ -143,6 +144,9 @@ func TestWaitModel(t *testing.T) {
 		{"woken bit loses a wake-up", nil, []string{"-DNOCRASH", "-DWOKEN"}, "1"},
 		{"reservation not undone", nil, []string{"-DNOCRASH", "-DNO_UNRESERVE"}, "1"},
 		{"a class named taken as woken", nil, []string{"-DNOCRASH", "-DCLASS_TRUSTED"}, "1"},
+		{"a waiter leaves without the lock", nil, []string{"-DNOCRASH", "-DLEAVE"}, "0"},
+		{"a waiter leaves without the lock, with deaths", nil, []string{"-DLEAVE"}, "0"},
+		{"leaving without handing the wake on", nil, []string{"-DNOCRASH", "-DLEAVE", "-DNO_PASSON"}, "1"},
 		{"stale lease never taken over", func(m string) string {
 			return strings.Replace(m, "(lease == _pid || lease == NONE || !alive[lease])", "(lease == _pid || lease == NONE)", 1)
 		}, nil, "1"},

@@ -202,7 +202,9 @@ func (m *Mutex) lockWait() {
 
 // TryLock locks m if it is free and reports whether it did. It never waits
 // and never probes the holder. A lock reserved for its sleepers (wait.go)
-// counts as held, so that polling cannot starve them. It cannot say that the
+// counts as held, so that polling cannot starve them; TryLock wakes one of
+// them to take it, or, if none is left, undoes the reservation and takes the
+// lock. It cannot say that the
 // previous holder died, so it leaves that news for the next Acquire (see
 // ownerDied). It panics if the region was closed.
 func (m *Mutex) TryLock() bool {
@@ -215,6 +217,9 @@ func (m *Mutex) TryLock() bool {
 			return false
 		}
 		if w&lowHalf == reserved {
+			if m.unreserve(w) {
+				continue
+			}
 			return false
 		}
 		if nw := successor(w, m.self, waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
@@ -259,10 +264,10 @@ func (m *Mutex) settle(died, tell bool) (told bool) {
 
 // TryAcquire takes m, without waiting, if it is free or if its holder is
 // found dead by one probe, and returns a guard that is told of a death
-// (Recovered) as Acquire's is. It writes nothing when it fails, so a reader
-// that must not write shared memory may call it to free a lock whose holder
-// died. A lock reserved for its sleepers counts as held, as for TryLock. It
-// panics if the region was closed.
+// (Recovered) as Acquire's is. It writes nothing when it fails (but to undo
+// a reservation whose sleepers are gone, as TryLock does), so a reader that
+// must not write shared memory may call it to free a lock whose holder died.
+// It panics if the region was closed.
 func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	w := atomic.LoadUint64(m.word)
 	if w&ownerMask != 0 {
@@ -283,7 +288,12 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		return guard.New(releaser{m}, m.settle(true, true), nw>>32), true
 	}
 	if w&lowHalf == reserved {
-		return nil, false // for the sleepers
+		if !m.unreserve(w) {
+			return nil, false // a sleeper was woken to take it
+		}
+		if w = atomic.LoadUint64(m.word); w&lowHalf != 0 {
+			return nil, false
+		}
 	}
 	nw := successor(w, m.self, waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {

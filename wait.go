@@ -156,17 +156,18 @@ type waiter struct {
 // broken) predecessor; if not, the news is left untold (see settle). It
 // returns whether it told, and the owner word it installed.
 func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held uint64, err error) {
-	if m.enterGate(ctx) {
-		defer func() { <-m.gate }()
-	}
-	// Close wakes and waits out the goroutines asleep here, so that none
-	// touches the word once its memory is unmapped.
+	start := time.Now()
+	// Close wakes and waits out the goroutines asleep here, or at the gate,
+	// so that none touches the word once its memory is unmapped.
 	low := m.low
 	if !m.life.Enter(low) {
 		return false, 0, m.closedError("lock")
 	}
 	defer m.life.Leave(low)
-	wt := waiter{m: m, ctx: ctx, start: time.Now(), own: ownMask()}
+	if m.enterGate(ctx) {
+		defer func() { <-m.gate }()
+	}
+	wt := waiter{m: m, ctx: ctx, start: start, own: ownMask()}
 	if ctx.Done() != nil {
 		// Cancellation wakes this waiter, and any sharing its bit; they
 		// re-check. (It may run after lockSlow returned, even after
@@ -179,6 +180,9 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 	defer wt.leave()
 	for {
 		if m.life.Closed() {
+			if !wt.leave() {
+				wt.passOn()
+			}
 			return false, 0, m.closedError("lock")
 		}
 		if f := waitHook.Load(); f != nil {
@@ -420,19 +424,42 @@ func (wt *waiter) resign() {
 func (wt *waiter) gaveUp(w uint64) error {
 	m := wt.m
 	// The role first, so that a sleeper woken next finds it free.
-	if !wt.leave() && wt.slept && w&waiters == 0 {
-		// A release may have woken us rather than a waiter that stays,
-		// and the word's new holder took it without the waiters bit,
-		// so its release would wake nobody: set the bit for the
-		// sleepers, or, if the word moved on, pass the wake-up on.
-		if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
-			futex.Wake(m.low, 1)
-		}
+	if !wt.leave() {
+		wt.passOn()
 	}
 	if wt.last.ID != uint32(w&ownerMask) {
 		wt.last = m.r.Probe(uint32(w & ownerMask))
 	}
 	return m.heldError(wt.ctx, w, wt.start, wt.seenAt, wt.last)
+}
+
+// passOn hands on, as this waiter leaves without the lock, the wake-up a
+// release may have spent on it rather than on a waiter that stays: a word
+// left free or reserved wakes another sleeper (or is undone); a held word
+// its holder took without the waiters bit, so that its release would wake
+// nobody, gets the bit.
+func (wt *waiter) passOn() {
+	if !wt.slept {
+		return
+	}
+	m := wt.m
+	w := atomic.LoadUint64(m.word)
+	switch {
+	case w&lowHalf == reserved:
+		m.wake(w)
+	case w&ownerMask == 0:
+		futex.Wake(m.low, 1)
+	case w&waiters == 0 && !atomic.CompareAndSwapUint64(m.word, w, w|waiters):
+		futex.Wake(m.low, 1)
+	}
+}
+
+// unreserve serves a reserved word w found by a caller that does not wait
+// (TryLock, TryAcquire): it wakes a sleeper to take it, or, if none is left,
+// undoes the reservation. It reports whether the word may now be free.
+func (m *Mutex) unreserve(w uint64) bool {
+	m.wake(w)
+	return atomic.LoadUint64(m.word) != w
 }
 
 // leave ends this waiter's part in the wait word, however the wait ended,
@@ -456,8 +483,8 @@ func (wt *waiter) leave() bool {
 	if left {
 		fault.Hit(fault.MutexProberLeft)
 	}
-	if left && atomic.LoadUint64(wt.m.word)&waiters != 0 {
-		wt.m.wake(0)
+	if w := atomic.LoadUint64(wt.m.word); left && w&waiters != 0 {
+		wt.m.wake(w) // a reserved word is undone if it wakes nobody
 		return true
 	}
 	return false

@@ -19,6 +19,10 @@
  * names it in the wait word (old: the lock is starving), and a reserved
  * release wakes a sleeper of that class first, any sleeper if it finds none.
  *
+ * -DLEAVE lets one woken waiter leave without the lock, as one whose region
+ * is closed or whose context ended does (passOn); -DNO_PASSON is the mutant
+ * that leaves without handing on the wake it may have taken.
+ *
  * Mutants: -DNO_UNRESERVE leaves a reservation that woke nobody in place;
  * -DWOKEN skips a release's wake while a woken sleeper has not looked (a
  * lost wake-up, found in the -DNOCRASH run); -DCLASS_TRUSTED takes a class
@@ -28,7 +32,7 @@
 #define W 3            /* workers: _pid 1..3 */
 #define CRASHES 2      /* deaths at most: a prober's and a holder's */
 #define NONE 0
-#ifdef NOCRASH
+#if defined(NOCRASH) && !defined(LEAVE)
 #define K 2            /* acquisitions each */
 #else
 #define K 1            /* with deaths: one each, to keep the state space small */
@@ -43,6 +47,7 @@ byte lease = NONE;     /* the prober: its holder, abstracting the beat counter *
 bool asleep[W+1];      /* in futex_wait */
 bool alive[W+1];
 byte crashes = 0;
+byte leaves = 0;       /* -DLEAVE: waiters that left without the lock */
 byte inside = 0;
 
 /* A death at this step: the process stops for good, its liveness goes, and
@@ -94,8 +99,7 @@ inline wakeOldest(n) {
 }
 
 /* wake (Mutex.wake), after a release that left free, reserved or not */
-inline wake(res) {
-	byte n;
+inline wake(res) {   /* uses the caller's n */
 	if
 	:: !res ->
 #ifdef WOKEN
@@ -126,7 +130,7 @@ inline wake(res) {
 }
 
 proctype Worker() {
-	byte k, o;
+	byte k, o, n;
 	bool slept, wb, res;
 	alive[_pid] = true;
 	do
@@ -162,6 +166,31 @@ proctype Worker() {
 	                                                                                            /* timeout, once deaths enable timers */
 	      fi;
 	      slept = true; cls[_pid] = false;
+#ifdef LEAVE
+	      /* passOn: one waiter, woken, leaves without the lock (its
+	       * region closed, or its context ended), handing on the wake
+	       * a release may have spent on it */
+	      if
+	      :: atomic { leaves < 1 -> leaves++ };
+	         wb = false;
+	         if
+	         :: atomic { lease == _pid -> lease = NONE };                                      /* leave */
+	            if :: wbit -> wb = true; res = (owner == NONE); wake(res) :: else -> skip fi
+	         :: else -> skip
+	         fi;
+#ifndef NO_PASSON
+	         if                                                                                /* passOn, if leave woke nobody */
+	         :: wb -> skip
+	         :: atomic { !wb && owner == NONE && wbit } -> wake(true)
+	         :: atomic { !wb && owner == NONE && !wbit } -> wake1(n)
+	         :: atomic { !wb && owner != NONE && !wbit -> wbit = true }
+	         :: else -> skip
+	         fi;
+#endif
+	         goto gone
+	      :: true -> skip
+	      fi;
+#endif
 again:	      skip
 	   od;
 	   /* won */
@@ -180,6 +209,8 @@ again:	      skip
 	   if :: wb -> wake(res) :: else -> skip fi
 	od;
 dead:
+	skip;
+gone:
 	skip
 }
 
