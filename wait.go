@@ -178,6 +178,13 @@ func (m *Mutex) lockSlow(ctx context.Context, tell bool) (recovered bool, held u
 		defer stop()
 	}
 	defer wt.leave()
+	return wt.wait(tell)
+}
+
+// wait is a waiter's loop: take a free word, spin while that can pay, follow
+// the hold, probe it if this waiter is the prober, and sleep.
+func (wt *waiter) wait(tell bool) (recovered bool, held uint64, err error) {
+	m, ctx := wt.m, wt.ctx
 	for {
 		if m.life.Closed() {
 			if !wt.leave() {
