@@ -132,6 +132,12 @@ func TestWaitModel(t *testing.T) {
 	if _, err := exec.LookPath("spin"); err != nil {
 		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
 	}
+	if testing.Short() {
+		t.Skip("model checking takes a minute")
+	}
+	if raceBuild {
+		t.Skip("the model is C: checking it again under the race detector proves nothing new")
+	}
 	safety := []string{"-DSAFETY"}
 	for _, c := range []struct {
 		name    string

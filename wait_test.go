@@ -153,8 +153,8 @@ func TestGoroutinesShareAThread(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if g, err := h.mu.Acquire(ctx); err == nil {
-				got.Add(1)
 				g.Release()
+				got.Add(1) // after the release: Close must not race it
 			}
 		}()
 	}
