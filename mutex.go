@@ -124,6 +124,8 @@ type Mutex struct {
 	off  int
 	life *closing.Closing
 	gate chan struct{} // held by the goroutine of this process that waits in the futex (wait.go)
+	// lookout is what this process saw of the prober lease (wait.go).
+	lookout lookout
 }
 
 // New returns the Mutex that lives at offset off of r's data area. off must be

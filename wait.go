@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -143,11 +144,6 @@ type waiter struct {
 	nextProbe time.Time
 	last      shm.Holder
 	watch     deathWatch
-
-	// looked is the lease as this waiter last saw it while not the prober,
-	// lookedAt when it first saw it so.
-	looked   uint64
-	lookedAt time.Time
 }
 
 // lockSlow acquires m after the fast path failed: spin a little, then sleep on
@@ -402,11 +398,8 @@ func (wt *waiter) role(now time.Time) {
 				return
 			}
 		case l&probing == 0:
-		case l&leaseBits == wt.looked && now.Sub(wt.lookedAt) >= leasePeriod:
+		case wt.m.lookout.stale(l&leaseBits, now):
 		default:
-			if l&leaseBits != wt.looked {
-				wt.looked, wt.lookedAt = l&leaseBits, now
-			}
 			return
 		}
 		lease := probing | (l+1)&beatMask
@@ -424,7 +417,28 @@ func (wt *waiter) role(now time.Time) {
 func (wt *waiter) resign() {
 	wt.lease = 0
 	wt.watch.stop()
-	wt.looked, wt.lookedAt = 0, time.Time{}
+}
+
+// A lookout is what this process last saw of a lock's prober lease, across
+// its waits: a lock taken and released often is waited for in many short
+// waits, none of them leasePeriod long, and a lease that none of them sees
+// change is still that of a prober that stopped.
+type lookout struct {
+	mu     sync.Mutex
+	looked uint64    // the lease bits last seen
+	at     time.Time // when they were first seen
+}
+
+// stale records the lease bits l seen at now, and reports whether they have
+// not changed for leasePeriod.
+func (o *lookout) stale(l uint64, now time.Time) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if l != o.looked || o.at.IsZero() {
+		o.looked, o.at = l, now
+		return false
+	}
+	return now.Sub(o.at) >= leasePeriod
 }
 
 // gaveUp ends a wait whose context is done while w is held.

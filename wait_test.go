@@ -329,3 +329,26 @@ func TestClosedSleeperHandsOnItsWake(t *testing.T) {
 	}
 	assert.Zero(t, left, "a reserved word was left for nobody")
 }
+
+// A prober lease whose holder stopped (here: written by nobody alive) is
+// taken over while the lock is busy, although no single wait lasts a lease
+// period: each process remembers the lease across its waits. Otherwise the
+// next death would wait out a lease period.
+func TestStaleLeaseTakenOverWhileBusy(t *testing.T) {
+	h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
+	line, err := h.r.Line(offMutex)
+	require.NoError(t, err)
+	const stale = shmlock.Probing | 41
+	atomic.StoreUint64(shmlock.WaitWord(line), stale)
+	var ws []*child
+	for i := range 3 {
+		ws = append(ws, h.spawn("increment", strconv.Itoa(i), "0"))
+	}
+	h.eventually(10*time.Second, "the stale lease was never taken over", func() bool {
+		return atomic.LoadUint64(shmlock.WaitWord(line))&(shmlock.Probing|1<<32-1) != stale
+	})
+	*h.word(offStop) = 1
+	for _, c := range ws {
+		c.wait(t, 20*time.Second)
+	}
+}
