@@ -345,7 +345,7 @@ func TestStaleLeaseTakenOverWhileBusy(t *testing.T) {
 		ws = append(ws, h.spawn("increment", strconv.Itoa(i), "0"))
 	}
 	h.eventually(10*time.Second, "the stale lease was never taken over", func() bool {
-		return atomic.LoadUint64(shmlock.WaitWord(line))&(shmlock.Probing|1<<32-1) != stale
+		return atomic.LoadUint64(shmlock.WaitWord(line))&(shmlock.Probing|(1<<32-1)) != stale
 	})
 	*h.word(offStop) = 1
 	for _, c := range ws {
