@@ -89,6 +89,9 @@ const (
 	// last look. The prober renews it every renewEvery.
 	leasePeriod = 50 * time.Millisecond
 	renewEvery  = leasePeriod / 4
+	// lookoutGap: sightings of a lease further apart than this do not
+	// add up to its being unchanged (lookout).
+	lookoutGap = time.Second
 	// reservedWait bounds a sleep on a reserved word, whose sleeper may
 	// have died after it was woken.
 	reservedWait = time.Millisecond
@@ -398,7 +401,7 @@ func (wt *waiter) role(now time.Time) {
 				return
 			}
 		case l&probing == 0:
-		case wt.m.lookout.stale(l&leaseBits, now):
+		case wt.m.lookout.stale(l & leaseBits):
 		default:
 			return
 		}
@@ -427,17 +430,20 @@ type lookout struct {
 	mu     sync.Mutex
 	looked uint64    // the lease bits last seen
 	at     time.Time // when they were first seen
+	last   time.Time // when they were last seen
 }
 
-// stale records the lease bits l seen at now, and reports whether they have
-// not changed for leasePeriod.
-func (o *lookout) stale(l uint64, now time.Time) bool {
+// stale records a sighting of the lease bits l, and reports whether they have
+// not changed for leasePeriod. A sighting older than lookoutGap vouches for
+// nothing since: the beat wraps, so the same bits may be a new lease.
+func (o *lookout) stale(l uint64) bool {
+	now := time.Now()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if l != o.looked || o.at.IsZero() {
+	if l != o.looked || now.Sub(o.last) > lookoutGap {
 		o.looked, o.at = l, now
-		return false
 	}
+	o.last = now
 	return now.Sub(o.at) >= leasePeriod
 }
 
