@@ -250,13 +250,7 @@ func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 // took the lock over; two later workers must still get through, told.
 func deadlineRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h := newModeHarness(t, 60*time.Second, mode)
-	if mode == shm.ModeRobust {
-		h.setOwner(5<<32 | uint64(h.goneTID(t, true)))
-	} else {
-		holder := h.spawn("hold")
-		h.waitHeld()
-		holder.kill()
-	}
+	h.deadHolder(t, mode)
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "acquire-expired")
 	diedAt(t, victim, p)
 	h.recoverersGetThrough(t)

@@ -61,15 +61,7 @@ func panErrorCount(t *testing.T, out string) string {
 // non-progress cycle under weak fairness, and that the model does catch the
 // "clear, then retake" recovery bug.
 func TestModel(t *testing.T) {
-	if _, err := exec.LookPath("spin"); err != nil {
-		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
-	}
-	if testing.Short() {
-		t.Skip("model checking takes a minute")
-	}
-	if raceBuild {
-		t.Skip("the model is C: checking it again under the race detector proves nothing new")
-	}
+	skipUnlessModels(t)
 	safety := pan(t, nil, nil, []string{"-DSAFETY"}, "-m1000000")
 	assert.Equal(t, "0", panErrorCount(t, safety), safety)
 	t.Log("safety:", regexp.MustCompile(`(?m)^\s*[0-9.e+]+ states, stored.*$`).FindString(safety))
@@ -129,15 +121,7 @@ func TestModel(t *testing.T) {
 // deaths at the new steps, mutual exclusion holds and every live worker
 // finishes on the timers the deaths enable. Each mutant fails.
 func TestWaitModel(t *testing.T) {
-	if _, err := exec.LookPath("spin"); err != nil {
-		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
-	}
-	if testing.Short() {
-		t.Skip("model checking takes a minute")
-	}
-	if raceBuild {
-		t.Skip("the model is C: checking it again under the race detector proves nothing new")
-	}
+	skipUnlessModels(t)
 	safety := []string{"-DSAFETY"}
 	for _, c := range []struct {
 		name    string
@@ -161,5 +145,19 @@ func TestWaitModel(t *testing.T) {
 			out := panFile(t, "wait.pml", c.mutate, c.defines, safety, "-m1000000")
 			assert.Equal(t, c.errors, panErrorCount(t, out), out)
 		})
+	}
+}
+
+// skipUnlessModels skips a test of a SPIN model where it cannot, or need not,
+// run.
+func skipUnlessModels(t *testing.T) {
+	if _, err := exec.LookPath("spin"); err != nil {
+		t.Skip("spin is not installed (.ci/run installs it: apt-get install spin)")
+	}
+	if testing.Short() {
+		t.Skip("model checking takes a minute")
+	}
+	if raceBuild {
+		t.Skip("the model is C: checking it again under the race detector proves nothing new")
 	}
 }

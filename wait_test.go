@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -117,6 +118,20 @@ func TestProberDies(t *testing.T) {
 	}
 }
 
+// deadHolder leaves the lock held by a holder that is dead, unmarked: in probe
+// mode a killed process, in robust mode an attachment that is gone (which no
+// robust list marks).
+func (h *harness) deadHolder(t *testing.T, mode shm.Mode) {
+	t.Helper()
+	if mode == shm.ModeRobust {
+		h.setOwner(5<<32 | uint64(h.goneTID(t, true)))
+	} else {
+		holder := h.spawn("hold")
+		h.waitHeld()
+		holder.kill()
+	}
+}
+
 // A waiter whose context is already done still takes over a holder it finds
 // dead, and is told: the death is not left to waiters that may never come.
 // (In robust mode the holder is one the kernel could not mark: an
@@ -124,13 +139,7 @@ func TestProberDies(t *testing.T) {
 func TestDeadlineTakesOverDeadHolder(t *testing.T) {
 	inModes(t, func(t *testing.T, mode shm.Mode) {
 		h := newModeHarness(t, 60*time.Second, mode)
-		if mode == shm.ModeRobust {
-			h.setOwner(5<<32 | uint64(h.goneTID(t, true)))
-		} else {
-			holder := h.spawn("hold")
-			h.waitHeld()
-			holder.kill()
-		}
+		h.deadHolder(t, mode)
 		out := h.spawn("acquire-expired").wait(t, 20*time.Second)
 		assert.Contains(t, out, "recovered=true", "a done context gave up on a dead holder")
 		told, err := h.acquire(time.Second)
@@ -146,7 +155,7 @@ func TestGoroutinesShareAThread(t *testing.T) {
 	const n = 300
 	h := newHarness(t, 60*time.Second)
 	h.mu.Lock()
-	before := osThreads(t)
+	before := proctest.Threads(t)
 	var got atomic.Int32
 	for range n {
 		go func() {
@@ -159,25 +168,11 @@ func TestGoroutinesShareAThread(t *testing.T) {
 		}()
 	}
 	time.Sleep(300 * time.Millisecond) // all waiting
-	during := osThreads(t)
+	during := proctest.Threads(t)
 	t.Logf("%d goroutines waiting: threads %d before, %d during", n, before, during)
 	h.mu.Unlock()
 	h.eventually(30*time.Second, "the waiters did not all get the lock", func() bool { return got.Load() == n })
 	assert.LessOrEqual(t, during, before+20, "a thread per waiting goroutine")
-}
-
-func osThreads(t *testing.T) int {
-	b, err := os.ReadFile("/proc/self/status")
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			require.NoError(t, err)
-			return n
-		}
-	}
-	t.Fatal("no Threads: in /proc/self/status")
-	return 0
 }
 
 // A context that ends wakes its own waiter, not every sleeper of every
@@ -216,16 +211,8 @@ func (h *harness) wakeups(t *testing.T, cs []*child) int {
 		tasks, err := os.ReadDir(dir)
 		require.NoError(t, err)
 		for _, task := range tasks {
-			b, err := os.ReadFile(dir + "/" + task.Name() + "/status")
-			if err != nil {
-				continue // the thread ended
-			}
-			for _, l := range strings.Split(string(b), "\n") {
-				if v, ok := strings.CutPrefix(l, "voluntary_ctxt_switches:"); ok {
-					k, _ := strconv.Atoi(strings.TrimSpace(v))
-					n += k
-				}
-			}
+			k, _ := proctest.StatusValue(dir+"/"+task.Name()+"/status", "voluntary_ctxt_switches:")
+			n += k // 0 for a thread that ended
 		}
 	}
 	return n

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -314,20 +314,7 @@ func TestRobustProbeDoesNotWaitForNew(t *testing.T) {
 	require.NoError(t, <-done)
 }
 
-// threads returns how many threads this process has.
-func threads(t *testing.T) int {
-	b, err := os.ReadFile("/proc/self/status")
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			require.NoError(t, err)
-			return n
-		}
-	}
-	t.Fatal("no Threads line")
-	return 0
-}
+func threads(t *testing.T) int { return proctest.Threads(t) }
 
 // plantLive records tids in the slots from first on, maxTIDs a slot, as live
 // claimants (in other PID namespaces, say) would have them: their liveness
