@@ -231,6 +231,24 @@ func starvingUnderLoad(n int) crashRow {
 	}
 }
 
+// quitterUnderLoad: the victim waits with short timeouts beside two starving
+// incrementing workers, and dies as it leaves without the lock, before it
+// hands on a wake-up it may hold; the workers go on.
+func quitterUnderLoad(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newModeHarness(t, 60*time.Second, mode)
+	starve := []string{starveEnv + "=1"}
+	a := h.spawnIn(h.path, starve, "increment", "1", "0")
+	b := h.spawnIn(h.path, starve, "increment", "2", "0")
+	victim := h.spawnIn(h.path, append(faultEnv(p, 2), starve...), "timed")
+	diedAt(t, victim, p)
+	c0 := h.load(offCounter)
+	h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
+	*h.word(offStop) = 1
+	a.wait(t, 20*time.Second)
+	b.wait(t, 20*time.Second)
+	h.finalCheck(t)
+}
+
 // mutexRecoverer: the victim is the one waiter of a holder that is killed,
 // and dies on its way to recovering (or to sleep); two later workers must
 // still get through.
@@ -415,6 +433,7 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.MutexProbedDead:          probed,
 		fault.MutexRecovered:           probed,
 		fault.MutexRecoveredAtDeadline: deadlineRecoverer,
+		fault.MutexWaiterQuit:          quitterUnderLoad,
 		fault.SeqWriteOdd:              writerUnderLoad("seq", 10),
 		fault.SeqWriteMidData:          writerUnderLoad("seq", 10),
 		fault.SeqReleaseState:          writerUnderLoad("seq", 10),

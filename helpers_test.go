@@ -221,6 +221,20 @@ func runChild(role string, args []string) int {
 		fmt.Printf("ops=%d longest=%d\n", ops, longest.Microseconds())
 		return 0
 
+	case "timed": // until stopped: Acquire with a 1 ms timeout, release at once if it got the lock
+		for atomic.LoadUint64(e.word(offStop)) == 0 {
+			ctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+			g, err := e.mu.Acquire(ctx)
+			cancel()
+			if err == nil {
+				e.enter(g.Recovered())
+				e.leave()
+				g.Commit()
+				g.Release()
+			}
+		}
+		return 0
+
 	case "acquire-expired": // Acquire with a context already done; say what came of it
 		ctx, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 		defer cancel()

@@ -56,11 +56,14 @@ func ageBit(c int) uint64 { return 1 << (32 + c) }
 // instead of every sleeper of every process.
 const ownBits = 32 - ageClasses - 1
 
-var waiterSeq atomic.Uint32
+var (
+	waiterSeq atomic.Uint32
+	pidSeed   = uint32(os.Getpid()) // so that processes start on different bits
+)
 
 // ownMask is the bit of a new waiter of this process.
 func ownMask() uint32 {
-	n := waiterSeq.Add(1) + uint32(os.Getpid())
+	n := waiterSeq.Add(1) + pidSeed
 	return 1 << (ageClasses + 1 + n%ownBits)
 }
 
@@ -186,9 +189,7 @@ func (wt *waiter) wait(tell bool) (recovered bool, held uint64, err error) {
 	m, ctx := wt.m, wt.ctx
 	for {
 		if m.life.Closed() {
-			if !wt.leave() {
-				wt.passOn()
-			}
+			wt.quit()
 			return false, 0, m.closedError("lock")
 		}
 		if f := waitHook.Load(); f != nil {
@@ -450,25 +451,24 @@ func (o *lookout) stale(l uint64) bool {
 // gaveUp ends a wait whose context is done while w is held.
 func (wt *waiter) gaveUp(w uint64) error {
 	m := wt.m
-	// The role first, so that a sleeper woken next finds it free.
-	if !wt.leave() {
-		wt.passOn()
-	}
+	wt.quit()
 	if wt.last.ID != uint32(w&ownerMask) {
 		wt.last = m.r.Probe(uint32(w & ownerMask))
 	}
 	return m.heldError(wt.ctx, w, wt.start, wt.seenAt, wt.last)
 }
 
-// passOn hands on, as this waiter leaves without the lock, the wake-up a
-// release may have spent on it rather than on a waiter that stays: a word
-// left free or reserved wakes another sleeper (or is undone); a held word
-// its holder took without the waiters bit, so that its release would wake
-// nobody, gets the bit.
-func (wt *waiter) passOn() {
-	if !wt.slept {
+// quit ends a wait that leaves without the lock: the role first, so that a
+// sleeper woken next finds it free; then, unless that woke one, it hands on
+// the wake-up a release may have spent on this waiter rather than on one that
+// stays: a word left free or reserved wakes another sleeper (or is undone); a
+// held word its holder took without the waiters bit, so that its release
+// would wake nobody, gets the bit.
+func (wt *waiter) quit() {
+	if wt.leave() || !wt.slept {
 		return
 	}
+	fault.Hit(fault.MutexWaiterQuit)
 	m := wt.m
 	w := atomic.LoadUint64(m.word)
 	switch {

@@ -20,7 +20,7 @@
  * release wakes a sleeper of that class first, any sleeper if it finds none.
  *
  * -DLEAVE lets one woken waiter leave without the lock, as one whose region
- * is closed or whose context ended does (passOn); -DNO_PASSON is the mutant
+ * is closed or whose context ended does (quit); -DNO_PASSON is the mutant
  * that leaves without handing on the wake it may have taken.
  *
  * Mutants: -DNO_UNRESERVE leaves a reservation that woke nobody in place;
@@ -167,7 +167,7 @@ proctype Worker() {
 	      fi;
 	      slept = true; cls[_pid] = false;
 #ifdef LEAVE
-	      /* passOn: one waiter, woken, leaves without the lock (its
+	      /* quit: one waiter, woken, leaves without the lock (its
 	       * region closed, or its context ended), handing on the wake
 	       * a release may have spent on it */
 	      if
@@ -178,8 +178,9 @@ proctype Worker() {
 	            if :: wbit -> wb = true; res = (owner == NONE); wake(res) :: else -> skip fi
 	         :: else -> skip
 	         fi;
+	         if :: !wb -> CRASH :: else -> skip fi;                                              /* fault.MutexWaiterQuit */
 #ifndef NO_PASSON
-	         if                                                                                /* passOn, if leave woke nobody */
+	         if                                                                                /* quit: if leave woke nobody, hand the wake on */
 	         :: wb -> skip
 	         :: atomic { !wb && owner == NONE && wbit } -> wake(true)
 	         :: atomic { !wb && owner == NONE && !wbit } -> wake1(n)

@@ -26,6 +26,7 @@ const (
 	MutexProbedDead                       // the holder was probed dead; no CAS yet
 	MutexRecovered                        // the recovery CAS succeeded; not yet counted
 	MutexRecoveredAtDeadline              // a waiter whose context ended took a dead holder's lock; not yet counted
+	MutexWaiterQuit                       // a waiter that slept leaves without the lock; the wake it may hold not yet handed on
 
 	// SeqLock
 	SeqWriteOdd       // the sequence went odd; no data stored yet
@@ -54,7 +55,7 @@ var names = [numPoints]string{
 	"mutex-acquired", "mutex-before-release", "mutex-released-before-wake",
 	"mutex-waiter-before-sleep", "mutex-prober-claimed",
 	"mutex-reserved-before-wake", "mutex-prober-left", "mutex-probed-dead", "mutex-recovered",
-	"mutex-recovered-at-deadline",
+	"mutex-recovered-at-deadline", "mutex-waiter-quit",
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
