@@ -73,8 +73,10 @@ func TestDeathWatchWakesWaiter(t *testing.T) {
 				stop := make(chan struct{})
 				var readers sync.WaitGroup
 				if procReader {
+					readers.Add(2)
 					for range 2 {
-						readers.Go(func() {
+						go func() {
+							defer readers.Done()
 							for {
 								select {
 								case <-stop:
@@ -83,7 +85,7 @@ func TestDeathWatchWakesWaiter(t *testing.T) {
 									os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
 								}
 							}
-						})
+						}()
 					}
 				}
 				killed := monotonic()

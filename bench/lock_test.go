@@ -111,8 +111,9 @@ func BenchmarkContended(b *testing.B) {
 					start := time.Now()
 					p, _ := e.open(name)
 					var wg sync.WaitGroup
+					wg.Add(n)
 					for range n {
-						wg.Go(func() { contend(p, e.counter, per) })
+						go func() { defer wg.Done(); contend(p, e.counter, per) }()
 					}
 					wg.Wait()
 					elapsed := time.Since(start)

@@ -6,7 +6,11 @@ import (
 	"time"
 )
 
-type obj struct{ released bool }
+// obj is larger than the runtime's tiny allocations, which share a block.
+type obj struct {
+	released bool
+	_        [16]byte
+}
 
 // Tracking holds objects weakly: the entries of objects gone are dropped as
 // more are tracked, and Close releases the live ones, once.
