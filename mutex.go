@@ -314,9 +314,9 @@ func (m *Mutex) Unlock() {
 	// The expected value is the word our acquisition installed, with
 	// nobody asleep (a held word never has ownerDied). Any other word
 	// (the waiters bit, another owner, another generation) fails the CAS
-	// and goes to the slow path. No load first: on amd64 a load between the
-	// acquiring and the releasing locked instruction costs a nanosecond, a
-	// sixth of the pair.
+	// and goes to the slow path. No load first: a load between the acquiring
+	// and the releasing locked instruction adds to the pair's cost
+	// (BenchmarkFastPath).
 	h := m.held &^ waiters
 	raceRelease(m)
 	if !atomic.CompareAndSwapUint64(m.word, h, h&^ownerMask) {
