@@ -1,5 +1,7 @@
 package shmlock
 
+import "github.com/shmlock/shmlock/internal/line"
+
 import "time"
 
 // SetProbeSchedule replaces the prober's schedules, both modes' (see schedule), for
@@ -32,7 +34,7 @@ func SetStarveAfter(d time.Duration) (restore func()) {
 
 // WaitWord returns the wait word of the lock at off of r (wait.go), and its
 // probing bit.
-func WaitWord(line *[8]uint64) *uint64 { return &line[wordWait] }
+func WaitWord(l *[8]uint64) *uint64 { return &l[line.Wait] }
 
 const (
 	Probing  = probing

@@ -14,18 +14,19 @@ import (
 	"github.com/shmlock/shmlock/shm"
 )
 
-// The owner word: 64 bits, the first word of the lock's cache line.
+// The owner word is the first word of the lock's line; internal/line lays out
+// its bits. What each part means to the lock:
 //
-//	bits  0..29  owner: who holds it, 0 when free (shm.Region.OwnerFor). In
+//	owner:       who holds it, 0 when free (shm.Region.OwnerFor). In
 //	             shm.ModeProbe the holder's owner ID, which names a process's
 //	             attachment to the region, so it is never reused by a later
 //	             process, even one with the same PID. In shm.ModeRobust the
 //	             thread ID of the holder's robust list that links this line:
 //	             when the holder's process dies, the kernel replaces it by 0
-//	             and sets ownerDied, keeping waiters and the high half, and
+//	             and sets OwnerDied, keeping waiters and the high half, and
 //	             wakes one waiter (see internal/robust); the region keeps
 //	             thread IDs unique among its attachments.
-//	bit  30      ownerDied: set only in a free word, by the end of a hold
+//	owner died:  set only in a free word, by the end of a hold
 //	             that was not a release: Break sets it (with owner 0), and
 //	             in robust mode so does the kernel at the holder's death
 //	             (FUTEX_OWNER_DIED), or Region.Close. The acquisition that
@@ -34,20 +35,20 @@ import (
 //	             taker is told (Guard.Recovered), or, if it cannot be (Lock,
 //	             TryLock), leaves the news in the untold bit of the line's
 //	             recoveries word for the next Acquire. So a held word never
-//	             carries ownerDied, every death is told once (several
+//	             carries OwnerDied, every death is told once (several
 //	             before one Acquire are told together), and every death is
 //	             counted once, but for one whose taker dies in the instant
 //	             between its CAS and its count: the taker's own death is
 //	             then counted and told, and the one before it told with it
 //	             (so too a death a waiter gives back at Close, if a Break
 //	             lands meanwhile: the two are counted as one).
-//	bit  31      waiters: a waiter may be asleep on the low half of the word;
+//	waiters:     a waiter may be asleep on the low half of the word;
 //	             whoever releases must wake one. Set by a waiter before it
 //	             sleeps, cleared by every release, and set again by a waiter
 //	             that acquires after sleeping, since it cannot know whether
 //	             others still sleep: that passes the wake-up on. A waiter that
 //	             dies leaves at most one spurious wake-up behind.
-//	bits 32..63  gen: acquisitions so far, modulo 2^32. Every acquisition,
+//	gen:         acquisitions so far, modulo 2^32. Every acquisition,
 //	             recovery included, adds one, so a CAS from an owner word seen
 //	             earlier fails if anyone acquired since: a recovery can never
 //	             rob a later holder, even one with the same owner (ABA). The
@@ -61,37 +62,6 @@ import (
 // The low half follows the layout of a Linux robust futex word (TID, then
 // OWNER_DIED, then FUTEX_WAITERS), and it is the half that changes at every
 // release, so waiters sleep on it with a futex.
-const (
-	ownerMask = 1<<shm.IDBits - 1
-	ownerDied = 1 << 30
-	waiters   = 1 << 31
-	lowHalf   = 1<<32 - 1
-	genOne    = 1 << 32
-)
-
-// The lock's cache line, in 64-bit words. Word 3 is its placement tag
-// (shm.Region.Place); words 4..6 belong to the object the lock protects (a
-// seqlock keeps its sequence there); word 7 is the waiters' (wait.go).
-const (
-	wordOwner = 0 // the owner word above
-	// wordRecoveries: bits 0..62 count the holders found dead or broken
-	// whose lock was taken over; bit 63, untold, is the news of such a
-	// takeover by Lock or TryLock, for the next Acquire (see ownerDied).
-	wordRecoveries = 1
-	// wordSince: a hold a waiter saw, and when: the generation in bits
-	// 32..63, Unix milliseconds modulo 2^32 in bits 0..31. One word, so
-	// the two always belong together: the "held for at least" of errors.
-	wordSince = 2
-	wordWait  = 7
-)
-
-// untold is the news bit of the recoveries word.
-const untold = 1 << 63
-
-// successor is the owner word that an acquisition by owner self installs in
-// place of w: the next generation, self as owner, and of w's flags only those
-// in keep.
-func successor(w, self, keep uint64) uint64 { return w&^lowHalf + genOne | self | w&keep }
 
 // Size is the number of bytes a Mutex occupies in a region: one cache line.
 const Size = shm.LineSize
@@ -162,7 +132,7 @@ func New(r *shm.Region, off int) (*Mutex, error) {
 
 // point makes m use the owner word of line.
 func (m *Mutex) point(l *[8]uint64) {
-	m.line, m.word = l, &l[wordOwner]
+	m.line, m.word = l, &l[line.Owner]
 	m.low = line.Low(m.word)
 }
 
@@ -182,10 +152,10 @@ func (m *Mutex) closedError(op string) error {
 // next Acquire, which is told (Guard.Recovered).
 func (m *Mutex) Lock() {
 	// Fast path: one CAS from a free word with nobody asleep and no death
-	// to count (ownerDied).
+	// to count (OwnerDied).
 	w := atomic.LoadUint64(m.word)
-	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
-		m.took(w + genOne | m.self)
+	if w&line.LowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+line.GenOne|m.self) {
+		m.took(w + line.GenOne | m.self)
 		fault.Hit(fault.MutexAcquired) // model: acquired
 		return
 	}
@@ -208,25 +178,25 @@ func (m *Mutex) lockWait() {
 // them to take it, or, if none is left, undoes the reservation and takes the
 // lock. It cannot say that the
 // previous holder died, so it leaves that news for the next Acquire (see
-// ownerDied). It panics if the region was closed.
+// OwnerDied). It panics if the region was closed.
 func (m *Mutex) TryLock() bool {
 	for {
 		w := atomic.LoadUint64(m.word)
-		if w&ownerMask != 0 {
+		if w&line.OwnerMask != 0 {
 			if m.life.Closed() {
 				panic(m.closedError("trylock"))
 			}
 			return false
 		}
-		if w&lowHalf == reserved {
+		if w&line.LowHalf == reserved {
 			if m.unreserve(w) {
 				continue
 			}
 			return false
 		}
-		if nw := successor(w, m.self, waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
+		if nw := line.Successor(w, m.self, line.Waiters); atomic.CompareAndSwapUint64(m.word, w, nw) {
 			m.took(nw)
-			m.settle(w&ownerDied != 0, false)
+			m.settle(w&line.OwnerDied != 0, false)
 			fault.Hit(fault.MutexAcquired)
 			return true
 		}
@@ -234,7 +204,7 @@ func (m *Mutex) TryLock() bool {
 }
 
 // settle deals with the news an acquisition finds, once its CAS has
-// succeeded: died says that the word it replaced had ownerDied, or that it
+// succeeded: died says that the word it replaced had OwnerDied, or that it
 // recovered a holder probed dead; that death is counted here. A caller that
 // can be told (tell) is told of it, and of any news a Lock or TryLock left
 // untold; one that cannot leaves the death untold. The acquirer holds the
@@ -245,21 +215,21 @@ func (m *Mutex) TryLock() bool {
 // the lock: that death ends a hold like any other and is counted and told
 // in turn, with the news it carried told with it.
 func (m *Mutex) settle(died, tell bool) (told bool) {
-	p := &m.line[wordRecoveries]
+	p := &m.line[line.Recoveries]
 	for {
 		old := atomic.LoadUint64(p)
 		nw := old
 		if died {
-			nw = (old&^untold+1)&^untold | old&untold
+			nw = (old&^line.Untold+1)&^line.Untold | old&line.Untold
 			if !tell {
-				nw |= untold
+				nw |= line.Untold
 			}
 		}
 		if tell {
-			nw &^= untold
+			nw &^= line.Untold
 		}
 		if nw == old || atomic.CompareAndSwapUint64(p, old, nw) {
-			return tell && (died || old&untold != 0)
+			return tell && (died || old&line.Untold != 0)
 		}
 	}
 }
@@ -272,16 +242,16 @@ func (m *Mutex) settle(died, tell bool) (told bool) {
 // It panics if the region was closed.
 func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	w := atomic.LoadUint64(m.word)
-	if w&ownerMask != 0 {
+	if w&line.OwnerMask != 0 {
 		if m.life.Closed() {
 			panic(m.closedError("tryacquire"))
 		}
-		if h := m.r.Probe(uint32(w & ownerMask)); h.State != shm.Dead {
+		if h := m.r.Probe(uint32(w & line.OwnerMask)); h.State != shm.Dead {
 			return nil, false
 		}
 		fault.Hit(fault.MutexProbedDead)
 		// The same single CAS from the probed word as lockSlow's.
-		nw := successor(w, m.self, waiters)
+		nw := line.Successor(w, m.self, line.Waiters)
 		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 			return nil, false
 		}
@@ -289,21 +259,21 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 		fault.Hit(fault.MutexRecovered)
 		return guard.New(releaser{m}, m.settle(true, true), nw>>32), true
 	}
-	if w&lowHalf == reserved {
+	if w&line.LowHalf == reserved {
 		if !m.unreserve(w) {
 			return nil, false // a sleeper was woken to take it
 		}
-		if w = atomic.LoadUint64(m.word); w&lowHalf != 0 {
+		if w = atomic.LoadUint64(m.word); w&line.LowHalf != 0 {
 			return nil, false
 		}
 	}
-	nw := successor(w, m.self, waiters)
+	nw := line.Successor(w, m.self, line.Waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
 		return nil, false
 	}
 	m.took(nw)
 	fault.Hit(fault.MutexAcquired)
-	return guard.New(releaser{m}, m.settle(w&ownerDied != 0, true), nw>>32), true
+	return guard.New(releaser{m}, m.settle(w&line.OwnerDied != 0, true), nw>>32), true
 }
 
 // Unlock unlocks m, which this process must hold. Unlock is a CAS rather
@@ -312,14 +282,14 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 // matching ErrNotHeld instead, and after Close one matching shm.ErrClosed.
 func (m *Mutex) Unlock() {
 	// The expected value is the word our acquisition installed, with
-	// nobody asleep (a held word never has ownerDied). Any other word
+	// nobody asleep (a held word never has OwnerDied). Any other word
 	// (the waiters bit, another owner, another generation) fails the CAS
 	// and goes to the slow path. No load first: a load between the acquiring
 	// and the releasing locked instruction adds to the pair's cost
 	// (BenchmarkFastPath).
-	h := m.held &^ waiters
+	h := m.held &^ line.Waiters
 	raceRelease(m)
-	if !atomic.CompareAndSwapUint64(m.word, h, h&^ownerMask) {
+	if !atomic.CompareAndSwapUint64(m.word, h, h&^line.OwnerMask) {
 		m.unlockSlow()
 	}
 }
@@ -337,16 +307,16 @@ func (m *Mutex) unlockSlow() {
 	}
 	for {
 		w := atomic.LoadUint64(m.word)
-		if w&ownerMask != m.self {
+		if w&line.OwnerMask != m.self {
 			panic(&NotHeldError{Lock: m.name(), Owner: w})
 		}
-		free := w &^ lowHalf
-		if w&waiters != 0 && atomic.LoadUint64(&m.line[wordWait])&starving != 0 {
+		free := w &^ line.LowHalf
+		if w&line.Waiters != 0 && atomic.LoadUint64(&m.line[line.Wait])&starving != 0 {
 			free |= reserved
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, free) {
 			fault.Hit(fault.MutexReleasedBeforeWake)
-			if w&waiters != 0 {
+			if w&line.Waiters != 0 {
 				m.wake(free)
 			}
 			return
@@ -362,13 +332,13 @@ func (m *Mutex) unlockSlow() {
 // or during the wait, the error matches shm.ErrClosed.
 func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	w := atomic.LoadUint64(m.word)
-	if w&lowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+genOne|m.self) {
-		m.took(w + genOne | m.self)
+	if w&line.LowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+line.GenOne|m.self) {
+		m.took(w + line.GenOne | m.self)
 		fault.Hit(fault.MutexAcquired)
 		// News a Lock left is in the recoveries word, on the line the
 		// CAS just brought in.
-		told := atomic.LoadUint64(&m.line[wordRecoveries])&untold != 0 && m.settle(false, true)
-		return guard.New(releaser{m}, told, (w+genOne)>>32), nil
+		told := atomic.LoadUint64(&m.line[line.Recoveries])&line.Untold != 0 && m.settle(false, true)
+		return guard.New(releaser{m}, told, (w+line.GenOne)>>32), nil
 	}
 	recovered, held, err := m.lockSlow(ctx, true)
 	if err != nil {
@@ -389,7 +359,7 @@ func (r releaser) Release(committed bool) {
 
 // giveBack undoes an acquisition that installed nw after Close began (Close
 // waits for this waiter, so the word is still mapped): the lock goes free as
-// if it had not been taken, keeping ownerDied if it carried the news of a
+// if it had not been taken, keeping OwnerDied if it carried the news of a
 // death (the next taker counts it and is told), and a sleeper is woken. It
 // returns the error of the closed region.
 func (m *Mutex) giveBack(low *uint32, nw uint64, died bool) error {
@@ -397,15 +367,15 @@ func (m *Mutex) giveBack(low *uint32, nw uint64, died bool) error {
 		// Only waiters setting their bit change the word meanwhile,
 		// or an administrator's Break.
 		w := atomic.LoadUint64(m.word)
-		if w&^waiters != nw&^waiters {
+		if w&^line.Waiters != nw&^line.Waiters {
 			break
 		}
-		free := w &^ lowHalf
+		free := w &^ line.LowHalf
 		if died {
-			free |= ownerDied
+			free |= line.OwnerDied
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, free) {
-			if w&waiters != 0 {
+			if w&line.Waiters != 0 {
 				futex.Wake(low, 1)
 			}
 			break
@@ -419,11 +389,11 @@ func (m *Mutex) giveBack(low *uint32, nw uint64, died bool) error {
 // and every stamp is a time at which that hold already existed, so "held for
 // at least now - stamp" is always true.
 func (m *Mutex) noteHeld(w uint64, now time.Time) {
-	s := atomic.LoadUint64(&m.line[wordSince])
+	s := atomic.LoadUint64(&m.line[line.Since])
 	if s>>32 == w>>32 {
 		return
 	}
-	atomic.CompareAndSwapUint64(&m.line[wordSince], s, w&^lowHalf|uint64(uint32(now.UnixMilli())))
+	atomic.CompareAndSwapUint64(&m.line[line.Since], s, w&^line.LowHalf|uint64(uint32(now.UnixMilli())))
 }
 
 func sinceOrZero(t time.Time) time.Duration {
@@ -437,7 +407,7 @@ func sinceOrZero(t time.Time) time.Duration {
 // as far as any waiter saw: 0 if none stamped it. Correct for holds shorter
 // than 2^32 ms (49 days).
 func (m *Mutex) heldFor(w uint64) time.Duration {
-	s := atomic.LoadUint64(&m.line[wordSince])
+	s := atomic.LoadUint64(&m.line[line.Since])
 	if s>>32 != w>>32 {
 		return 0
 	}
@@ -447,14 +417,14 @@ func (m *Mutex) heldFor(w uint64) time.Duration {
 // heldError reports a wait that ended while w was held; seenAt is when this
 // waiter first saw that hold (zero if it never looked).
 func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time, h shm.Holder) error {
-	if h.ID == 0 && w&ownerMask != 0 {
-		h = m.r.Probe(uint32(w & ownerMask))
+	if h.ID == 0 && w&line.OwnerMask != 0 {
+		h = m.r.Probe(uint32(w & line.OwnerMask))
 	}
 	return &HeldError{
 		Lock:    m.name(),
 		Path:    m.r.Path(),
 		Off:     m.off,
-		Owner:   w &^ waiters,
+		Owner:   w &^ line.Waiters,
 		Holder:  h,
 		HeldFor: max(m.heldFor(w), sinceOrZero(seenAt)),
 		Waited:  time.Since(start),
@@ -465,7 +435,7 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time
 // Break frees m if, and only if, its owner word is exactly owner: the
 // administrator's way out when a holder cannot be verified dead (in a PID
 // namespace the probe cannot see, say) but is known to be. owner comes from a
-// HeldError or a Snapshot. It leaves the word free with ownerDied set, as a
+// HeldError or a Snapshot. It leaves the word free with OwnerDied set, as a
 // death does: whoever takes the lock next counts the recovery, and the next
 // Acquire is told (Guard.Recovered). Break fails with ErrOwnerChanged if the
 // lock changed hands meanwhile.
@@ -473,17 +443,17 @@ func (m *Mutex) Break(owner uint64) error {
 	if m.life.Closed() {
 		return m.closedError("break")
 	}
-	if owner&ownerMask == 0 {
+	if owner&line.OwnerMask == 0 {
 		return &BreakError{Lock: m.name(), Owner: owner, Now: atomic.LoadUint64(m.word), Err: ErrNotLocked}
 	}
 	for {
 		w := atomic.LoadUint64(m.word)
 		// The waiters bit may come and go without changing the hold.
-		if w&^waiters != owner&^waiters {
+		if w&^line.Waiters != owner&^line.Waiters {
 			return &BreakError{Lock: m.name(), Owner: owner, Now: w, Err: ErrOwnerChanged}
 		}
-		if atomic.CompareAndSwapUint64(m.word, w, w&^ownerMask|ownerDied) {
-			if w&waiters != 0 {
+		if atomic.CompareAndSwapUint64(m.word, w, w&^line.OwnerMask|line.OwnerDied) {
+			if w&line.Waiters != 0 {
 				futex.Wake(m.low, 1)
 			}
 			return nil
@@ -510,17 +480,17 @@ func (m *Mutex) Snapshot() Snapshot {
 		panic(m.closedError("snapshot"))
 	}
 	w := atomic.LoadUint64(m.word)
-	rec := atomic.LoadUint64(&m.line[wordRecoveries])
+	rec := atomic.LoadUint64(&m.line[line.Recoveries])
 	s := Snapshot{
 		Owner:      w,
-		Held:       w&ownerMask != 0,
+		Held:       w&line.OwnerMask != 0,
 		Generation: uint32(w >> 32),
-		Waiters:    w&waiters != 0,
-		OwnerDied:  w&ownerDied != 0 || rec&untold != 0,
-		Recoveries: rec &^ untold,
+		Waiters:    w&line.Waiters != 0,
+		OwnerDied:  w&line.OwnerDied != 0 || rec&line.Untold != 0,
+		Recoveries: rec &^ line.Untold,
 	}
 	if s.Held {
-		s.Holder = m.r.Probe(uint32(w & ownerMask))
+		s.Holder = m.r.Probe(uint32(w & line.OwnerMask))
 		s.HeldFor = m.heldFor(w)
 	}
 	return s
@@ -531,11 +501,11 @@ func (m *Mutex) Snapshot() Snapshot {
 // look at a lock they do not use. off is the lock's line, as for New; the
 // writers' Mutex of a SeqLock or Record is at its own offset.
 func Inspect(r *shm.Region, off int) (Snapshot, error) {
-	line, err := r.Line(off)
+	l, err := r.Line(off)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	m := &Mutex{line: line, word: &line[wordOwner], r: r, off: off}
+	m := &Mutex{line: l, word: &l[line.Owner], r: r, off: off}
 	return m.Snapshot(), nil
 }
 
@@ -545,7 +515,7 @@ func (m *Mutex) Recoveries() uint64 {
 	if m.life.Closed() {
 		panic(m.closedError("recoveries"))
 	}
-	return atomic.LoadUint64(&m.line[wordRecoveries]) &^ untold
+	return atomic.LoadUint64(&m.line[line.Recoveries]) &^ line.Untold
 }
 
 func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }

@@ -5,6 +5,7 @@ package shmlock_test
 import (
 	"context"
 	"fmt"
+	"github.com/shmlock/shmlock/internal/line"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -24,12 +25,6 @@ import (
 )
 
 // Tests of robust mode: the kernel marks the locks of a dead process.
-
-const (
-	ownerMask = 1<<30 - 1 // the owner field of an owner word (mutex.go)
-	ownerDied = 1 << 30
-	waitersB  = 1 << 31
-)
 
 func init() {
 	extraRoles["robust-hold"] = robustHold
@@ -156,7 +151,7 @@ func TestRobustEveryDeath(t *testing.T) {
 				words := make([]uint64, n)
 				for i := range n {
 					words[i] = atomic.LoadUint64(lockWord(t, r, i))
-					require.Equal(t, hold.owner, words[i]&ownerMask, "lock %d: held by the child's robust thread", i)
+					require.Equal(t, hold.owner, words[i]&line.OwnerMask, "lock %d: held by the child's robust thread", i)
 				}
 				type result struct {
 					recovered bool
@@ -177,7 +172,7 @@ func TestRobustEveryDeath(t *testing.T) {
 					done <- result{recovered: g.Recovered(), at: at}
 				}()
 				deadline := time.Now().Add(10 * time.Second)
-				for atomic.LoadUint64(lockWord(t, r, 0))&waitersB == 0 {
+				for atomic.LoadUint64(lockWord(t, r, 0))&line.Waiters == 0 {
 					require.True(t, time.Now().Before(deadline), "the waiter never slept")
 					time.Sleep(time.Millisecond)
 				}
@@ -197,7 +192,7 @@ func TestRobustEveryDeath(t *testing.T) {
 					t.Fatalf("the waiter was not woken; word %#x; holder: %s", atomic.LoadUint64(lockWord(t, r, 0)), hold.out.String())
 				}
 				for i := 1; i < n; i++ {
-					assert.Equal(t, words[i]&^ownerMask|ownerDied, atomic.LoadUint64(lockWord(t, r, i)),
+					assert.Equal(t, words[i]&^line.OwnerMask|line.OwnerDied, atomic.LoadUint64(lockWord(t, r, i)),
 						"lock %d: marked by the kernel, nothing else changed", i)
 				}
 				if how == "exec" {
@@ -217,7 +212,7 @@ func TestRobustManyLocksHeld(t *testing.T) {
 	hold := startHolder(t, path, n, "sigkill")
 	tids := map[uint64]int{}
 	for i := range n {
-		tids[atomic.LoadUint64(lockWord(t, r, i))&ownerMask]++
+		tids[atomic.LoadUint64(lockWord(t, r, i))&line.OwnerMask]++
 	}
 	assert.Len(t, tids, 2, "two robust lists, two thread IDs")
 	fmt.Fprintln(hold.stdin)
@@ -225,7 +220,7 @@ func TestRobustManyLocksHeld(t *testing.T) {
 	hold.cmd.Wait()
 	marked := 0
 	for i := range n {
-		if w := atomic.LoadUint64(lockWord(t, r, i)); w&ownerMask == 0 && w&ownerDied != 0 {
+		if w := atomic.LoadUint64(lockWord(t, r, i)); w&line.OwnerMask == 0 && w&line.OwnerDied != 0 {
 			marked++
 		}
 	}
@@ -350,12 +345,12 @@ func TestRobustNamespacesDoNotShareTIDs(t *testing.T) {
 			t.Logf("thread IDs: %d and %d (each in its own namespace)", a.owner, b.owner)
 			assert.NotEqual(t, a.owner, b.owner, "two live attachments share a thread ID")
 			w1 := atomic.LoadUint64(lockWord(t, r, 1))
-			require.Equal(t, b.owner, w1&ownerMask)
+			require.Equal(t, b.owner, w1&line.OwnerMask)
 
 			require.NoError(t, a.cmd.Process.Kill())
 			a.cmd.Wait()
 			deadline := time.Now().Add(5 * time.Second)
-			for atomic.LoadUint64(lockWord(t, r, 0))&ownerMask != 0 {
+			for atomic.LoadUint64(lockWord(t, r, 0))&line.OwnerMask != 0 {
 				require.True(t, time.Now().Before(deadline), "the dead holder's lock was not marked")
 				time.Sleep(time.Millisecond)
 			}
@@ -490,13 +485,13 @@ func TestRobustRandomKills(t *testing.T) {
 			p := lockWord(t, r, i)
 			w := atomic.LoadUint64(p)
 			switch {
-			case w&ownerMask != 0:
+			case w&line.OwnerMask != 0:
 				stuck++
 				t.Errorf("kill %d: lock %d stuck with a dead thread: word %#x", k, i, w)
-			case w&ownerDied != 0:
+			case w&line.OwnerDied != 0:
 				marked++
 			}
-			atomic.StoreUint64(p, w&^(ownerDied|waitersB)) // free again, for the next round
+			atomic.StoreUint64(p, w&^(line.OwnerDied|line.Waiters)) // free again, for the next round
 		}
 	}
 	t.Logf("%d kills; %d locks held at the moment of death, all marked by the kernel; %d words left stuck", kills, marked, stuck)

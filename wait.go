@@ -2,6 +2,7 @@ package shmlock
 
 import (
 	"context"
+	"github.com/shmlock/shmlock/internal/line"
 	"math/bits"
 	"os"
 	"runtime"
@@ -33,7 +34,7 @@ import (
 //	             (c is 1..8; class 0, a shorter wait, has no bit). While any
 //	             is set, the lock is starving: a release with sleepers then
 //	             leaves the owner word reserved (owner 0, waiters set,
-//	             ownerDied clear), which the fast path fails on and only a
+//	             OwnerDied clear), which the fast path fails on and only a
 //	             waiter that has slept takes, and wakes a sleeper of the
 //	             oldest class named, so the lock goes to the longest
 //	             waiters instead of to whoever barges, however often the
@@ -77,7 +78,7 @@ func ageClass(d time.Duration) int {
 }
 
 // reserved is the low half of an owner word left for the sleepers.
-const reserved = waiters
+const reserved = line.Waiters
 
 // Tuning of the slow path.
 const (
@@ -196,13 +197,13 @@ func (wt *waiter) wait(tell bool) (recovered bool, held uint64, err error) {
 			(*f)()
 		}
 		w := atomic.LoadUint64(m.word)
-		if w&ownerMask == 0 {
-			if w&lowHalf == reserved && !wt.slept {
+		if w&line.OwnerMask == 0 {
+			if w&line.LowHalf == reserved && !wt.slept {
 				wt.sleep(w, time.Now())
 				continue
 			}
 			if nw, ok := wt.take(w); ok {
-				return wt.won(nw, w&ownerDied != 0, tell)
+				return wt.won(nw, w&line.OwnerDied != 0, tell)
 			}
 			continue
 		}
@@ -214,7 +215,7 @@ func (wt *waiter) wait(tell bool) (recovered bool, held uint64, err error) {
 		if ctx.Err() != nil {
 			// The last look: a holder found dead is taken over even
 			// now, by whichever waiter finds it, prober or not.
-			if wt.last = m.r.Probe(uint32(w & ownerMask)); wt.last.State == shm.Dead {
+			if wt.last = m.r.Probe(uint32(w & line.OwnerMask)); wt.last.State == shm.Dead {
 				if nw, ok := wt.take(w); ok {
 					fault.Hit(fault.MutexRecoveredAtDeadline)
 					return wt.won(nw, true, tell)
@@ -264,9 +265,9 @@ func (m *Mutex) enterGate(ctx context.Context) bool {
 // probed dead. A waiter that slept sets the waiters bit, since it cannot know
 // whether others still sleep: that passes the wake-up on.
 func (wt *waiter) take(w uint64) (uint64, bool) {
-	nw := successor(w, wt.m.self, waiters)
+	nw := line.Successor(w, wt.m.self, line.Waiters)
 	if wt.slept {
-		nw |= waiters
+		nw |= line.Waiters
 	}
 	return nw, atomic.CompareAndSwapUint64(wt.m.word, w, nw)
 }
@@ -284,10 +285,10 @@ func (wt *waiter) won(nw uint64, died, tell bool) (bool, uint64, error) {
 
 // spin reports whether to look at w again at once rather than sleep.
 func (wt *waiter) spin(w uint64) bool {
-	if wt.spins == 0 && (!multicore || atomic.LoadUint64(&wt.m.line[wordWait])&starving != 0) {
+	if wt.spins == 0 && (!multicore || atomic.LoadUint64(&wt.m.line[line.Wait])&starving != 0) {
 		wt.spins = spinLoads
 	}
-	if wt.spins >= spinLoads || w&waiters != 0 {
+	if wt.spins >= spinLoads || w&line.Waiters != 0 {
 		return false
 	}
 	wt.spins++
@@ -300,10 +301,10 @@ func (wt *waiter) spin(w uint64) bool {
 // see follows the hold w: a new holder, or a new hold, restarts the clock by
 // which the prober probes it.
 func (wt *waiter) see(w uint64, now time.Time) {
-	if w&^waiters == wt.seen {
+	if w&^line.Waiters == wt.seen {
 		return
 	}
-	wt.seen, wt.seenAt = w&^waiters, now
+	wt.seen, wt.seenAt = w&^line.Waiters, now
 	wt.m.noteHeld(wt.seen, now)
 	wt.watch.stop()
 	wt.nextProbe = now.Add(wt.schedule().delay)
@@ -328,7 +329,7 @@ func (wt *waiter) probe(w uint64, now time.Time) bool {
 	if fired {
 		wt.watch.died, wt.watch.quick = nil, s.delay
 	}
-	id := uint32(w & ownerMask)
+	id := uint32(w & line.OwnerMask)
 	// Armed before the probe: a death before the watch began is seen by
 	// this probe, and one after it fires the watch.
 	wt.watch.arm(wt.m, id, wt.own)
@@ -347,11 +348,11 @@ func (wt *waiter) probe(w uint64, now time.Time) bool {
 // sleep at once, so no release is missed.
 func (wt *waiter) sleep(w uint64, now time.Time) {
 	m := wt.m
-	if w&waiters == 0 {
-		if !atomic.CompareAndSwapUint64(m.word, w, w|waiters) {
+	if w&line.Waiters == 0 {
+		if !atomic.CompareAndSwapUint64(m.word, w, w|line.Waiters) {
 			return
 		}
-		w |= waiters
+		w |= line.Waiters
 	}
 	wt.role(now)
 	class := ageClass(now.Sub(wt.start))
@@ -374,7 +375,7 @@ func (wt *waiter) timeout(w uint64, now time.Time) time.Duration {
 	if wt.lease != 0 {
 		t = min(renewEvery, wt.nextProbe.Sub(now))
 	}
-	if w&ownerMask == 0 {
+	if w&line.OwnerMask == 0 {
 		// Reserved: its sleeper may have died after it was woken, or
 		// there is none and the releaser died before it undid it.
 		t = reservedWait
@@ -390,7 +391,7 @@ func (wt *waiter) timeout(w uint64, now time.Time) time.Duration {
 // waiter claims it when nobody holds it, or when it has not changed for
 // leasePeriod (its prober died or stopped).
 func (wt *waiter) role(now time.Time) {
-	p := &wt.m.line[wordWait]
+	p := &wt.m.line[line.Wait]
 	for {
 		l := atomic.LoadUint64(p)
 		switch {
@@ -452,8 +453,8 @@ func (o *lookout) stale(l uint64) bool {
 func (wt *waiter) gaveUp(w uint64) error {
 	m := wt.m
 	wt.quit()
-	if wt.last.ID != uint32(w&ownerMask) {
-		wt.last = m.r.Probe(uint32(w & ownerMask))
+	if wt.last.ID != uint32(w&line.OwnerMask) {
+		wt.last = m.r.Probe(uint32(w & line.OwnerMask))
 	}
 	return m.heldError(wt.ctx, w, wt.start, wt.seenAt, wt.last)
 }
@@ -472,11 +473,11 @@ func (wt *waiter) quit() {
 	m := wt.m
 	w := atomic.LoadUint64(m.word)
 	switch {
-	case w&lowHalf == reserved:
+	case w&line.LowHalf == reserved:
 		m.wake(w)
-	case w&ownerMask == 0:
+	case w&line.OwnerMask == 0:
 		futex.Wake(m.low, 1)
-	case w&waiters == 0 && !atomic.CompareAndSwapUint64(m.word, w, w|waiters):
+	case w&line.Waiters == 0 && !atomic.CompareAndSwapUint64(m.word, w, w|line.Waiters):
 		futex.Wake(m.low, 1)
 	}
 }
@@ -510,7 +511,7 @@ func (wt *waiter) leave() bool {
 	if left {
 		fault.Hit(fault.MutexProberLeft)
 	}
-	if w := atomic.LoadUint64(wt.m.word); left && w&waiters != 0 {
+	if w := atomic.LoadUint64(wt.m.word); left && w&line.Waiters != 0 {
 		wt.m.wake(w) // a reserved word is undone if it wakes nobody
 		return true
 	}
@@ -519,7 +520,7 @@ func (wt *waiter) leave() bool {
 
 // update applies f to the wait word atomically, writing only if f changes it.
 func (wt *waiter) update(f func(uint64) uint64) {
-	p := &wt.m.line[wordWait]
+	p := &wt.m.line[line.Wait]
 	for {
 		l := atomic.LoadUint64(p)
 		if nl := f(l); nl == l || atomic.CompareAndSwapUint64(p, l, nl) {
@@ -533,7 +534,7 @@ func (wt *waiter) update(f func(uint64) uint64) {
 // reserved word that woke nobody is undone, and whoever went to sleep on it
 // meanwhile is woken.
 func (m *Mutex) wake(free uint64) {
-	if free&lowHalf != reserved {
+	if free&line.LowHalf != reserved {
 		futex.Wake(m.low, 1)
 		return
 	}
@@ -541,7 +542,7 @@ func (m *Mutex) wake(free uint64) {
 	if m.wakeOldest() || futex.Wake(m.low, 1) > 0 {
 		return
 	}
-	if atomic.CompareAndSwapUint64(m.word, free, free&^waiters) {
+	if atomic.CompareAndSwapUint64(m.word, free, free&^line.Waiters) {
 		futex.Wake(m.low, 1)
 	}
 }
@@ -552,7 +553,7 @@ func (m *Mutex) wake(free uint64) {
 // wakes: any wake may still choose it, and it names its class again before it
 // sleeps again, so the clear costs order, never a wake-up.
 func (m *Mutex) wakeOldest() bool {
-	p := &m.line[wordWait]
+	p := &m.line[line.Wait]
 	for c := ageClasses; c > 0; c-- {
 		if atomic.LoadUint64(p)&ageBit(c) == 0 {
 			continue

@@ -36,6 +36,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/shmlock/shmlock/internal/line"
 	"sync/atomic"
 	"unsafe"
 
@@ -59,13 +60,13 @@ var (
 )
 
 // The words of the mutex's cache line that belong to the object it protects
-// (see shmlock.Mutex): 4..6.
+// (internal/line: words 4..6).
 const (
-	wordSeq   = 4 // SeqLock: the sequence, odd while a write is under way
-	wordState = 5 // SeqLock: stateDirty while the last write did not complete
+	wordSeq   = line.Object     // SeqLock: the sequence, odd while a write is under way
+	wordState = line.Object + 1 // SeqLock: stateDirty while the last write did not complete
 
-	wordPub  = 4 // Record: the index (0 or 1) of the published copy
-	wordSeq0 = 5 // Record: the sequence of copy 0 (copy 1: wordSeq0+1)
+	wordPub  = line.Object     // Record: the index (0 or 1) of the published copy
+	wordSeq0 = line.Object + 1 // Record: the sequence of copy 0 (copy 1: wordSeq0+1)
 )
 
 // stateDirty is set in the state word while the sequence is odd, so a reader

@@ -2,6 +2,7 @@ package shm
 
 import (
 	"fmt"
+	"github.com/shmlock/shmlock/internal/line"
 	"sync/atomic"
 )
 
@@ -21,7 +22,6 @@ import (
 // the SeqLock or Record. Placements lists the tags; the locks themselves
 // never read them.
 const (
-	tagWord  = 3
 	tagMagic = 0x534c
 	tagWords = 1<<24 - 1
 	// placeLookBack bounds how far back Place looks for a lock whose data
@@ -113,7 +113,7 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	if k < KindMutex || k > KindRecord || size < 0 || size%8 != 0 || size/8 > tagWords || (k == KindMutex) != (size == 0) {
 		return fail("no %v of %d bytes can be placed", k, size)
 	}
-	line, err := r.Line(off)
+	l, err := r.Line(off)
 	if err != nil {
 		return err
 	}
@@ -135,7 +135,7 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	}
 	want := makeTag(off, k, size)
 	for {
-		old := atomic.LoadUint64(&line[tagWord])
+		old := atomic.LoadUint64(&l[line.Tag])
 		p, ok := parseTag(off, old)
 		switch {
 		case old == want, ok && k == KindMutex:
@@ -143,7 +143,7 @@ func (r *Region) Place(off int, k Kind, size int) error {
 		case old == 0, ok && p.Kind == KindMutex:
 			// A fresh line, or the Mutex a SeqLock or Record
 			// constructor placed first.
-			if atomic.CompareAndSwapUint64(&line[tagWord], old, want) {
+			if atomic.CompareAndSwapUint64(&l[line.Tag], old, want) {
 				return nil
 			}
 		case ok:
@@ -157,11 +157,11 @@ func (r *Region) Place(off int, k Kind, size int) error {
 // Placement returns the lock tagged at off, if any. A tag whose lock would
 // not fit the data area is no tag (a hostile or corrupt file).
 func (r *Region) Placement(off int) (Placement, bool) {
-	line, err := r.Line(off)
+	l, err := r.Line(off)
 	if err != nil {
 		return Placement{}, false
 	}
-	p, ok := parseTag(off, atomic.LoadUint64(&line[tagWord]))
+	p, ok := parseTag(off, atomic.LoadUint64(&l[line.Tag]))
 	if !ok || p.Bytes() > len(r.data)-off {
 		return Placement{}, false
 	}
@@ -245,3 +245,6 @@ func (r *Region) dataRange(off int) (start, end int) {
 	end = min((int(h-hs)+LineSize-1)/LineSize*LineSize, len(r.data))
 	return start, end
 }
+
+// An owner ID fills the owner field of a lock word exactly.
+var _ = [1]struct{}{}[line.OwnerMask-(1<<IDBits-1)]

@@ -5,6 +5,7 @@ package shm
 import (
 	"crypto/sha256"
 	"fmt"
+	"github.com/shmlock/shmlock/internal/line"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -119,7 +120,7 @@ func TestPlacements(t *testing.T) {
 	// A tag (well formed, right offset) whose lock would run past the data
 	// area, as a hostile file could hold: no lock.
 	l, _ := r.Line(2048)
-	atomic.StoreUint64(&l[tagWord], makeTag(2048, KindSeqLock, 8*4096))
+	atomic.StoreUint64(&l[line.Tag], makeTag(2048, KindSeqLock, 8*4096))
 	_, ok := r.Placement(2048)
 	assert.False(t, ok)
 	assert.Equal(t, append(want, Placement{512, KindMutex, 0}), r.Placements())

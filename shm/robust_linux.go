@@ -105,7 +105,7 @@ func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrLimit,
 			Detail: fmt.Sprintf("robust mode: this attachment links %d lock lines, the most its %d robust lists hold (another Open of the region, or ModeProbe, has no such limit)", maxTIDs*robust.Limit, maxTIDs)}
 	}
-	free := func(tid int32) bool { t := uint32(tid); return t != 0 && t <= robust.TIDMask && !taken[t] }
+	free := func(tid int32) bool { t := uint32(tid); return t != 0 && t <= line.OwnerMask && !taken[t] }
 	l, err := rl.m.Find(free, true)
 	switch {
 	case errors.Is(err, robust.ErrThreads):
@@ -180,7 +180,7 @@ func (r *Region) sweep(dead map[uint32]bool, stop *atomic.Bool) bool {
 			sweepHook()
 		}
 		w := r.futexWord(p.Off)
-		if t := atomic.LoadUint32(w) & robust.TIDMask; dead[t] {
+		if t := atomic.LoadUint32(w) & line.OwnerMask; dead[t] {
 			robust.MarkDead(w, int32(t))
 		}
 		return true
@@ -385,7 +385,7 @@ func (r *Region) ownTID(tid uint32) bool {
 
 // futexWord returns the 32-bit futex word of the lock at line off.
 func (r *Region) futexWord(off int) *uint32 {
-	return (*uint32)(unsafe.Add(unsafe.Pointer(&r.data[off]), line.LowHalf))
+	return line.Low((*uint64)(unsafe.Pointer(&r.data[off])))
 }
 
 // closeRobust gives up this attachment's locks as its death would, then

@@ -5,6 +5,7 @@ package shm
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/shmlock/shmlock/internal/line"
 	"os"
 	"os/exec"
 	"strconv"
@@ -184,10 +185,10 @@ func TestRobustCloseMarks(t *testing.T) {
 	require.NoError(t, err)
 	l0, _ := keep.Line(0)
 	l1, _ := keep.Line(64)
-	atomic.StoreUint64(&l0[0], 7<<32|robust.Waiters|uint64(tid))
+	atomic.StoreUint64(&l0[0], 7<<32|line.Waiters|uint64(tid))
 	atomic.StoreUint64(&l1[0], 9<<32|12345)
 	require.NoError(t, r.Close())
-	assert.Equal(t, uint64(7<<32|robust.Waiters|robust.OwnerDied), atomic.LoadUint64(&l0[0]))
+	assert.Equal(t, uint64(7<<32|line.Waiters|line.OwnerDied), atomic.LoadUint64(&l0[0]))
 	assert.Equal(t, uint64(9<<32|12345), atomic.LoadUint64(&l1[0]))
 	_, err = r.OwnerFor(128)
 	assert.ErrorIs(t, err, ErrClosed)
@@ -256,7 +257,7 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 	l2, _ := r.Line(2 * LineSize)
 	require.NoError(t, r.Place(LineSize, KindMutex, 0))
 	require.NoError(t, r.Place(2*LineSize, KindMutex, 0))
-	atomic.StoreUint64(&l1[0], 5<<32|robust.Waiters|7)
+	atomic.StoreUint64(&l1[0], 5<<32|line.Waiters|7)
 	atomic.StoreUint64(&l2[0], 6<<32|uint64(mine))
 
 	start := time.Now()
@@ -271,7 +272,7 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []uint32{mine}, recorded(t, path, SlotOf(r.ID())), "a live attachment's ID is kept")
-	assert.Equal(t, uint64(5<<32|robust.Waiters|robust.OwnerDied), atomic.LoadUint64(&l1[0]), "the dead ID's word is marked before the ID is freed")
+	assert.Equal(t, uint64(5<<32|line.Waiters|line.OwnerDied), atomic.LoadUint64(&l1[0]), "the dead ID's word is marked before the ID is freed")
 	assert.Equal(t, uint64(6<<32|uint64(mine)), atomic.LoadUint64(&l2[0]), "a live attachment's word is left alone")
 	require.NoError(t, other.Close())
 	assert.Empty(t, recorded(t, path, SlotOf(other.ID())), "Close retires its own IDs")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shmlock/shmlock/internal/line"
 	"io"
 	"os"
 	"runtime"
@@ -319,7 +320,7 @@ holder that probes as alive is refused unless -force.`)
 		return err
 	}
 	s := mu.Snapshot()
-	if s.Held && s.Owner&^(1<<31) == owner&^(1<<31) && s.Holder.State == shm.Alive && !*force {
+	if s.Held && s.Owner&^line.Waiters == owner&^line.Waiters && s.Holder.State == shm.Alive && !*force {
 		return fmt.Errorf("refused: the holder of %s@%d, pid %d, is alive (%s); breaking it would let two processes hold the lock."+
 			" Find out why it does not unlock, or use -force if you know better", r.Path(), off, s.Holder.PID, s.Holder.Reason)
 	}

@@ -21,8 +21,8 @@ import (
 // memory, PROT_NONE) in two halves. A region file is mapped, shared, at some
 // offset o of the first half, and its shadow, private and writable, at o of
 // the second: the entry of the owner word at byte p of the mapping is at
-// base + half + o + p, and its futex word at base + o + p + line.LowHalf, so
-// the futex offset of every list of the arena is line.LowHalf - half, the
+// base + half + o + p, and its futex word at base + o + p + line.LowOffset, so
+// the futex offset of every list of the arena is line.LowOffset - half, the
 // same for every arena of one half: they share one pool of lists.
 //
 // The shadow costs nothing until an entry is written in it: a private page
@@ -252,7 +252,7 @@ func (as *arenaSet) newArena(n uintptr) (*arena, error) {
 				}
 				p := as.pools[half]
 				if p == nil {
-					p = &pool{offset: int(line.LowHalf) - int(half)}
+					p = &pool{offset: int(line.LowOffset) - int(half)}
 					as.pools[half] = p
 				}
 				return &arena{base: base, half: half, free: []span{{off: 0, n: half}}, pool: p}, nil

@@ -46,6 +46,7 @@ package robust
 
 import (
 	"errors"
+	"github.com/shmlock/shmlock/internal/line"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -53,13 +54,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock/internal/futex"
-)
-
-// Owner-word bits the kernel reads and writes.
-const (
-	TIDMask   = 1<<30 - 1
-	OwnerDied = 1 << 30
-	Waiters   = 1 << 31
 )
 
 // Limit is how many entries of one list the kernel walks at a thread's exit
@@ -162,11 +156,11 @@ func store(p *uintptr, v uintptr) { atomic.StoreUintptr(p, v) }
 func MarkDead(w *uint32, tid int32) bool {
 	for {
 		u := atomic.LoadUint32(w)
-		if u&TIDMask != uint32(tid) {
+		if u&line.OwnerMask != uint32(tid) {
 			return false
 		}
-		if atomic.CompareAndSwapUint32(w, u, u&Waiters|OwnerDied) {
-			if u&Waiters != 0 {
+		if atomic.CompareAndSwapUint32(w, u, u&line.Waiters|line.OwnerDied) {
+			if u&line.Waiters != 0 {
 				futex.Wake(w, 1)
 			}
 			return true

@@ -57,7 +57,7 @@ func words(b []byte) (*uint64, *uint64) {
 }
 
 // low returns the 32-bit futex word of a 64-bit lock word.
-func low(w *uint64) *uint32 { return (*uint32)(unsafe.Add(unsafe.Pointer(w), line.LowHalf)) }
+func low(w *uint64) *uint32 { return line.Low(w) }
 
 // hold: args path, how. Maps the file into a robust arena, links both lock
 // lines into a list, takes the word at 0, says so, and on a line from stdin
@@ -116,11 +116,11 @@ func TestKernelMarksAndWakes(t *testing.T) {
 			require.Equal(t, gen|uint64(tid), atomic.LoadUint64(w))
 
 			// A waiter: the waiters bit, then a shared FUTEX_WAIT.
-			require.True(t, atomic.CompareAndSwapUint64(w, gen|uint64(tid), gen|uint64(tid)|robust.Waiters))
+			require.True(t, atomic.CompareAndSwapUint64(w, gen|uint64(tid), gen|uint64(tid)|line.Waiters))
 			woke := make(chan time.Time, 1)
 			go func() {
-				for atomic.LoadUint64(w) == gen|uint64(tid)|robust.Waiters {
-					futex.Wait(low(w), uint32(tid)|robust.Waiters, 20*time.Second)
+				for atomic.LoadUint64(w) == gen|uint64(tid)|line.Waiters {
+					futex.Wait(low(w), uint32(tid)|line.Waiters, 20*time.Second)
 				}
 				woke <- time.Now()
 			}()
@@ -136,7 +136,7 @@ func TestKernelMarksAndWakes(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatalf("the waiter was not woken; word %#x", atomic.LoadUint64(w))
 			}
-			assert.Equal(t, uint64(gen|robust.Waiters|robust.OwnerDied), atomic.LoadUint64(w), "marked: TID cleared, OWNER_DIED set, WAITERS and the high half kept")
+			assert.Equal(t, uint64(gen|line.Waiters|line.OwnerDied), atomic.LoadUint64(w), "marked: TID cleared, OWNER_DIED set, WAITERS and the high half kept")
 			assert.Equal(t, uint64(gen|otherTID), atomic.LoadUint64(other), "a word of another owner is left alone")
 			if how == "exec" {
 				assert.NoError(t, syscall.Kill(cmd.Process.Pid, 0), "exec: the process lives on, as another program")
