@@ -56,9 +56,6 @@ func words(b []byte) (*uint64, *uint64) {
 	return (*uint64)(unsafe.Pointer(&b[held])), (*uint64)(unsafe.Pointer(&b[foreign]))
 }
 
-// low returns the 32-bit futex word of a 64-bit lock word.
-func low(w *uint64) *uint32 { return line.Low(w) }
-
 // hold: args path, how. Maps the file into a robust arena, links both lock
 // lines into a list, takes the word at 0, says so, and on a line from stdin
 // dies as told.
@@ -120,7 +117,7 @@ func TestKernelMarksAndWakes(t *testing.T) {
 			woke := make(chan time.Time, 1)
 			go func() {
 				for atomic.LoadUint64(w) == gen|uint64(tid)|line.Waiters {
-					futex.Wait(low(w), uint32(tid)|line.Waiters, 20*time.Second)
+					futex.Wait(line.Low(w), uint32(tid)|line.Waiters, 20*time.Second)
 				}
 				woke <- time.Now()
 			}()
