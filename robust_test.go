@@ -5,7 +5,6 @@ package shmlock_test
 import (
 	"context"
 	"fmt"
-	"github.com/shmlock/shmlock/internal/line"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/shm"
 )

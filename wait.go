@@ -2,7 +2,6 @@ package shmlock
 
 import (
 	"context"
-	"github.com/shmlock/shmlock/internal/line"
 	"math/bits"
 	"os"
 	"runtime"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/futex"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/shm"
 )
 

@@ -36,12 +36,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/shmlock/shmlock/internal/line"
 	"sync/atomic"
 	"unsafe"
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/shm"
 )
 

@@ -2,8 +2,9 @@ package shm
 
 import (
 	"fmt"
-	"github.com/shmlock/shmlock/internal/line"
 	"sync/atomic"
+
+	"github.com/shmlock/shmlock/internal/line"
 )
 
 // Placement tags are how tools find the locks in a region. Every lock lives

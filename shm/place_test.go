@@ -5,7 +5,6 @@ package shm
 import (
 	"crypto/sha256"
 	"fmt"
-	"github.com/shmlock/shmlock/internal/line"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/shmlock/shmlock/internal/line"
 )
 
 func sum(t *testing.T, path string) [32]byte {

@@ -5,7 +5,6 @@ package shm
 import (
 	"encoding/binary"
 	"errors"
-	"github.com/shmlock/shmlock/internal/line"
 	"os"
 	"os/exec"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
 )

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/shmlock/shmlock/internal/line"
 	"io"
 	"os"
 	"runtime"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )

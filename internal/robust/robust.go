@@ -46,7 +46,6 @@ package robust
 
 import (
 	"errors"
-	"github.com/shmlock/shmlock/internal/line"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -54,6 +53,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock/internal/futex"
+	"github.com/shmlock/shmlock/internal/line"
 )
 
 // Limit is how many entries of one list the kernel walks at a thread's exit

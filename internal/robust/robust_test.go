@@ -18,9 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
-	"github.com/shmlock/shmlock/internal/line"
-
 	"github.com/shmlock/shmlock/internal/futex"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/robust"
 )
