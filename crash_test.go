@@ -104,7 +104,7 @@ func init() {
 				w.Commit()
 				w.Release()
 			} else {
-				u, err := e.rec.Update(ctx)
+				u, err := e.rec.Write(ctx)
 				if err != nil {
 					panic(err)
 				}
@@ -322,7 +322,7 @@ func retirerDies(t *testing.T, p fault.Point, mode shm.Mode) {
 	h.setOwner(8<<32 | uint64(h.exitedTID(t)))
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "linger")
 	diedAt(t, victim, p)
-	s := h.mu.Snapshot()
+	s := h.mu.Inspect()
 	assert.False(t, s.Held, "the swept word is free")
 	assert.True(t, s.OwnerDied, "and marked")
 	h.recoverersGetThrough(t)

@@ -102,7 +102,7 @@ func TestGoroutinesShareMutex(t *testing.T) {
 	require.Zero(t, bad.Load(), "two holders inside at once")
 	require.Zero(t, h.load(offViolation), "cross-process violation")
 	require.EqualValues(t, 6000, h.load(offCounter))
-	require.False(t, m.Snapshot().Held)
+	require.False(t, m.Inspect().Held)
 	require.Positive(t, plain)
 }
 

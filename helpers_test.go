@@ -518,5 +518,5 @@ func (h *harness) goneTID(t *testing.T, closed bool) uint32 {
 
 // waitSleepers waits until someone waits on the lock (the waiters bit).
 func (h *harness) waitSleepers() {
-	h.eventually(10*time.Second, "no waiter went to sleep", func() bool { return h.mu.Snapshot().Waiters })
+	h.eventually(10*time.Second, "no waiter went to sleep", func() bool { return h.mu.Inspect().Waiters })
 }

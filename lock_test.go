@@ -45,9 +45,9 @@ func TestHolderKilledWaiterRecovers(t *testing.T) {
 		latency := time.Duration(int64(h.load(offAcquired)) - killed)
 		t.Logf("kill → acquire: %v", latency)
 		assert.Less(t, latency, recoveryBound)
-		assert.EqualValues(t, 1, h.mu.Recoveries(), "the region counts the recovery")
+		assert.EqualValues(t, 1, h.mu.Inspect().Recoveries, "the region counts the recovery")
 		assert.Zero(t, h.load(offViolation))
-		assert.False(t, h.mu.Snapshot().Held)
+		assert.False(t, h.mu.Inspect().Held)
 	})
 }
 
@@ -108,7 +108,7 @@ func TestNormalUnlockIsNotRecovery(t *testing.T) {
 	h.waitHeld()
 	out := h.spawn("wait").wait(t, 20*time.Second)
 	assert.Contains(t, out, "recovered=false")
-	assert.Zero(t, h.mu.Recoveries())
+	assert.Zero(t, h.mu.Inspect().Recoveries)
 	assert.Zero(t, h.load(offRecovered))
 }
 
@@ -138,7 +138,7 @@ func TestThunderingHerd(t *testing.T) {
 		}
 		assert.Equal(t, 1, recovered, "exactly one waiter recovers")
 		assert.EqualValues(t, 1, h.load(offRecovered))
-		assert.EqualValues(t, 1, h.mu.Recoveries())
+		assert.EqualValues(t, 1, h.mu.Inspect().Recoveries)
 		assert.Zero(t, h.load(offViolation), "two holders at once")
 	})
 }
@@ -176,7 +176,7 @@ func TestRecovererKilledMidRecovery(t *testing.T) {
 		assert.True(t, g.Recovered())
 		g.Commit()
 		g.Release()
-		assert.EqualValues(t, n+1, h.mu.Recoveries())
+		assert.EqualValues(t, n+1, h.mu.Inspect().Recoveries)
 		assert.Zero(t, h.load(offViolation))
 	})
 }
@@ -199,7 +199,7 @@ func TestZombieHolder(t *testing.T) {
 		})
 		require.NoError(t, syscall.Kill(pid, 0), "kill(pid, 0) succeeds on a zombie")
 
-		snap := h.mu.Snapshot()
+		snap := h.mu.Inspect()
 		if mode == shm.ModeRobust {
 			assert.False(t, snap.Held, "the kernel freed the lock at the holder's exit")
 			assert.True(t, snap.OwnerDied, "and marked it")
@@ -245,7 +245,7 @@ func TestStoppedHolderIsNotRobbed(t *testing.T) {
 			assert.Contains(t, msg, want)
 		}
 		t.Log(msg)
-		assert.Zero(t, h.mu.Recoveries())
+		assert.Zero(t, h.mu.Inspect().Recoveries)
 		holder.kill()
 	})
 }
@@ -264,7 +264,7 @@ func TestNoLostUpdates(t *testing.T) {
 	assert.EqualValues(t, p*n, h.load(offCounter))
 	assert.EqualValues(t, p*n, h.sumMine())
 	assert.Zero(t, h.load(offViolation))
-	assert.Zero(t, h.mu.Recoveries())
+	assert.Zero(t, h.mu.Inspect().Recoveries)
 }
 
 // Holders killed at random: the final count equals the increments the workers
@@ -306,11 +306,11 @@ func TestNoLostUpdatesUnderKills(t *testing.T) {
 		g.Release()
 
 		counter, committed := h.load(offCounter), h.sumMine()
-		t.Logf("%d kills, %d recoveries, %d increments", kills, h.mu.Recoveries(), counter)
+		t.Logf("%d kills, %d recoveries, %d increments", kills, h.mu.Inspect().Recoveries, counter)
 		assert.Equal(t, committed, counter, "lost or double-counted increments")
 		assert.Zero(t, h.load(offViolation), "two holders at once")
 		assert.Positive(t, counter)
-		assert.Positive(t, h.mu.Recoveries(), "no kill landed inside a critical section: the test proved nothing")
+		assert.Positive(t, h.mu.Inspect().Recoveries, "no kill landed inside a critical section: the test proved nothing")
 	})
 }
 
@@ -327,7 +327,7 @@ func TestPanicInCriticalSectionAcrossProcesses(t *testing.T) {
 		assert.Equal(t, 2, ee.ExitCode(), "an unrecovered panic exits with status 2")
 		assert.Contains(t, out, "panic: boom in the critical section")
 		assert.Contains(t, out, "helpers_test.go", "the stack points at the panicking line")
-		s := h.mu.Snapshot()
+		s := h.mu.Inspect()
 		assert.False(t, s.Held, "the lock was released by the deferred Release")
 		assert.Zero(t, s.Recoveries, "a released lock needs no recovery")
 		assert.True(t, h.mu.TryLock())
@@ -368,7 +368,7 @@ func TestFastPathAndFence(t *testing.T) {
 	assert.Equal(t, g1.Fence()+1, g2.Fence(), "the fencing token grows by one per acquisition")
 	assert.EqualValues(t, 4, g2.Fence())
 	g2.Release()
-	assert.False(t, h.mu.Snapshot().Held)
+	assert.False(t, h.mu.Inspect().Held)
 }
 
 // Unlock of a lock this process does not hold panics with ErrNotHeld, and so
@@ -392,20 +392,75 @@ func TestUnlockNotHeldAndBreak(t *testing.T) {
 	other.mu.Lock()
 	assertNotHeld(h.mu.Unlock)
 
-	s := h.mu.Snapshot()
+	s := h.mu.Inspect()
 	require.True(t, s.Held)
 	assert.ErrorIs(t, h.mu.Break(s.Owner+1<<32), shmlock.ErrOwnerChanged, "a stale owner value breaks nothing")
 	assert.ErrorIs(t, h.mu.Break(0), shmlock.ErrNotLocked)
 	require.NoError(t, h.mu.Break(s.Owner))
-	assert.True(t, h.mu.Snapshot().OwnerDied)
+	assert.True(t, h.mu.Inspect().OwnerDied)
 
 	g, err := h.mu.Acquire(context.Background())
 	require.NoError(t, err)
 	assert.True(t, g.Recovered(), "the next holder is told")
 	assertNotHeld(other.mu.Unlock) // the broken holder cannot release the new hold
-	assert.True(t, h.mu.Snapshot().Held)
+	assert.True(t, h.mu.Inspect().Held)
 	g.Release()
-	assert.EqualValues(t, 1, h.mu.Recoveries())
+	assert.EqualValues(t, 1, h.mu.Inspect().Recoveries)
+}
+
+// A Guard is a value, so a copy of it is a second handle on one hold. The
+// copy's Release, after the hold it names ended and another began in the
+// same process (the same owner), panics with ErrNotHeld and leaves the new
+// hold alone; so does a Guard's Release after a Break.
+func TestGuardReleasesOnlyItsHold(t *testing.T) {
+	h := newHarness(t, 30*time.Second)
+	assertNotHeld := func(f func()) {
+		defer func() {
+			err, _ := recover().(error)
+			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
+		}()
+		f()
+	}
+	ctx := context.Background()
+	g1, err := h.mu.Acquire(ctx)
+	require.NoError(t, err)
+	copy1 := g1
+	g1.Release()
+	g2, err := h.mu.Acquire(ctx)
+	require.NoError(t, err)
+	assertNotHeld(copy1.Release)
+	s := h.mu.Inspect()
+	assert.True(t, s.Held, "the copy did not release the later hold")
+	assert.EqualValues(t, g2.Fence(), s.Generation)
+	require.NoError(t, h.mu.Break(s.Owner))
+	assertNotHeld(g2.Release)
+	g3, err := h.mu.Acquire(ctx)
+	require.NoError(t, err)
+	assert.True(t, g3.Recovered())
+	g3.Release()
+	assert.False(t, h.mu.Inspect().Held)
+}
+
+// The told path allocates nothing: Acquire and TryAcquire return their Guard
+// by value.
+func TestToldPathDoesNotAllocate(t *testing.T) {
+	h := newHarness(t, 30*time.Second)
+	ctx := context.Background()
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		g, err := h.mu.Acquire(ctx)
+		if err != nil {
+			panic(err)
+		}
+		defer g.Release()
+		g.Commit()
+	}), "Acquire")
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		g, ok := h.mu.TryAcquire()
+		if !ok {
+			panic("not acquired")
+		}
+		g.Release()
+	}), "TryAcquire")
 }
 
 // Lock and TryLock cannot tell their callers that a holder died: the news
@@ -424,9 +479,9 @@ func TestNewsOfDeathReachesAcquire(t *testing.T) {
 
 		// Broken by an administrator, then taken by TryLock.
 		h.mu.Lock()
-		require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+		require.NoError(t, h.mu.Break(h.mu.Inspect().Owner))
 		require.True(t, h.mu.TryLock())
-		assert.True(t, h.mu.Snapshot().OwnerDied)
+		assert.True(t, h.mu.Inspect().OwnerDied)
 		h.mu.Unlock()
 		assert.True(t, acquire(), "the Acquire after TryLock is told")
 		assert.False(t, acquire(), "and only that one")
@@ -436,11 +491,11 @@ func TestNewsOfDeathReachesAcquire(t *testing.T) {
 		h.waitHeld()
 		holder.kill()
 		h.mu.Lock()
-		assert.True(t, h.mu.Snapshot().OwnerDied)
+		assert.True(t, h.mu.Inspect().OwnerDied)
 		h.mu.Unlock()
 		assert.True(t, acquire(), "the Acquire after Lock is told")
 		assert.False(t, acquire())
-		assert.EqualValues(t, 2, h.mu.Recoveries(), "one break, one takeover")
+		assert.EqualValues(t, 2, h.mu.Inspect().Recoveries, "one break, one takeover")
 	})
 }
 
@@ -466,10 +521,10 @@ func TestTryAcquire(t *testing.T) {
 		require.True(t, ok, "a dead holder")
 		assert.True(t, g.Recovered())
 		g.Release()
-		assert.EqualValues(t, 1, h.mu.Recoveries())
+		assert.EqualValues(t, 1, h.mu.Inspect().Recoveries)
 
 		h.mu.Lock()
-		require.NoError(t, h.mu.Break(h.mu.Snapshot().Owner))
+		require.NoError(t, h.mu.Break(h.mu.Inspect().Owner))
 		g, ok = h.mu.TryAcquire()
 		require.True(t, ok, "a broken lock")
 		assert.True(t, g.Recovered())

@@ -208,7 +208,7 @@ func (m *Mutex) TryLock() bool {
 // recovered a holder probed dead; that death is counted here. A caller that
 // can be told (tell) is told of it, and of any news a Lock or TryLock left
 // untold; one that cannot leaves the death untold. The acquirer holds the
-// lock, so nobody else changes the word meanwhile; Snapshot reads it at any
+// lock, so nobody else changes the word meanwhile; Inspect reads it at any
 // time, so count and bit change in one atomic step.
 //
 // A death between the acquisition's CAS and this step loses this step, not
@@ -240,20 +240,20 @@ func (m *Mutex) settle(died, tell bool) (told bool) {
 // a reservation whose sleepers are gone, as TryLock does), so a reader that
 // must not write shared memory may call it to free a lock whose holder died.
 // It panics if the region was closed.
-func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
+func (m *Mutex) TryAcquire() (guard.Guard, bool) {
 	w := atomic.LoadUint64(m.word)
 	if w&line.OwnerMask != 0 {
 		if m.life.Closed() {
 			panic(m.closedError("tryacquire"))
 		}
 		if h := m.r.Probe(uint32(w & line.OwnerMask)); h.State != shm.Dead {
-			return nil, false
+			return guard.Guard{}, false
 		}
 		fault.Hit(fault.MutexProbedDead)
 		// The same single CAS from the probed word as lockSlow's.
 		nw := line.Successor(w, m.self, line.Waiters)
 		if !atomic.CompareAndSwapUint64(m.word, w, nw) {
-			return nil, false
+			return guard.Guard{}, false
 		}
 		m.took(nw)
 		fault.Hit(fault.MutexRecovered)
@@ -261,15 +261,15 @@ func (m *Mutex) TryAcquire() (*guard.Guard, bool) {
 	}
 	if w&line.LowHalf == reserved {
 		if !m.unreserve(w) {
-			return nil, false // a sleeper was woken to take it
+			return guard.Guard{}, false // a sleeper was woken to take it
 		}
 		if w = atomic.LoadUint64(m.word); w&line.LowHalf != 0 {
-			return nil, false
+			return guard.Guard{}, false
 		}
 	}
 	nw := line.Successor(w, m.self, line.Waiters)
 	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
-		return nil, false
+		return guard.Guard{}, false
 	}
 	m.took(nw)
 	fault.Hit(fault.MutexAcquired)
@@ -290,9 +290,23 @@ func (m *Mutex) Unlock() {
 	h := m.held &^ line.Waiters
 	raceRelease(m)
 	if !atomic.CompareAndSwapUint64(m.word, h, h&^line.OwnerMask) {
-		m.unlockSlow()
+		m.unlockSlow(m.self, line.OwnerMask)
 	}
 }
+
+// releaseFast ends the hold whose generation is gen, and only that hold (a
+// Guard's release), by one CAS from the word the acquisition installed with
+// nobody asleep. A held word changes only in its waiters bit, so releaseSlow
+// asks every other bit to be the one the acquisition installed, or the hold
+// is not this one (a copy of its Guard released it already, or Break freed
+// it). The two are apart so that the CAS inlines into the Guard's call.
+func (m *Mutex) releaseFast(gen uint64) bool {
+	free := gen << 32
+	raceRelease(m)
+	return atomic.CompareAndSwapUint64(m.word, free|m.self, free)
+}
+
+func (m *Mutex) releaseSlow(gen uint64) { m.unlockSlow(gen<<32|m.self, ^uint64(line.Waiters)) }
 
 // took records w, the owner word an acquisition just installed by its CAS, as
 // Unlock's expected value.
@@ -301,13 +315,16 @@ func (m *Mutex) took(w uint64) {
 	m.held = w
 }
 
-func (m *Mutex) unlockSlow() {
+// unlockSlow releases a word whose bits under mask are want's, and panics
+// with NotHeldError if it is not: Unlock asks only that this process hold m
+// (mask OwnerMask), a Guard that its own hold be the one it ends.
+func (m *Mutex) unlockSlow(want, mask uint64) {
 	if m.life.Closed() {
 		panic(m.closedError("unlock"))
 	}
 	for {
 		w := atomic.LoadUint64(m.word)
-		if w&line.OwnerMask != m.self {
+		if w&line.OwnerMask == 0 || w&mask != want&mask {
 			panic(&NotHeldError{Lock: m.name(), Owner: w})
 		}
 		free := w &^ line.LowHalf
@@ -330,7 +347,7 @@ func (m *Mutex) unlockSlow() {
 // ctx ends first, the error is a *HeldError that names the holder, says
 // whether it is alive, and wraps ctx.Err(). If the region is closed, before
 // or during the wait, the error matches shm.ErrClosed.
-func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
+func (m *Mutex) Acquire(ctx context.Context) (guard.Guard, error) {
 	w := atomic.LoadUint64(m.word)
 	if w&line.LowHalf == 0 && atomic.CompareAndSwapUint64(m.word, w, w+line.GenOne|m.self) {
 		m.took(w + line.GenOne | m.self)
@@ -342,7 +359,7 @@ func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 	}
 	recovered, held, err := m.lockSlow(ctx, true)
 	if err != nil {
-		return nil, err
+		return guard.Guard{}, err
 	}
 	fault.Hit(fault.MutexAcquired)
 	return guard.New(releaser{m}, recovered, held>>32), nil
@@ -350,11 +367,14 @@ func (m *Mutex) Acquire(ctx context.Context) (*guard.Guard, error) {
 
 // releaser adapts a Mutex to guard.Releaser. A plain mutex has no state of
 // its own to restore on the abort path: the caller's data is the caller's.
+// It is one pointer, so that making it a guard.Releaser allocates nothing.
 type releaser struct{ m *Mutex }
 
-func (r releaser) Release(committed bool) {
+func (r releaser) Release(fence uint64, committed bool) {
 	fault.Hit(fault.MutexBeforeRelease)
-	r.m.Unlock()
+	if !r.m.releaseFast(fence) {
+		r.m.releaseSlow(fence)
+	}
 }
 
 // giveBack undoes an acquisition that installed nw after Close began (Close
@@ -435,7 +455,7 @@ func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time
 // Break frees m if, and only if, its owner word is exactly owner: the
 // administrator's way out when a holder cannot be verified dead (in a PID
 // namespace the probe cannot see, say) but is known to be. owner comes from a
-// HeldError or a Snapshot. It leaves the word free with OwnerDied set, as a
+// HeldError or a State. It leaves the word free with OwnerDied set, as a
 // death does: whoever takes the lock next counts the recovery, and the next
 // Acquire is told (Guard.Recovered). Break fails with ErrOwnerChanged if the
 // lock changed hands meanwhile.
@@ -461,8 +481,8 @@ func (m *Mutex) Break(owner uint64) error {
 	}
 }
 
-// Snapshot describes the state of a Mutex at one moment.
-type Snapshot struct {
+// State is a Mutex at one moment, as Inspect reads it.
+type State struct {
 	Owner      uint64 // the raw owner word (the value Break takes)
 	Held       bool
 	Generation uint32 // acquisitions so far, modulo 2^32
@@ -473,15 +493,15 @@ type Snapshot struct {
 	HeldFor    time.Duration // at least this long, as waiters saw; 0 if no waiter looked
 }
 
-// Snapshot reads m's state and, if it is held, probes the holder. It writes
+// Inspect reads m's state and, if it is held, probes the holder. It writes
 // nothing to the region. It panics if the region was closed.
-func (m *Mutex) Snapshot() Snapshot {
+func (m *Mutex) Inspect() State {
 	if m.life != nil && m.life.Closed() {
-		panic(m.closedError("snapshot"))
+		panic(m.closedError("inspect"))
 	}
 	w := atomic.LoadUint64(m.word)
 	rec := atomic.LoadUint64(&m.line[line.Recoveries])
-	s := Snapshot{
+	s := State{
 		Owner:      w,
 		Held:       w&line.OwnerMask != 0,
 		Generation: uint32(w >> 32),
@@ -496,26 +516,17 @@ func (m *Mutex) Snapshot() Snapshot {
 	return s
 }
 
-// Inspect returns the Snapshot of the Mutex at offset off of r without
-// writing anything, so r may be open read-only (shm.OpenReadOnly): how tools
-// look at a lock they do not use. off is the lock's line, as for New; the
-// writers' Mutex of a SeqLock or Record is at its own offset.
-func Inspect(r *shm.Region, off int) (Snapshot, error) {
+// Inspect returns the State of the Mutex at offset off of r without writing
+// anything, so r may be open read-only (shm.OpenReadOnly): how tools look at
+// a lock they do not use. off is the lock's line, as for New; the writers'
+// Mutex of a SeqLock or Record is at its own offset.
+func Inspect(r *shm.Region, off int) (State, error) {
 	l, err := r.Line(off)
 	if err != nil {
-		return Snapshot{}, err
+		return State{}, err
 	}
 	m := &Mutex{line: l, word: &l[line.Owner], r: r, off: off}
-	return m.Snapshot(), nil
-}
-
-// Recoveries returns how many times the lock of a dead or broken holder of m
-// was taken over. It panics if the region was closed.
-func (m *Mutex) Recoveries() uint64 {
-	if m.life.Closed() {
-		panic(m.closedError("recoveries"))
-	}
-	return atomic.LoadUint64(&m.line[line.Recoveries]) &^ line.Untold
+	return m.Inspect(), nil
 }
 
 func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }

@@ -198,7 +198,7 @@ func TestRobustEveryDeath(t *testing.T) {
 				if how == "exec" {
 					assert.NoError(t, syscall.Kill(hold.cmd.Process.Pid, 0), "exec: the process lives on, as another program")
 				}
-				assert.EqualValues(t, 1, mu.Recoveries())
+				assert.EqualValues(t, 1, mu.Inspect().Recoveries)
 			})
 		}
 	}
@@ -254,7 +254,7 @@ func TestRobustThreeWaiters(t *testing.T) {
 	}
 	t.Logf("all three acquired within %v of the kill", time.Since(killed))
 	assert.Equal(t, 1, recovered, "exactly one waiter sees the death")
-	assert.EqualValues(t, 1, h.mu.Recoveries())
+	assert.EqualValues(t, 1, h.mu.Inspect().Recoveries)
 	assert.Zero(t, h.load(offViolation), "two holders at once")
 }
 
@@ -271,7 +271,7 @@ func TestRobustAcrossPIDNamespaces(t *testing.T) {
 		mu, err := shmlock.New(r, 0)
 		require.NoError(t, err)
 		hold := startHolder(t, path, 1, "sigkill", unshare, "--pid", "--fork", "--mount-proc", "--kill-child")
-		snap := mu.Snapshot()
+		snap := mu.Inspect()
 		require.True(t, snap.Held)
 		assert.EqualValues(t, 1, snap.Holder.PID, "pid 1 of its namespace: "+snap.Holder.String())
 		assert.Equal(t, shm.Alive, snap.Holder.State, snap.Holder.String())

@@ -136,7 +136,7 @@ func BenchmarkSeqWrite(b *testing.B) {
 	})
 	b.Run("record", func(b *testing.B) {
 		for b.Loop() {
-			u, _ := g.rec.Update(ctx)
+			u, _ := g.rec.Write(ctx)
 			u.Store(src)
 			u.Commit()
 			u.Release()
@@ -245,7 +245,7 @@ func (g *region) access(kind string, buf []byte) (read, write func()) {
 		}
 	case "record":
 		return func() { g.rec.Read(buf) }, func() {
-			u, _ := g.rec.Update(ctx)
+			u, _ := g.rec.Write(ctx)
 			u.Store(buf)
 			u.Commit()
 			u.Release()

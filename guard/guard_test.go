@@ -13,7 +13,7 @@ import (
 // lock records how it was released.
 type lock struct{ releases []bool }
 
-func (l *lock) Release(committed bool) { l.releases = append(l.releases, committed) }
+func (l *lock) Release(fence uint64, committed bool) { l.releases = append(l.releases, committed) }
 
 func TestReleaseOnce(t *testing.T) {
 	l := &lock{}
@@ -67,4 +67,22 @@ func TestGoexitAborts(t *testing.T) {
 	}()
 	wg.Wait()
 	assert.Equal(t, []bool{false}, l.releases)
+}
+
+// The zero Guard, what a failed Acquire returns beside its error, holds
+// nothing: releasing it does nothing.
+func TestZeroGuard(t *testing.T) {
+	var g guard.Guard
+	g.Release()
+	assert.False(t, g.Released())
+}
+
+// Returning a Guard costs no allocation.
+func TestNewDoesNotAllocate(t *testing.T) {
+	l := &lock{releases: make([]bool, 0, 1000)}
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		g := guard.New(l, false, 1)
+		defer g.Release()
+		g.Commit()
+	}))
 }

@@ -11,7 +11,7 @@ import (
 // State is what Inspect reads of a SeqLock or Record at one moment.
 type State struct {
 	shm.Placement
-	Writer shmlock.Snapshot // the writers' Mutex
+	Writer shmlock.State // the writers' Mutex
 
 	// SeqLock: the sequence, odd while a write is open (or was left open by
 	// a writer that died, until a reader or writer ends it), and whether the

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/shmlock/shmlock"
-	"github.com/shmlock/shmlock/guard"
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -18,10 +18,12 @@ import (
 // and the index of the published one. See the package documentation.
 type Record struct {
 	mu   *shmlock.Mutex
+	own  *uint64 // the writers' Mutex's owner word
 	pub  *uint64
 	seq  [2]*uint64
 	data [2][]uint64
 	r    *shm.Region
+	off  int
 	life *closing.Closing
 }
 
@@ -35,11 +37,11 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, line, err := lockSlot(r, off, shm.KindRecord, n)
+	mu, l, err := lockSlot(r, off, shm.KindRecord, n)
 	if err != nil {
 		return nil, err
 	}
-	rec := &Record{mu: mu, pub: &line[wordPub], seq: [2]*uint64{&line[wordSeq0], &line[wordSeq0+1]}, r: r, life: closing.Of(r)}
+	rec := &Record{mu: mu, own: &l[line.Owner], pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}, r: r, off: off, life: closing.Of(r)}
 	for i := range rec.data {
 		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
 			return nil, err
@@ -54,14 +56,11 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 // the branch that reports the region closed. The data are never read again.
 func (r *Record) letGo() {
 	l := closing.Sentinel()
-	r.pub, r.seq = &l[wordPub], [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}
+	r.own, r.pub, r.seq = &l[line.Owner], &l[wordPub], [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}
 }
 
 // Len returns the record's size in bytes.
 func (r *Record) Len() int { return 8 * len(r.data[0]) }
-
-// Mutex returns the writers' lock, for inspection.
-func (r *Record) Mutex() *shmlock.Mutex { return r.mu }
 
 // Read copies the published value into dst, which must be Len bytes long. It
 // never waits for a writer, live or dead; it retries only when a writer
@@ -121,22 +120,15 @@ func (r *Record) Read(dst []byte) error {
 // odd before it calls the record corrupt.
 const corruptAfter = time.Millisecond
 
-// RecordWriter is an update in progress on a Record. It writes the copy that
-// is not published, which starts as the published value; Commit before
-// Release publishes it, Release without Commit discards it.
-type RecordWriter struct {
-	*guard.Guard
-	r *Record
-	j uint64 // the copy being written
-}
-
-// Update locks the Record for writing, waiting until ctx is done. Recovered
-// on the writer says the previous writer died; nothing needs repair, since
-// what it wrote was never published.
-func (r *Record) Update(ctx context.Context) (*RecordWriter, error) {
+// Write locks the Record for writing, waiting until ctx is done. The Writer
+// writes the copy that is not published, which starts as the published
+// value; Commit before Release publishes it, Release without Commit discards
+// it. Recovered on the Writer says the previous writer died; nothing needs
+// repair, since what it wrote was never published, so Dirty is always false.
+func (r *Record) Write(ctx context.Context) (Writer, error) {
 	g, err := r.mu.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return Writer{}, err
 	}
 	p := atomic.LoadUint64(r.pub) & 1
 	j := 1 - p
@@ -152,54 +144,18 @@ func (r *Record) Update(ctx context.Context) (*RecordWriter, error) {
 	fault.Hit(fault.RecordOdd)
 	copyWords(r.data[j], r.data[p])
 	fault.Hit(fault.RecordCopied)
-	return &RecordWriter{Guard: guard.New(recordRelease{r, j}, g.Recovered(), g.Fence()), r: r, j: j}, nil
+	return Writer{g: g, r: r, data: r.data[j], j: j}, nil
 }
 
-// Store replaces the whole value with src, which must be Len bytes long.
-func (w *RecordWriter) Store(src []byte) error {
-	if w.r.life.Closed() {
-		return closedError(w.r.r, "store")
-	}
-	if len(src) != w.r.Len() {
-		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), w.r.Len())
-	}
-	return storeAt(w.r.data[w.j], 0, src, fault.RecordMidData)
-}
-
-// StoreAt writes src at byte offset off of the value being prepared.
-func (w *RecordWriter) StoreAt(off int, src []byte) error {
-	if w.r.life.Closed() {
-		return closedError(w.r.r, "store")
-	}
-	return storeAt(w.r.data[w.j], off, src, fault.RecordMidData)
-}
-
-// Load copies the value being prepared into dst. It panics if the region was
-// closed.
-func (w *RecordWriter) Load(dst []byte) {
-	if w.r.life.Closed() {
-		panic(closedError(w.r.r, "load"))
-	}
-	load(dst, w.r.data[w.j])
-}
-
-type recordRelease struct {
-	r *Record
-	j uint64
-}
-
-// Release publishes copy j if the update was committed: its sequence goes
+// finish publishes copy j if the write was committed: its sequence goes
 // even, then the index points at it. Without a commit copy j stays odd and
-// unpublished, and the next writer starts over from the published copy.
-func (rr recordRelease) Release(committed bool) {
-	if rr.r.life.Closed() {
-		panic(closedError(rr.r.r, "release"))
-	}
+// unpublished, and the next writer starts over from the published copy. The
+// caller then releases the lock.
+func (r *Record) finish(j uint64, committed bool) {
 	if committed {
-		atomic.AddUint64(rr.r.seq[rr.j], 1)
+		atomic.AddUint64(r.seq[j], 1)
 		fault.Hit(fault.RecordEven)
-		atomic.StoreUint64(rr.r.pub, rr.j)
+		atomic.StoreUint64(r.pub, j)
 		fault.Hit(fault.RecordPublished)
 	}
-	rr.r.mu.Unlock()
 }

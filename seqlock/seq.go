@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/shmlock/shmlock"
-	"github.com/shmlock/shmlock/guard"
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -32,10 +32,12 @@ var readHook atomic.Pointer[func()]
 // mutex and read without locks. See the package documentation.
 type SeqLock struct {
 	mu    *shmlock.Mutex
+	own   *uint64 // the writers' Mutex's owner word
 	seq   *uint64
 	state *uint64
 	data  []uint64
 	r     *shm.Region
+	off   int
 	life  *closing.Closing
 }
 
@@ -49,7 +51,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, line, err := lockSlot(r, off, shm.KindSeqLock, n)
+	mu, l, err := lockSlot(r, off, shm.KindSeqLock, n)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +59,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &SeqLock{mu: mu, seq: &line[wordSeq], state: &line[wordState], data: data, r: r, life: closing.Of(r)}
+	s := &SeqLock{mu: mu, own: &l[line.Owner], seq: &l[wordSeq], state: &l[wordState], data: data, r: r, off: off, life: closing.Of(r)}
 	closing.Track(s.life, s, (*SeqLock).letGo)
 	return s, nil
 }
@@ -67,7 +69,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 // reports the region closed. The data are never read again.
 func (s *SeqLock) letGo() {
 	l := closing.Sentinel()
-	s.seq, s.state = &l[wordSeq], &l[wordState]
+	s.own, s.seq, s.state = &l[line.Owner], &l[wordSeq], &l[wordState]
 }
 
 // closedError is the error, or the panic value, of a use of s after its
@@ -76,9 +78,6 @@ func (s *SeqLock) closedError(op string) error { return closedError(s.r, op) }
 
 // Len returns the record's size in bytes.
 func (s *SeqLock) Len() int { return 8 * len(s.data) }
-
-// Mutex returns the writers' lock, for inspection.
-func (s *SeqLock) Mutex() *shmlock.Mutex { return s.mu }
 
 // Read copies the record into dst, which must be Len bytes long. It returns
 // ErrDirty, with dst filled but not to be trusted, if the last write did not
@@ -197,92 +196,34 @@ func (s *SeqLock) closeDeadWrite() {
 	}
 }
 
-// Writer is a write in progress on a SeqLock: the sequence is odd from Write
-// until Release. Commit before Release publishes the record, clean unless it
-// was dirty and the write did not Store all of it; Release without Commit (a
-// panic, an early return) leaves it dirty.
-type Writer struct {
-	*guard.Guard
-	w *seqWrite
-}
-
-// seqWrite is the state of one write: whether the record is dirty, which
-// only a Store of the whole record (and its commit) cures.
-type seqWrite struct {
-	s     *SeqLock
-	dirty bool
-}
-
 // Write locks the SeqLock for writing, waiting until ctx is done. If the
 // previous writer died mid-write, Recovered says so (unless a reader ended
 // that write first), and Dirty says the record is dirty: half written by a
 // writer that died or aborted. A dirty record stays dirty until a writer
 // Stores the whole of it and commits; StoreAt alone cannot know that every
 // byte is new. The caller must Release the Writer.
-func (s *SeqLock) Write(ctx context.Context) (*Writer, error) {
+func (s *SeqLock) Write(ctx context.Context) (Writer, error) {
 	g, err := s.mu.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return Writer{}, err
 	}
 	s.closeDeadWrite()
-	w := &seqWrite{s: s, dirty: atomic.LoadUint64(s.state)&stateDirty != 0}
+	dirty := atomic.LoadUint64(s.state)&stateDirty != 0
 	atomic.AddUint64(s.seq, 1) // odd: readers wait from here
 	fault.Hit(fault.SeqWriteOdd)
-	return &Writer{Guard: guard.New(w, g.Recovered(), g.Fence()), w: w}, nil
+	return Writer{g: g, s: s, data: s.data, dirty: dirty}, nil
 }
 
-// Dirty reports whether the record is dirty: the last write before this one
-// did not complete, and this one has not yet stored the whole record.
-func (w *Writer) Dirty() bool { return w.w.dirty }
-
-// Store replaces the whole record with src, which must be Len bytes long. It
-// is the write that makes a dirty record clean (at Commit).
-func (w *Writer) Store(src []byte) error {
-	s := w.w.s
-	if s.life.Closed() {
-		return s.closedError("store")
-	}
-	if len(src) != s.Len() {
-		return fmt.Errorf("%w: %d bytes for a %d-byte record", ErrSize, len(src), s.Len())
-	}
-	if err := storeAt(s.data, 0, src, fault.SeqWriteMidData); err != nil {
-		return err
-	}
-	w.w.dirty = false
-	return nil
-}
-
-// StoreAt writes src at byte offset off of the record.
-func (w *Writer) StoreAt(off int, src []byte) error {
-	if w.w.s.life.Closed() {
-		return w.w.s.closedError("store")
-	}
-	return storeAt(w.w.s.data, off, src, fault.SeqWriteMidData)
-}
-
-// Load copies the record as it is now, mid-write, into dst. It panics if the
-// region was closed.
-func (w *Writer) Load(dst []byte) {
-	if w.w.s.life.Closed() {
-		panic(w.w.s.closedError("load"))
-	}
-	load(dst, w.w.s.data)
-}
-
-// Release ends a write: the state is set while the sequence is still odd,
-// then the sequence goes even, then the lock is released. The record is
-// clean only if the write committed and left no dirt behind.
-func (w *seqWrite) Release(committed bool) {
-	if w.s.life.Closed() {
-		panic(w.s.closedError("release"))
-	}
+// finish ends a write: the state is set while the sequence is still odd,
+// then the sequence goes even; the caller then releases the lock. The record
+// is clean only if the write committed and left no dirt behind.
+func (s *SeqLock) finish(clean bool) {
 	var st uint64
-	if !committed || w.dirty {
+	if !clean {
 		st = stateDirty
 	}
-	atomic.StoreUint64(w.s.state, st)
+	atomic.StoreUint64(s.state, st)
 	fault.Hit(fault.SeqReleaseState)
-	atomic.AddUint64(w.s.seq, 1)
+	atomic.AddUint64(s.seq, 1)
 	fault.Hit(fault.SeqReleaseEven)
-	w.s.mu.Unlock()
 }

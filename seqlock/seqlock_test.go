@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
@@ -34,6 +35,17 @@ type env struct {
 	rec  *seqlock.Record
 	ctrs []uint64
 	size int
+	// the offsets of seq and rec
+	seqOff, recOff int
+}
+
+// mutex inspects the writers' Mutex of the lock at off.
+func (e *env) mutex(off int) shmlock.State {
+	st, err := shmlock.Inspect(e.r, off)
+	if err != nil {
+		panic(err)
+	}
+	return st
 }
 
 const (
@@ -60,7 +72,7 @@ func open(path string, size int) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{r: r, size: size}
+	e := &env{r: r, size: size, seqOff: seqOff, recOff: recOff}
 	if e.seq, err = seqlock.NewSeqLock(r, seqOff, size); err != nil {
 		return nil, err
 	}
@@ -136,7 +148,7 @@ func writer(args []string) int {
 		w.Commit()
 		w.Release()
 
-		u, err := e.rec.Update(ctx)
+		u, err := e.rec.Write(ctx)
 		if err != nil {
 			panic(err)
 		}
@@ -192,7 +204,7 @@ func hangSeq(args []string) int {
 
 func hangRec(args []string) int {
 	e := mustOpen(args)
-	u, _ := e.rec.Update(context.Background())
+	u, _ := e.rec.Write(context.Background())
 	u.StoreAt(0, value(999, e.size)[:8])
 	e.add(ctrHanging)
 	select {}
@@ -222,7 +234,7 @@ func (e *env) write(t *testing.T, v uint64) {
 	require.NoError(t, w.Store(value(v, e.size)))
 	w.Commit()
 	w.Release()
-	u, err := e.rec.Update(context.Background())
+	u, err := e.rec.Write(context.Background())
 	require.NoError(t, err)
 	require.NoError(t, u.Store(value(v, e.size)))
 	u.Commit()
@@ -258,7 +270,7 @@ func TestNoTornReadsUnderKills(t *testing.T) {
 		c.Wait(t, 20*time.Second)
 	}
 	t.Logf("%d kills, %d writer recoveries; SeqLock: %d verified, %d dirty, %d torn; Record: %d verified, %d torn",
-		kills, e.seq.Mutex().Recoveries()+e.rec.Mutex().Recoveries(),
+		kills, e.mutex(e.seqOff).Recoveries+e.mutex(e.recOff).Recoveries,
 		e.get(ctrOKSeq), e.get(ctrDirtySeq), e.get(ctrTornSeq), e.get(ctrOKRec), e.get(ctrTornRec))
 	assert.Zero(t, e.get(ctrTornSeq), "torn SeqLock values accepted")
 	assert.Zero(t, e.get(ctrTornRec), "torn Record values accepted")
@@ -288,8 +300,8 @@ func TestDeadWriterReaderRecovers(t *testing.T) {
 	w.Kill()
 	out := h.Spawn("read-seq", path, strconv.Itoa(size)).Wait(t, 10*time.Second)
 	assert.Contains(t, out, "err="+seqlock.ErrDirty.Error())
-	assert.EqualValues(t, 1, e.seq.Mutex().Recoveries(), "the reader took the dead writer's lock over")
-	assert.False(t, e.seq.Mutex().Snapshot().Held, "and released it")
+	assert.EqualValues(t, 1, e.mutex(e.seqOff).Recoveries, "the reader took the dead writer's lock over")
+	assert.False(t, e.mutex(e.seqOff).Held, "and released it")
 
 	// The next writer is not told again (the reader was), but it finds
 	// the record dirty, and a partial write does not clean it.
@@ -323,7 +335,7 @@ func TestLiveWriterNotRobbedByReaders(t *testing.T) {
 	defer cancel()
 	err := e.seq.ReadContext(ctx, make([]byte, size))
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Zero(t, e.seq.Mutex().Recoveries())
+	assert.Zero(t, e.mutex(e.seqOff).Recoveries)
 	w.Kill()
 }
 
@@ -342,7 +354,7 @@ func TestRecordIgnoresStuckWriter(t *testing.T) {
 	w.Kill()
 	require.NoError(t, e.rec.Read(b), "after it died")
 	assert.Equal(t, value(5, size), b)
-	u, err := e.rec.Update(context.Background())
+	u, err := e.rec.Write(context.Background())
 	require.NoError(t, err)
 	assert.True(t, u.Recovered())
 	u.Load(b)
@@ -374,12 +386,11 @@ func TestWriterPanic(t *testing.T) {
 	}()
 	assert.Equal(t, "boom", got)
 	assert.ErrorIs(t, e.seq.Read(b), seqlock.ErrDirty, "parity restored, record dirty")
-	assert.True(t, e.seq.Mutex().TryLock(), "lock free")
-	e.seq.Mutex().Unlock()
+	assert.False(t, e.mutex(e.seqOff).Held, "lock free")
 
 	got = func() (r any) {
 		defer func() { r = recover() }()
-		u, err := e.rec.Update(context.Background())
+		u, err := e.rec.Write(context.Background())
 		require.NoError(t, err)
 		defer u.Release()
 		u.StoreAt(0, value(4, size)[:16])
@@ -388,8 +399,7 @@ func TestWriterPanic(t *testing.T) {
 	assert.Equal(t, "boom", got)
 	require.NoError(t, e.rec.Read(b))
 	assert.Equal(t, value(3, size), b, "the old value is kept")
-	assert.True(t, e.rec.Mutex().TryLock())
-	e.rec.Mutex().Unlock()
+	assert.False(t, e.mutex(e.recOff).Held, "lock free")
 
 	// A later writer that stores only part of the record does not make
 	// the half-written bytes clean.
@@ -404,6 +414,82 @@ func TestWriterPanic(t *testing.T) {
 	e.write(t, 8)
 	require.NoError(t, e.seq.Read(b), "clean after a full write")
 	assert.Equal(t, value(8, size), b)
+}
+
+// A copy of a Writer is a second handle on one write. Its Release, once
+// that write ended and another began, panics with ErrNotHeld and writes
+// nothing: the later write's sequence stays odd, its record unpublished.
+func TestWriterCopyReleasesNothing(t *testing.T) {
+	const size = 64
+	e, _ := newEnv(t, size)
+	e.write(t, 3)
+	ctx := context.Background()
+	assertNotHeld := func(f func()) {
+		defer func() {
+			err, _ := recover().(error)
+			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
+		}()
+		f()
+	}
+	w, err := e.seq.Write(ctx)
+	require.NoError(t, err)
+	stale := w
+	w.Commit()
+	w.Release()
+	w2, err := e.seq.Write(ctx)
+	require.NoError(t, err)
+	stale.Commit()
+	assertNotHeld(stale.Release)
+	st, err := seqlock.Inspect(e.r, e.seqOff)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, st.Seq&1, "the later write is still open")
+	assert.True(t, st.Writer.Held)
+	assert.ErrorIs(t, stale.Store(value(9, size)), shmlock.ErrNotHeld, "a released Writer stores nothing")
+	require.NoError(t, w2.Store(value(4, size)))
+	w2.Commit()
+	w2.Release()
+
+	u, err := e.rec.Write(ctx)
+	require.NoError(t, err)
+	staleU := u
+	u.Release()
+	u2, err := e.rec.Write(ctx)
+	require.NoError(t, err)
+	require.NoError(t, u2.Store(value(5, size)))
+	staleU.Commit()
+	assertNotHeld(staleU.Release)
+	b := make([]byte, size)
+	require.NoError(t, e.rec.Read(b))
+	assert.Equal(t, value(3, size), b, "the stale Writer published nothing")
+	u2.Commit()
+	u2.Release()
+	require.NoError(t, e.rec.Read(b))
+	assert.Equal(t, value(5, size), b)
+}
+
+// Writing and reading allocate nothing: Write returns its Writer by value.
+func TestWriteDoesNotAllocate(t *testing.T) {
+	const size = 64
+	e, _ := newEnv(t, size)
+	ctx := context.Background()
+	v, b := value(1, size), make([]byte, size)
+	for name, write := range map[string]func(context.Context) (seqlock.Writer, error){
+		"SeqLock": e.seq.Write, "Record": e.rec.Write,
+	} {
+		assert.Zero(t, testing.AllocsPerRun(100, func() {
+			w, err := write(ctx)
+			if err != nil {
+				panic(err)
+			}
+			defer w.Release()
+			if err := w.Store(v); err != nil {
+				panic(err)
+			}
+			w.Commit()
+		}), name+" write")
+	}
+	assert.Zero(t, testing.AllocsPerRun(100, func() { e.seq.Read(b) }), "SeqLock read")
+	assert.Zero(t, testing.AllocsPerRun(100, func() { e.rec.Read(b) }), "Record read")
 }
 
 func TestSizes(t *testing.T) {
@@ -464,7 +550,7 @@ func TestRecordCorrupt(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Read of a corrupt record never returned")
 	}
-	u, err := rec.Update(context.Background())
+	u, err := rec.Write(context.Background())
 	require.NoError(t, err)
 	require.NoError(t, u.Store(bytes.Repeat([]byte{7}, 64)))
 	u.Commit()

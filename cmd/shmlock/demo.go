@@ -182,9 +182,9 @@ func demo(args []string) error {
 		// and kill it only if it still holds once stopped (it may have
 		// released between our look and the signal).
 		var victim int
-		var snap shmlock.Snapshot
+		var snap shmlock.State
 		for deadline := time.Now().Add(5 * time.Second); ; {
-			snap = d.mu.Snapshot()
+			snap = d.mu.Inspect()
 			victim = -1
 			for i, p := range procs {
 				if snap.Held && p.Process.Pid == int(snap.Holder.PID) {
@@ -196,7 +196,7 @@ func demo(args []string) error {
 				// lock only once the process is really stopped.
 				pid := procs[victim].Process.Pid
 				stop(procs[victim].Process)
-				if waitStopped(pid) && d.mu.Snapshot().Owner == snap.Owner {
+				if waitStopped(pid) && d.mu.Inspect().Owner == snap.Owner {
 					break
 				}
 				cont(procs[victim].Process)
@@ -206,16 +206,16 @@ func demo(args []string) error {
 			}
 			time.Sleep(100 * time.Microsecond)
 		}
-		before := d.mu.Recoveries()
+		before := d.mu.Inspect().Recoveries
 		say("counter is %d; SIGKILL worker %d (pid %d) while it holds the lock (generation %d)",
 			d.load(dCounter), victim, snap.Holder.PID, snap.Generation)
 		killedAt := monotonic()
 		procs[victim].Process.Kill()
 		procs[victim].Wait()
 		deadline := time.Now().Add(5 * time.Second)
-		for d.mu.Recoveries() == before {
+		for d.mu.Inspect().Recoveries == before {
 			if time.Now().After(deadline) {
-				return fmt.Errorf("demo: nobody recovered the lock within 5 s: %+v", d.mu.Snapshot())
+				return fmt.Errorf("demo: nobody recovered the lock within 5 s: %+v", d.mu.Inspect())
 			}
 			time.Sleep(100 * time.Microsecond)
 		}
@@ -253,7 +253,7 @@ func demo(args []string) error {
 	g.Commit()
 	g.Release()
 	counter, committed := d.load(dCounter), d.committed(*workers)
-	say("counter = %d, increments committed by the workers = %d, recoveries = %d", counter, committed, d.mu.Recoveries())
+	say("counter = %d, increments committed by the workers = %d, recoveries = %d", counter, committed, d.mu.Inspect().Recoveries)
 	if counter != committed {
 		return fmt.Errorf("demo: %d increments lost or counted twice", int64(committed)-int64(counter))
 	}
@@ -324,7 +324,7 @@ func (d *demoRegion) repair(workers int, who string) {
 // publish writes v into every word of the record, slowly, so that a kill
 // can land half way; readers see the previous value until the commit.
 func (d *demoRegion) publish(v uint64) error {
-	u, err := d.rec.Update(context.Background())
+	u, err := d.rec.Write(context.Background())
 	if err != nil {
 		return err
 	}

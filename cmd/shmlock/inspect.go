@@ -112,7 +112,7 @@ func describe(r *shm.Region) (rep *report, err error) {
 	}
 	for _, p := range r.Placements() {
 		li := lockInfo{Placement: p, Kind: p.Kind.String()}
-		var s shmlock.Snapshot
+		var s shmlock.State
 		if p.Kind == shm.KindMutex {
 			if s, err = shmlock.Inspect(r, p.Off); err != nil {
 				return nil, err
@@ -319,7 +319,7 @@ holder that probes as alive is refused unless -force.`)
 	if err != nil {
 		return err
 	}
-	s := mu.Snapshot()
+	s := mu.Inspect()
 	if s.Held && s.Owner&^line.Waiters == owner&^line.Waiters && s.Holder.State == shm.Alive && !*force {
 		return fmt.Errorf("refused: the holder of %s@%d, pid %d, is alive (%s); breaking it would let two processes hold the lock."+
 			" Find out why it does not unlock, or use -force if you know better", r.Path(), off, s.Holder.PID, s.Holder.Reason)

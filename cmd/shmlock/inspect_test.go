@@ -177,7 +177,7 @@ func newRegionIn(t *testing.T, mode shm.Mode) (string, *objects) {
 func TestInspect(t *testing.T) {
 	proctest.New(t, 60*time.Second) // the watchdog
 	path, o := newRegion(t)
-	u, err := o.rec.Update(context.Background()) // the Record's writers' lock: held by us
+	u, err := o.rec.Write(context.Background()) // the Record's writers' lock: held by us
 	require.NoError(t, err)
 	defer u.Release()
 	holderCmd := startHolder(t, "hold", path)
@@ -241,7 +241,7 @@ func TestInspectRobust(t *testing.T) {
 	var rep report
 	require.NoError(t, json.Unmarshal([]byte(res.out), &rep), res.out)
 	assert.Equal(t, "robust", rep.Region.Mode)
-	assert.EqualValues(t, rep.Locks[0].Owner, fmt.Sprintf("%#x", o.mu.Snapshot().Owner))
+	assert.EqualValues(t, rep.Locks[0].Owner, fmt.Sprintf("%#x", o.mu.Inspect().Owner))
 	assert.NotZero(t, rep.Locks[0].Holder.TID)
 
 	holderCmd.Process.Kill()
@@ -254,7 +254,7 @@ func TestInspectRobust(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, g.Recovered())
 	g.Release()
-	assert.EqualValues(t, 1, o.mu.Recoveries())
+	assert.EqualValues(t, 1, o.mu.Inspect().Recoveries)
 }
 
 // entryBytes is the size of a process-table entry (shm/layout.go).
@@ -308,7 +308,7 @@ func TestInspectUnverifiableAndBreak(t *testing.T) {
 	res = cli(t, strings.Fields(breakCmd)[1:]...)
 	require.Zero(t, res.code, res.errOut)
 	assert.Contains(t, res.out, "replaced by a free word")
-	s := o.mu.Snapshot()
+	s := o.mu.Inspect()
 	assert.False(t, s.Held)
 	assert.True(t, s.OwnerDied)
 	assert.Zero(t, s.Recoveries, "counted when taken over")
@@ -316,7 +316,7 @@ func TestInspectUnverifiableAndBreak(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, g.Recovered(), "the next Acquire is told")
 	g.Release()
-	assert.EqualValues(t, 1, o.mu.Recoveries())
+	assert.EqualValues(t, 1, o.mu.Inspect().Recoveries)
 
 	// Once is all: the same owner again changes nothing.
 	res = cli(t, strings.Fields(breakCmd)[1:]...)
@@ -330,12 +330,12 @@ func TestBreakRefusesTheLiving(t *testing.T) {
 	proctest.New(t, 60*time.Second) // the watchdog
 	path, o := newRegion(t)
 	startHolder(t, "hold", path)
-	s := o.mu.Snapshot()
+	s := o.mu.Inspect()
 	require.True(t, s.Held)
 	res := cli(t, "break", path, "0", "--owner", fmt.Sprintf("%#x", s.Owner))
 	assert.Equal(t, 1, res.code)
 	assert.Contains(t, res.errOut, "is alive")
-	assert.Equal(t, s.Owner, o.mu.Snapshot().Owner, "refused, and changed nothing")
+	assert.Equal(t, s.Owner, o.mu.Inspect().Owner, "refused, and changed nothing")
 
 	res = cli(t, "break", path, "128", "--owner", "0x401")
 	assert.Equal(t, 1, res.code)
@@ -343,7 +343,7 @@ func TestBreakRefusesTheLiving(t *testing.T) {
 
 	res = cli(t, "break", path, "0", "--owner", fmt.Sprintf("%#x", s.Owner), "-force")
 	require.Zero(t, res.code, res.errOut)
-	assert.False(t, o.mu.Snapshot().Held)
+	assert.False(t, o.mu.Inspect().Held)
 }
 
 // Usage errors exit 2 with usage on stderr; -h exits 0; a missing region

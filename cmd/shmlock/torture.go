@@ -69,6 +69,15 @@ type torture struct {
 	mine  []uint64
 }
 
+// recoveries returns the recoveries counted by the writers' Mutex at off.
+func (t *torture) recoveries(off int) uint64 {
+	st, err := shmlock.Inspect(t.r, off)
+	if err != nil {
+		return 0
+	}
+	return st.Recoveries
+}
+
 func openTorture(path string, size int, mode shm.Mode) (*torture, error) {
 	l := newLayout(size)
 	r, err := shm.Open(path, shm.Options{Size: l.total, Slots: tMaxWorkers + 8, Mode: mode})
@@ -214,7 +223,7 @@ func tortureCmd(args []string) error {
 		// Stop it, to know whether it dies holding the lock.
 		stop(w.Process)
 		if waitStopped(w.Process.Pid) {
-			if s := t.mu.Snapshot(); s.Held && int(s.Holder.PID) == w.Process.Pid {
+			if s := t.mu.Inspect(); s.Held && int(s.Holder.PID) == w.Process.Pid {
 				atomic.StoreUint64(&t.stats[sKilledHeld], uint64(monotonic()))
 				rep.KillsHolding++
 			}
@@ -229,7 +238,7 @@ func tortureCmd(args []string) error {
 		case <-progress.C:
 			if !*asJSON {
 				fmt.Fprintf(os.Stderr, "\r%4.0fs  increments %-9d kills %-5d recoveries %-5d reads verified %-10d torn %d   ",
-					time.Since(begin).Seconds(), atomic.LoadUint64(t.word(t.l.counter)), rep.Kills, t.mu.Recoveries(), t.stat(sVerified), t.stat(sTornSeq)+t.stat(sTornRec))
+					time.Since(begin).Seconds(), atomic.LoadUint64(t.word(t.l.counter)), rep.Kills, t.mu.Inspect().Recoveries, t.stat(sVerified), t.stat(sTornSeq)+t.stat(sTornRec))
 			}
 		default:
 		}
@@ -256,7 +265,7 @@ func tortureCmd(args []string) error {
 	}
 	rep.Seconds = time.Since(begin).Seconds()
 	rep.Increments = atomic.LoadUint64(t.word(t.l.counter))
-	rep.Recoveries = t.mu.Recoveries() + t.seq.Mutex().Recoveries() + t.rec.Mutex().Recoveries()
+	rep.Recoveries = t.mu.Inspect().Recoveries + t.recoveries(t.l.seq) + t.recoveries(t.l.rec)
 	rep.ReadsVerified = t.stat(sVerified)
 	rep.DirtyReadsTold = t.stat(sDirty)
 	rep.TornAccepted = t.stat(sTornSeq) + t.stat(sTornRec)
@@ -354,7 +363,7 @@ func tortureWorker(args []string) error {
 			w.Commit()
 			w.Release()
 		}
-		if u, err := t.rec.Update(ctx); err == nil {
+		if u, err := t.rec.Write(ctx); err == nil {
 			u.Store(val)
 			u.Commit()
 			u.Release()

@@ -172,10 +172,10 @@ func (c *Cache) Region() *shm.Region { return c.r }
 
 // Recoveries returns how many times a writer took the writers' lock over
 // from a writer that died holding it.
-func (c *Cache) Recoveries() uint64 { return c.mu.Recoveries() }
+func (c *Cache) Recoveries() uint64 { return c.mu.Inspect().Recoveries }
 
 // Writers returns the state of the writers' lock: who holds it, alive or not.
-func (c *Cache) Writers() shmlock.Snapshot { return c.mu.Snapshot() }
+func (c *Cache) Writers() shmlock.State { return c.mu.Inspect() }
 
 // hash is 64-bit FNV-1a: the same in every process (maphash seeds are not).
 func hash(key []byte) uint64 {
@@ -320,7 +320,7 @@ func (c *Cache) write(ctx context.Context, key []byte, fill func(entry), insert 
 	default:
 		target = oldest
 	}
-	u, err := c.slot(first, target).Update(ctx)
+	u, err := c.slot(first, target).Write(ctx)
 	if err != nil {
 		return err
 	}

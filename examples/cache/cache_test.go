@@ -369,7 +369,7 @@ func TestOpenForeignRegion(t *testing.T) {
 	defer r.Close()
 	rec, err := seqlock.NewRecord(r, 0, 64)
 	require.NoError(t, err)
-	u, err := rec.Update(context.Background())
+	u, err := rec.Write(context.Background())
 	require.NoError(t, err)
 	u.Store(make([]byte, 64))
 	u.Commit()
