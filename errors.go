@@ -37,25 +37,36 @@ type HeldError struct {
 
 func (e *HeldError) Unwrap() error { return e.Err }
 
+// Error says which lock, how long this call waited and why it stopped, and
+// who holds the lock, for how long, and whether the holder is alive. What an
+// operator can do about it is Advice.
 func (e *HeldError) Error() string {
 	h := e.Holder
-	msg := fmt.Sprintf("shmlock: lock %s: gave up after %v (%v): held for at least %v by pid %d, %s (%s)",
+	return fmt.Sprintf("shmlock: lock %s: gave up after %v (%v): held for at least %v by pid %d, %s (%s)",
 		e.Lock, e.Waited.Round(time.Millisecond), e.Err, e.HeldFor.Round(time.Millisecond), h.PID, h.State, h.Reason)
-	switch h.State {
-	case shm.Alive:
-		if h.Reason == "this process" {
-			return msg + ". A process that locks a Mutex it already holds waits for itself: unlock it first."
-		}
-		return msg + fmt.Sprintf(". A live holder is never robbed: find out why pid %d does not unlock"+
+}
+
+// Advice says what an operator can do about the holder, in a few sentences
+// fit for a log or a terminal: how to find out why a live holder does not
+// unlock, how to free the lock of one whose death cannot be verified, with
+// the exact command (shmlock break), and where to look at every lock of the
+// region (shmlock inspect).
+func (e *HeldError) Advice() string {
+	h := e.Holder
+	switch {
+	case h.Self:
+		return "A process that locks a Mutex it already holds waits for itself: unlock it first."
+	case h.State == shm.Alive:
+		return fmt.Sprintf("A live holder is never robbed: find out why pid %d does not unlock"+
 			" (ps -o pid,stat,wchan -p %d; a Go process prints its goroutines on SIGQUIT;"+
 			" 'shmlock inspect %s' shows every lock of the region and its holder).", h.PID, h.PID, e.Path)
-	case shm.Unverifiable:
-		return msg + fmt.Sprintf(". Its death cannot be verified from here, so it is not taken over automatically;"+
+	case h.State == shm.Unverifiable:
+		return fmt.Sprintf("Its death cannot be verified from here, so it is not taken over automatically;"+
 			" if that process is known to be gone, free the lock with 'shmlock break %s %d --owner %#x'"+
 			" (or Mutex.Break(%#x)); 'shmlock inspect %s' shows every lock of the region and its holder.",
 			e.Path, e.Off, e.Owner, e.Owner, e.Path)
 	default:
-		return msg + ". The next waiter takes it over."
+		return "The next waiter takes it over."
 	}
 }
 

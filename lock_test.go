@@ -240,11 +240,13 @@ func TestStoppedHolderIsNotRobbed(t *testing.T) {
 		assert.Equal(t, byte('T'), he.Holder.ProcState)
 		assert.GreaterOrEqual(t, he.HeldFor, 500*time.Millisecond)
 		msg := err.Error()
-		for _, want := range []string{h.path + "@0", "pid " + strconv.Itoa(pid), "alive", "stopped", "held for at least", "never robbed",
-			"shmlock inspect " + h.path} {
+		for _, want := range []string{h.path + "@0", "pid " + strconv.Itoa(pid), "alive", "stopped", "held for at least"} {
 			assert.Contains(t, msg, want)
 		}
-		t.Log(msg)
+		for _, want := range []string{"never robbed", "shmlock inspect " + h.path} {
+			assert.Contains(t, he.Advice(), want)
+		}
+		t.Log(msg, he.Advice())
 		assert.Zero(t, h.mu.Inspect().Recoveries)
 		holder.kill()
 	})

@@ -153,7 +153,8 @@ func TestPIDReuse(t *testing.T) {
 	require.ErrorAs(t, err, &he)
 	assert.Equal(t, shm.Unverifiable, he.Holder.State)
 	assert.Equal(t, pid, he.Holder.PID)
-	assert.Contains(t, err.Error(), "Mutex.Break(")
+	assert.Contains(t, he.Advice(), "Mutex.Break(")
+	assert.Contains(t, he.Advice(), "shmlock break "+h.path+" 0 --owner 0x"+strconv.FormatUint(he.Owner, 16))
 
 	// With its own start time, it is alive.
 	h.setEntry(slot, 7, pid, start, ns)
@@ -169,7 +170,7 @@ func TestPIDReuse(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, rec)
 	drop()
-	assert.EqualValues(t, 2, h.mu.Recoveries())
+	assert.EqualValues(t, 2, h.mu.Inspect().Recoveries)
 }
 
 // Corrupt owner words and corrupt records are recovered without ever calling
@@ -258,7 +259,7 @@ func TestHolderInAnotherPIDNamespace(t *testing.T) {
 			h.waitHeld()
 
 			if tc.args[0] == "--pid" {
-				snap := h.mu.Snapshot()
+				snap := h.mu.Inspect()
 				assert.EqualValues(t, 1, snap.Holder.PID, "the holder is pid 1 of its namespace")
 			}
 			_, err := h.acquire(300 * time.Millisecond)

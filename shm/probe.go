@@ -33,6 +33,9 @@ type Holder struct {
 	// ProcState is the one-letter process state read from /proc (T means
 	// stopped), or 0 when it was not read.
 	ProcState byte
+	// Self says the holder is this attachment: a lock this process waits
+	// for while it holds it.
+	Self bool
 }
 
 func (h Holder) String() string {
@@ -63,7 +66,7 @@ func (r *Region) probeID(id uint32) Holder {
 		return h
 	}
 	if id == r.id {
-		h.PID, h.State, h.Reason = r.self.PID, Alive, "this process"
+		h.PID, h.State, h.Reason, h.Self = r.self.PID, Alive, "this process", true
 		return h
 	}
 	e := r.entry(h.Slot)
@@ -121,7 +124,7 @@ func (r *Region) probeTID(tid uint32) Holder {
 		return h
 	}
 	if r.ownTID(tid) {
-		h.Slot, h.PID, h.State, h.Reason = SlotOf(r.id), r.self.PID, Alive, "this process"
+		h.Slot, h.PID, h.State, h.Reason, h.Self = SlotOf(r.id), r.self.PID, Alive, "this process", true
 		return h
 	}
 	for range 100 {
