@@ -19,6 +19,7 @@ import (
 type Record struct {
 	mu   *shmlock.Mutex
 	own  *uint64 // the writers' Mutex's owner word
+	self uint64  // its owner field while this attachment holds it
 	pub  *uint64
 	seq  [2]*uint64
 	data [2][]uint64
@@ -37,11 +38,11 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, err := lockSlot(r, off, shm.KindRecord, n)
+	mu, l, self, err := lockSlot(r, off, shm.KindRecord, n)
 	if err != nil {
 		return nil, err
 	}
-	rec := &Record{mu: mu, own: &l[line.Owner], pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}, r: r, off: off, life: closing.Of(r)}
+	rec := &Record{mu: mu, own: &l[line.Owner], self: self, pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}, r: r, off: off, life: closing.Of(r)}
 	for i := range rec.data {
 		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
 			return nil, err

@@ -33,6 +33,7 @@ var readHook atomic.Pointer[func()]
 type SeqLock struct {
 	mu    *shmlock.Mutex
 	own   *uint64 // the writers' Mutex's owner word
+	self  uint64  // its owner field while this attachment holds it
 	seq   *uint64
 	state *uint64
 	data  []uint64
@@ -51,7 +52,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, err := lockSlot(r, off, shm.KindSeqLock, n)
+	mu, l, self, err := lockSlot(r, off, shm.KindSeqLock, n)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +60,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &SeqLock{mu: mu, own: &l[line.Owner], seq: &l[wordSeq], state: &l[wordState], data: data, r: r, off: off, life: closing.Of(r)}
+	s := &SeqLock{mu: mu, own: &l[line.Owner], self: self, seq: &l[wordSeq], state: &l[wordState], data: data, r: r, off: off, life: closing.Of(r)}
 	closing.Track(s.life, s, (*SeqLock).letGo)
 	return s, nil
 }

@@ -144,21 +144,25 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 	return nil
 }
 
-func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]uint64, error) {
+func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]uint64, uint64, error) {
 	// The whole lock must fit before anything is written: a refused
 	// constructor leaves no tag behind.
 	if _, err := r.Bytes(off, shm.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	// The SeqLock's or Record's tag first: placing it gives the line and
 	// the data storage, in one step, and the writers' Mutex accepts it.
 	if err := r.Place(off, k, n); err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	mu, err := shmlock.New(r, off)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
+	// What the writers' Mutex's owner field holds while this attachment
+	// holds it: a Writer checks its hold by it (Writer.usable). New asked
+	// for it already, so it cannot fail now.
+	self, _ := r.OwnerFor(off)
 	line, _ := r.Line(off)
-	return mu, line, nil
+	return mu, line, uint64(self), nil
 }

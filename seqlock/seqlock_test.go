@@ -467,6 +467,52 @@ func TestWriterCopyReleasesNothing(t *testing.T) {
 	assert.Equal(t, value(5, size), b)
 }
 
+// A Writer's hold is its attachment's as well as its generation's: once the
+// 32-bit generation comes round to a stale copy's fence while another
+// attachment writes (2^32-1 acquisitions, planted in the free word), the copy
+// stores nothing and its Release leaves the other write open.
+func TestWriterCopyAfterGenerationWrap(t *testing.T) {
+	const size = 64
+	e, path := newEnv(t, size)
+	e.write(t, 3)
+	e2, err := open(path, size) // a second attachment: another owner
+	require.NoError(t, err)
+	defer e2.r.Close()
+	ctx := context.Background()
+	w, err := e.seq.Write(ctx)
+	require.NoError(t, err)
+	stale := w
+	w.Commit()
+	w.Release()
+
+	l, err := e.r.Line(e.seqOff)
+	require.NoError(t, err)
+	require.Zero(t, atomic.LoadUint64(&l[0])&(1<<32-1), "free, nobody asleep")
+	atomic.StoreUint64(&l[0], (stale.Fence()-1)<<32)
+	w2, err := e2.seq.Write(ctx)
+	require.NoError(t, err)
+	require.Equal(t, stale.Fence(), w2.Fence(), "the generation came round")
+
+	assert.ErrorIs(t, stale.Store(value(9, size)), shmlock.ErrNotHeld)
+	stale.Commit()
+	func() {
+		defer func() {
+			err, _ := recover().(error)
+			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
+		}()
+		stale.Release()
+	}()
+	st, err := seqlock.Inspect(e.r, e.seqOff)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, st.Seq&1, "the other write is still open")
+	require.NoError(t, w2.Store(value(4, size)))
+	w2.Commit()
+	w2.Release()
+	b := make([]byte, size)
+	require.NoError(t, e.seq.Read(b))
+	assert.Equal(t, value(4, size), b)
+}
+
 // Writing and reading allocate nothing: Write returns its Writer by value.
 func TestWriteDoesNotAllocate(t *testing.T) {
 	const size = 64

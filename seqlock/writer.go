@@ -107,9 +107,11 @@ func (w *Writer) Release() {
 // usable returns the error of a use of w after its region was closed, after
 // Release, or once the write's hold of the writers' Mutex is gone (a copy of
 // w released it, or Break freed it): another writer may be under way, so w
-// must write nothing. While the hold is w's, nobody else writes the word but
-// to set its waiters bit, so the check stays true until w releases it or an
-// administrator breaks it.
+// must write nothing. The hold is w's while the word is the one its
+// acquisition installed but for the waiters bit: this attachment's owner and
+// w's generation, the test a Guard's release makes. While the hold is w's,
+// nobody else writes the word but to set its waiters bit, so the check stays
+// true until w releases it or an administrator breaks it.
 func (w *Writer) usable(op string) error {
 	s, r := w.s, w.r
 	switch {
@@ -120,18 +122,20 @@ func (w *Writer) usable(op string) error {
 	case w.g.Released() || s == nil && r == nil:
 		return fmt.Errorf("seqlock: %s after Release: %w", op, shmlock.ErrNotHeld)
 	}
-	if o := atomic.LoadUint64(w.own()); o&line.OwnerMask == 0 || o>>32 != w.g.Fence() {
+	own, self := w.holder()
+	if o := atomic.LoadUint64(own); o&^line.Waiters != w.g.Fence()<<32|self {
 		return &shmlock.NotHeldError{Lock: w.name(), Owner: o}
 	}
 	return nil
 }
 
-// own returns the writers' Mutex's owner word.
-func (w *Writer) own() *uint64 {
+// holder returns the writers' Mutex's owner word, and its owner field while
+// this attachment holds it.
+func (w *Writer) holder() (*uint64, uint64) {
 	if w.s != nil {
-		return w.s.own
+		return w.s.own, w.s.self
 	}
-	return w.r.own
+	return w.r.own, w.r.self
 }
 
 func (w *Writer) name() string {
