@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -34,7 +35,7 @@ func BenchmarkFastPath(b *testing.B) {
 		defer r.Close()
 		mu, _ := shmlock.New(r, 0)
 		mus = append(mus, mu)
-		line, _ := r.Line(shmlock.Size)
+		line, _ := region.Of(r).Line(shmlock.Size)
 		spin = &line[0]
 	}
 	for i, mu := range mus {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -104,13 +105,13 @@ func (e *env) word(off int) *uint64 {
 // finding ours means someone entered while we were inside, which catches a
 // recoverer that robbed a live holder.
 func (e *env) enter(recovered bool) {
-	if old := atomic.SwapUint64(e.word(offInside), uint64(e.r.ID())); old != 0 && !recovered {
+	if old := atomic.SwapUint64(e.word(offInside), uint64(region.Of(e.r).ID())); old != 0 && !recovered {
 		atomic.AddUint64(e.word(offViolation), 1)
 	}
 }
 
 func (e *env) leave() {
-	if !atomic.CompareAndSwapUint64(e.word(offInside), uint64(e.r.ID()), 0) {
+	if !atomic.CompareAndSwapUint64(e.word(offInside), uint64(region.Of(e.r).ID()), 0) {
 		atomic.AddUint64(e.word(offViolation), 1)
 	}
 }
@@ -279,7 +280,7 @@ func runChild(role string, args []string) int {
 		return 0
 
 	case "attach-tid": // say the owner value our lock records, and exit; args[1] "close": Close first
-		owner, err := e.r.OwnerFor(offMutex)
+		owner, err := region.Of(e.r).OwnerFor(offMutex)
 		if err != nil {
 			fmt.Println(err)
 			return 1

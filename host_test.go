@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -327,11 +328,11 @@ func TestUseAfterClose(t *testing.T) {
 		closed("Bytes", err)
 		closed("Allocate", r.Allocate(0, 8))
 		closed("Check", r.Check())
-		closed("Attaches", closedPanic(func() { r.Attaches() }))
-		closed("Created", closedPanic(func() { r.Created() }))
-		assert.Equal(t, shm.Unverifiable, r.Probe(r.ID()).State, "a probe after Close licenses no recovery")
+		closed("Attaches", closedPanic(func() { region.Of(r).Attaches() }))
+		closed("Created", closedPanic(func() { region.Of(r).Created() }))
+		assert.Equal(t, shm.Unverifiable, r.Probe(region.Of(r).ID()).State, "a probe after Close licenses no recovery")
 		assert.Empty(t, r.Attachments())
-		assert.Empty(t, r.Placements())
+		assert.Empty(t, region.Of(r).Placements())
 	})
 }
 

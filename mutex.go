@@ -11,13 +11,14 @@ import (
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/futex"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
 // The owner word is the first word of the lock's line; internal/line lays out
 // its bits. What each part means to the lock:
 //
-//	owner:       who holds it, 0 when free (shm.Region.OwnerFor). In
+//	owner:       who holds it, 0 when free (region.Plumbing.OwnerFor). In
 //	             shm.ModeProbe the holder's owner ID, which names a process's
 //	             attachment to the region, so it is never reused by a later
 //	             process, even one with the same PID. In shm.ModeRobust the
@@ -100,24 +101,24 @@ type Mutex struct {
 
 // New returns the Mutex that lives at offset off of r's data area. off must be
 // a multiple of Size and leave Size bytes in the data area. New tags the line
-// (shm.Region.Place), so that tools such as shmlock inspect find the lock; it
+// so that tools such as shmlock inspect find the lock; it
 // fails with shm.ErrInvalid on a read-only region (use Inspect there) and on
 // a line that holds another kind of lock, or data; with shm.ErrNoSpace if the
 // file system has no room for the line; in shm.ModeRobust with shm.ErrLimit
 // past the limits of the robust lists; and with shm.ErrClosed after Close.
 func New(r *shm.Region, off int) (*Mutex, error) {
-	// The tag lets tools find the lock (shm.Region.Placements); it also
+	// The tag lets tools find the lock (region.Plumbing.Placements); it also
 	// refuses a line that holds another lock, or data.
-	if err := r.Place(off, shm.KindMutex, 0); err != nil {
+	if err := region.Of(r).Place(off, region.KindMutex, 0); err != nil {
 		return nil, err
 	}
-	line, err := r.Line(off)
+	line, err := region.Of(r).Line(off)
 	if err != nil {
 		return nil, err
 	}
 	// In ModeRobust this links the line into a robust list, so that the
 	// kernel marks the lock if this process dies holding it.
-	self, err := r.OwnerFor(off)
+	self, err := region.Of(r).OwnerFor(off)
 	if err != nil {
 		return nil, err
 	}
@@ -521,7 +522,7 @@ func (m *Mutex) Inspect() State {
 // a lock they do not use. off is the lock's line, as for New; the writers'
 // Mutex of a SeqLock or Record is at its own offset.
 func Inspect(r *shm.Region, off int) (State, error) {
-	l, err := r.Line(off)
+	l, err := region.Of(r).Line(off)
 	if err != nil {
 		return State{}, err
 	}

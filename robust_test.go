@@ -21,6 +21,7 @@ import (
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -69,7 +70,7 @@ func robustHold(args []string) int {
 	for _, m := range ms {
 		m.Lock()
 	}
-	owner, _ := r.OwnerFor(0)
+	owner, _ := region.Of(r).OwnerFor(0)
 	fmt.Printf("held owner=%d\n", owner)
 	proctest.Die(args[2])
 	return 0
@@ -87,7 +88,7 @@ func robustRegion(t *testing.T, n int) (string, *shm.Region) {
 
 // lockWord returns the owner word of the lock at line i.
 func lockWord(t *testing.T, r *shm.Region, i int) *uint64 {
-	line, err := r.Line(i * shmlock.Size)
+	line, err := region.Of(r).Line(i * shmlock.Size)
 	require.NoError(t, err)
 	return &line[0]
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/futex"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -570,7 +571,7 @@ func (m *Mutex) wakeOldest() bool {
 	return false
 }
 
-// deathWatch is the prober's watch on the holder's process (shm.Region.Watch):
+// deathWatch is the prober's watch on the holder's process (region.Plumbing.Watch):
 // armed at the first probe of a hold, it wakes the prober when that process
 // exits, so that it probes at once.
 type deathWatch struct {
@@ -594,7 +595,7 @@ func (d *deathWatch) arm(m *Mutex, id uint32, own uint32) {
 	f := new(atomic.Bool)
 	d.died = f
 	low := m.low
-	d.stopFn = m.r.Watch(id, func() {
+	d.stopFn = region.Of(m.r).Watch(id, func() {
 		f.Store(true)
 		futex.WakeMask(low, 1<<30, own)
 	})

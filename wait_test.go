@@ -18,6 +18,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -105,7 +106,7 @@ func TestProberDies(t *testing.T) {
 			h := newModeHarness(t, 120*time.Second, c.mode)
 			holder := h.spawn(c.role)
 			h.waitHeld()
-			line, err := h.r.Line(offMutex)
+			line, err := region.Of(h.r).Line(offMutex)
 			require.NoError(t, err)
 			prober := h.spawnWaiters(1)
 			require.NotZero(t, atomic.LoadUint64(shmlock.WaitWord(line))&shmlock.Probing, "the first waiter is the prober")
@@ -225,7 +226,7 @@ func (h *harness) wakeups(t *testing.T, cs []*child) int {
 // it to take the word and fails.
 func TestReservedWords(t *testing.T) {
 	h := newHarness(t, 60*time.Second)
-	line, err := h.r.Line(offMutex)
+	line, err := region.Of(h.r).Line(offMutex)
 	require.NoError(t, err)
 	reserve := func() {
 		w := h.load(offMutex)
@@ -298,7 +299,7 @@ func TestClosedSleeperHandsOnItsWake(t *testing.T) {
 		require.NoError(t, err)
 		m2, err := shmlock.New(r2, 0)
 		require.NoError(t, err)
-		line, err := r1.Line(0)
+		line, err := region.Of(r1).Line(0)
 		require.NoError(t, err)
 		m1.Lock()
 		done := make(chan bool, 1)
@@ -328,7 +329,7 @@ func TestClosedSleeperHandsOnItsWake(t *testing.T) {
 // next death would wait out a lease period.
 func TestStaleLeaseTakenOverWhileBusy(t *testing.T) {
 	h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
-	line, err := h.r.Line(offMutex)
+	line, err := region.Of(h.r).Line(offMutex)
 	require.NoError(t, err)
 	const stale = shmlock.Probing | 41
 	atomic.StoreUint64(shmlock.WaitWord(line), stale)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock"
+	iregion "github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -106,7 +107,7 @@ func (e *peerEnv) open(name string) (peer, error) {
 		// contended runs use goroutines, not processes.
 		return new(sync.Mutex), nil
 	case "naivespin":
-		line, err := e.r.Line(peerSpinOff)
+		line, err := iregion.Of(e.r).Line(peerSpinOff)
 		return spinPeer{&line[0]}, err
 	case "flock", "ofd":
 		fd, err := unix.Open(e.path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)

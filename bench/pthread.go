@@ -38,6 +38,8 @@ import (
 	"fmt"
 	"runtime"
 	"unsafe"
+
+	iregion "github.com/shmlock/shmlock/internal/region"
 )
 
 func init() {
@@ -50,7 +52,7 @@ func init() {
 type pthreadMutex struct{ m *C.pthread_mutex_t }
 
 func openPthread(e *peerEnv, create bool) (peer, error) {
-	line, err := e.r.Line(pthreadOff)
+	line, err := iregion.Of(e.r).Line(pthreadOff)
 	if err != nil {
 		return nil, err
 	}

@@ -5,12 +5,13 @@ import (
 	"sync/atomic"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
 // State is what Inspect reads of a SeqLock or Record at one moment.
 type State struct {
-	shm.Placement
+	region.Placement
 	Writer shmlock.State // the writers' Mutex
 
 	// SeqLock: the sequence, odd while a write is open (or was left open by
@@ -29,8 +30,8 @@ type State struct {
 // Inspect reads the SeqLock or Record placed at offset off of r, writing
 // nothing, so r may be open read-only (shm.OpenReadOnly).
 func Inspect(r *shm.Region, off int) (State, error) {
-	p, ok := r.Placement(off)
-	if !ok || p.Kind == shm.KindMutex {
+	p, ok := region.Of(r).Placement(off)
+	if !ok || p.Kind == region.KindMutex {
 		return State{}, &shm.Error{Op: "inspect", Path: r.Path(), Kind: shm.ErrInvalid,
 			Detail: fmt.Sprintf("no SeqLock or Record is placed at offset %d", off)}
 	}
@@ -38,9 +39,9 @@ func Inspect(r *shm.Region, off int) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
-	line, _ := r.Line(off)
+	line, _ := region.Of(r).Line(off)
 	st := State{Placement: p, Writer: w}
-	if p.Kind == shm.KindSeqLock {
+	if p.Kind == region.KindSeqLock {
 		st.Seq = atomic.LoadUint64(&line[wordSeq])
 		st.Dirty = atomic.LoadUint64(&line[wordState])&stateDirty != 0
 	} else {

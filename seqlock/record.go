@@ -11,6 +11,7 @@ import (
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -38,7 +39,7 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, self, err := lockSlot(r, off, shm.KindRecord, n)
+	mu, l, self, err := lockSlot(r, off, region.KindRecord, n)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -52,7 +53,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, self, err := lockSlot(r, off, shm.KindSeqLock, n)
+	mu, l, self, err := lockSlot(r, off, region.KindSeqLock, n)
 	if err != nil {
 		return nil, err
 	}

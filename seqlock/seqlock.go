@@ -42,8 +42,14 @@ import (
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
+
+// MaxSize is the largest data size a SeqLock or Record can have: its line's
+// placement tag records the size in 24 bits of 8-byte words (just under 128
+// MiB).
+const MaxSize = region.MaxPlacedSize
 
 var (
 	// ErrDirty: the last write to a SeqLock did not complete (its writer
@@ -86,8 +92,8 @@ func checkSize(n int) error {
 	if n <= 0 || n%8 != 0 {
 		return fmt.Errorf("%w: %d is not a positive multiple of 8", ErrSize, n)
 	}
-	if n > shm.MaxPlacedSize {
-		return fmt.Errorf("%w: %d bytes; at most %d (shm.MaxPlacedSize)", ErrSize, n, shm.MaxPlacedSize)
+	if n > region.MaxPlacedSize {
+		return fmt.Errorf("%w: %d bytes; at most %d (seqlock.MaxSize)", ErrSize, n, MaxSize)
 	}
 	return nil
 }
@@ -144,15 +150,15 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 	return nil
 }
 
-func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]uint64, uint64, error) {
+func lockSlot(r *shm.Region, off int, k region.Kind, n int) (*shmlock.Mutex, *[8]uint64, uint64, error) {
 	// The whole lock must fit before anything is written: a refused
 	// constructor leaves no tag behind.
-	if _, err := r.Bytes(off, shm.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
+	if _, err := r.Bytes(off, region.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
 		return nil, nil, 0, err
 	}
 	// The SeqLock's or Record's tag first: placing it gives the line and
 	// the data storage, in one step, and the writers' Mutex accepts it.
-	if err := r.Place(off, k, n); err != nil {
+	if err := region.Of(r).Place(off, k, n); err != nil {
 		return nil, nil, 0, err
 	}
 	mu, err := shmlock.New(r, off)
@@ -162,7 +168,7 @@ func lockSlot(r *shm.Region, off int, k shm.Kind, n int) (*shmlock.Mutex, *[8]ui
 	// What the writers' Mutex's owner field holds while this attachment
 	// holds it: a Writer checks its hold by it (Writer.usable). New asked
 	// for it already, so it cannot fail now.
-	self, _ := r.OwnerFor(off)
-	line, _ := r.Line(off)
+	self, _ := region.Of(r).OwnerFor(off)
+	line, _ := region.Of(r).Line(off)
 	return mu, line, uint64(self), nil
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -485,7 +486,7 @@ func TestWriterCopyAfterGenerationWrap(t *testing.T) {
 	w.Commit()
 	w.Release()
 
-	l, err := e.r.Line(e.seqOff)
+	l, err := region.Of(e.r).Line(e.seqOff)
 	require.NoError(t, err)
 	require.Zero(t, atomic.LoadUint64(&l[0])&(1<<32-1), "free, nobody asleep")
 	atomic.StoreUint64(&l[0], (stale.Fence()-1)<<32)
@@ -570,9 +571,9 @@ func TestRefusedConstructorPlacesNothing(t *testing.T) {
 	defer r.Close()
 	_, err = seqlock.NewRecord(r, 0, 4096)
 	assert.ErrorIs(t, err, shm.ErrInvalid, "larger than the region")
-	_, err = seqlock.NewSeqLock(r, 0, shm.MaxPlacedSize+8)
+	_, err = seqlock.NewSeqLock(r, 0, region.MaxPlacedSize+8)
 	assert.ErrorIs(t, err, seqlock.ErrSize)
-	assert.Empty(t, r.Placements())
+	assert.Empty(t, region.Of(r).Placements())
 }
 
 // A Record whose published copy stays odd (both copies odd: written so from
@@ -584,7 +585,7 @@ func TestRecordCorrupt(t *testing.T) {
 	defer r.Close()
 	rec, err := seqlock.NewRecord(r, 0, 64)
 	require.NoError(t, err)
-	line, _ := r.Line(0)
+	line, _ := region.Of(r).Line(0)
 	atomic.StoreUint64(&line[5], 1) // the copies' sequences (words 5 and 6)
 	atomic.StoreUint64(&line[6], 1)
 	b := make([]byte, 64)

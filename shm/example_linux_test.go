@@ -19,7 +19,7 @@ func ExampleMode() {
 	if err != nil {
 		panic(err) // shm.ErrMode where the kernel has no robust futex lists
 	}
-	defer r.Remove()
+	defer shm.Remove(r.Path())
 	defer r.Close()
 
 	other, err := shm.Open(name, shm.Options{})

@@ -15,7 +15,7 @@ func ExampleOpen() {
 	if err != nil {
 		panic(err)
 	}
-	defer r.Remove()
+	defer shm.Remove(r.Path())
 	defer r.Close()
 	fmt.Println(r.Path() == filepath.Join(shm.Dir, name), r.Size())
 	// Output: true 4096

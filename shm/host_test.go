@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -119,10 +120,10 @@ func openUseClose(path string, search bool) error {
 		return err
 	}
 	for i := range 4 {
-		if err := r.Place(i*LineSize, KindMutex, 0); err != nil {
+		if err := r.place(i*LineSize, region.KindMutex, 0); err != nil {
 			return err
 		}
-		if _, err := r.OwnerFor(i * LineSize); err != nil {
+		if _, err := r.ownerFor(i * LineSize); err != nil {
 			return err
 		}
 	}
@@ -228,8 +229,8 @@ func TestRobustManyRegions(t *testing.T) {
 		r, err := Open(filepath.Join(dir, strconv.Itoa(i)), Options{Size: LineSize, Slots: 1, Mode: ModeRobust})
 		require.NoError(t, err, "region %d", i)
 		regions = append(regions, r)
-		require.NoError(t, r.Place(0, KindMutex, 0))
-		tid, err := r.OwnerFor(0)
+		require.NoError(t, r.place(0, region.KindMutex, 0))
+		tid, err := r.ownerFor(0)
 		require.NoError(t, err)
 		tids[tid]++
 	}
@@ -318,7 +319,7 @@ func TestClosedRangeNotReused(t *testing.T) {
 func TestRobustSearchNearThreadLimit(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4096, Slots: 64})
-	_, err := r.OwnerFor(0)
+	_, err := r.ownerFor(0)
 	require.NoError(t, err)
 	taken, err := threadIDs(40)
 	require.NoError(t, err)
@@ -390,7 +391,7 @@ func TestRobustSearchNearNPROC(t *testing.T) {
 	r, err := Open(path, Options{Size: 4096, Slots: 64, Mode: ModeRobust, Perm: 0o666})
 	require.NoError(t, err)
 	defer r.Close()
-	_, err = r.OwnerFor(0)
+	_, err = r.ownerFor(0)
 	require.NoError(t, err)
 	taken, err := threadIDs(100)
 	require.NoError(t, err)
@@ -449,8 +450,8 @@ func TestArenaChurn(t *testing.T) {
 			for i := range 300 {
 				r, err := Open(path, Options{})
 				require.NoError(t, err, "cycle %d", i)
-				require.NoError(t, r.Place(0, KindMutex, 0))
-				_, err = r.OwnerFor(0)
+				require.NoError(t, r.place(0, region.KindMutex, 0))
+				_, err = r.ownerFor(0)
 				require.NoError(t, err)
 				require.NoError(t, r.Close())
 			}
@@ -489,8 +490,8 @@ func TestArenaSizesShareThreads(t *testing.T) {
 		path := filepath.Join(dir, strconv.Itoa(i))
 		r, err := Open(path, Options{Size: big + i*4096, Mode: ModeRobust})
 		require.NoError(t, err)
-		require.NoError(t, r.Place(0, KindMutex, 0))
-		_, err = r.OwnerFor(0)
+		require.NoError(t, r.place(0, region.KindMutex, 0))
+		_, err = r.ownerFor(0)
 		require.NoError(t, err, "cycle %d", i)
 		require.NoError(t, r.Close())
 		os.Remove(path)

@@ -112,8 +112,8 @@ const (
 const (
 	slotBits        = 10
 	incarnationBits = 20
-	// IDBits is the width of an owner ID.
-	IDBits   = slotBits + incarnationBits
+	// idBits is the width of an owner ID.
+	idBits   = slotBits + incarnationBits
 	MaxSlots = 1<<slotBits - 1
 
 	slotMask        = 1<<slotBits - 1
@@ -127,8 +127,8 @@ func makeID(slot, incarnation uint32) uint32 {
 	return (incarnation&incarnationMask)<<slotBits | slot
 }
 
-// SlotOf returns the process-table slot named by an owner ID.
-func SlotOf(id uint32) int { return int(id & slotMask) }
+// slotOf returns the process-table slot named by an owner ID.
+func slotOf(id uint32) int { return int(id & slotMask) }
 
 func incarnationOf(id uint32) uint32 { return id >> slotBits & incarnationMask }
 

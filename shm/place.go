@@ -5,79 +5,33 @@ import (
 	"sync/atomic"
 
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 )
 
 // Placement tags are how tools find the locks in a region. Every lock lives
-// at the start of a cache line of the data area (see Line), and the
+// at the start of a cache line of the data area (see lockLine), and the
 // constructors of shmlock and seqlock tag that line by writing into its word
 // 3, which no lock uses otherwise:
 //
 //	bits 48..63  tagMagic, 0x534c ("SL")
-//	bits 40..47  kind: KindMutex, KindSeqLock or KindRecord
+//	bits 40..47  kind: region.KindMutex, region.KindSeqLock or region.KindRecord
 //	bits 16..39  the protected data's size in 8-byte words (0 for a Mutex)
 //	bits  0..15  check: a hash of the line's offset and the bits above, so
 //	             that the image of a tagged line stored at another offset
 //	             (in a record's data, say) does not read as a tag
 //
 // A SeqLock's or Record's line holds its writers' Mutex too; its tag names
-// the SeqLock or Record. Placements lists the tags; the locks themselves
+// the SeqLock or Record. placements lists the tags; the locks themselves
 // never read them.
 const (
 	tagMagic = 0x534c
-	tagWords = 1<<24 - 1
+	tagWords = region.TagWords
 	// placeLookBack bounds how far back Place looks for a lock whose data
 	// the line would lie in.
 	placeLookBack = 64 << 10
 )
 
-// MaxPlacedSize is the largest data size a placed SeqLock or Record can
-// have: the tag holds it in 24 bits of 8-byte words (just under 128 MiB).
-const MaxPlacedSize = tagWords * 8
-
-// Kind is the kind of lock at a tagged line.
-type Kind uint8
-
-// The kinds of lock a line can hold.
-const (
-	KindMutex   Kind = 1 + iota // shmlock.Mutex
-	KindSeqLock                 // seqlock.SeqLock: one copy of the data after the line
-	KindRecord                  // seqlock.Record: two copies of the data after the line
-)
-
-func (k Kind) String() string {
-	switch k {
-	case KindMutex:
-		return "mutex"
-	case KindSeqLock:
-		return "seqlock"
-	case KindRecord:
-		return "record"
-	}
-	return fmt.Sprintf("Kind(%d)", uint8(k))
-}
-
-// Placement is a lock found in a region: the offset of its line in the data
-// area, its kind, and the size of the data it protects (0 for a Mutex).
-type Placement struct {
-	Off  int  `json:"offset"`
-	Kind Kind `json:"-"`
-	Size int  `json:"size"`
-}
-
-// Bytes returns how many bytes of the data area the lock occupies from Off:
-// its line, and its data rounded up to whole lines.
-func (p Placement) Bytes() int {
-	data := (p.Size + LineSize - 1) / LineSize * LineSize
-	switch p.Kind {
-	case KindSeqLock:
-		return LineSize + data
-	case KindRecord:
-		return LineSize + 2*data
-	}
-	return LineSize
-}
-
-func makeTag(off int, k Kind, size int) uint64 {
+func makeTag(off int, k region.Kind, size int) uint64 {
 	t := uint64(tagMagic)<<48 | uint64(k)<<40 | uint64(size/8)<<16
 	return t | tagCheck(off, t)
 }
@@ -87,38 +41,38 @@ func tagCheck(off int, t uint64) uint64 {
 }
 
 // parseTag reads the tag word t of the line at off.
-func parseTag(off int, t uint64) (Placement, bool) {
-	k := Kind(t >> 40)
-	if t>>48 != tagMagic || k < KindMutex || k > KindRecord || t&0xffff != tagCheck(off, t&^0xffff) {
-		return Placement{}, false
+func parseTag(off int, t uint64) (region.Placement, bool) {
+	k := region.Kind(t >> 40)
+	if t>>48 != tagMagic || k < region.KindMutex || k > region.KindRecord || t&0xffff != tagCheck(off, t&^0xffff) {
+		return region.Placement{}, false
 	}
-	p := Placement{Off: off, Kind: k, Size: int(t>>16&tagWords) * 8}
-	if (k == KindMutex) != (p.Size == 0) {
-		return Placement{}, false
+	p := region.Placement{Off: off, Kind: k, Size: int(t>>16&tagWords) * 8}
+	if (k == region.KindMutex) != (p.Size == 0) {
+		return region.Placement{}, false
 	}
 	return p, true
 }
 
-// Place tags the line at off as holding a lock of kind k that protects size
-// bytes (0 for a Mutex; at most MaxPlacedSize), for Placements to find. The
+// place tags the line at off as holding a lock of kind k that protects size
+// bytes (0 for a Mutex; at most region.MaxPlacedSize), for placements to find. The
 // constructors of shmlock and seqlock call it. It is idempotent, and a Mutex
 // placed on a SeqLock's or Record's line accepts that tag (it is that lock's
 // writers' Mutex). It refuses, with ErrInvalid, a line tagged as another
 // lock, one whose tag word holds something else (data placed over it), a
 // line inside the data of a lock placed up to 64 KiB before it, and a
 // read-only region.
-func (r *Region) Place(off int, k Kind, size int) error {
+func (r *Region) place(off int, k region.Kind, size int) error {
 	fail := func(format string, args ...any) error {
 		return &Error{Op: "place", Path: r.path, Kind: ErrInvalid, Detail: fmt.Sprintf(format, args...)}
 	}
-	if k < KindMutex || k > KindRecord || size < 0 || size%8 != 0 || size/8 > tagWords || (k == KindMutex) != (size == 0) {
+	if k < region.KindMutex || k > region.KindRecord || size < 0 || size%8 != 0 || size/8 > tagWords || (k == region.KindMutex) != (size == 0) {
 		return fail("no %v of %d bytes can be placed", k, size)
 	}
-	l, err := r.Line(off)
+	l, err := r.lockLine(off)
 	if err != nil {
 		return err
 	}
-	if off+(Placement{Off: off, Kind: k, Size: size}).Bytes() > len(r.data) {
+	if off+(region.Placement{Off: off, Kind: k, Size: size}).Bytes() > len(r.data) {
 		return fail("a %v of %d bytes at offset %d does not fit the %d-byte data area", k, size, off, len(r.data))
 	}
 	if r.readOnly {
@@ -130,7 +84,7 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	// The lock's line and data are written through the mapping: they get
 	// storage first, so that a full file system is an error, not SIGBUS.
 	hs := int64(len(r.m) - len(r.data))
-	if err := r.allocate("place", hs+int64(off), int64((Placement{Off: off, Kind: k, Size: size}).Bytes()),
+	if err := r.allocate("place", hs+int64(off), int64((region.Placement{Off: off, Kind: k, Size: size}).Bytes()),
 		fmt.Sprintf("a %v at offset %d", k, off)); err != nil {
 		return err
 	}
@@ -139,9 +93,9 @@ func (r *Region) Place(off int, k Kind, size int) error {
 		old := atomic.LoadUint64(&l[line.Tag])
 		p, ok := parseTag(off, old)
 		switch {
-		case old == want, ok && k == KindMutex:
+		case old == want, ok && k == region.KindMutex:
 			return nil
-		case old == 0, ok && p.Kind == KindMutex:
+		case old == 0, ok && p.Kind == region.KindMutex:
 			// A fresh line, or the Mutex a SeqLock or Record
 			// constructor placed first.
 			if atomic.CompareAndSwapUint64(&l[line.Tag], old, want) {
@@ -155,16 +109,16 @@ func (r *Region) Place(off int, k Kind, size int) error {
 	}
 }
 
-// Placement returns the lock tagged at off, if any. A tag whose lock would
+// placement returns the lock tagged at off, if any. A tag whose lock would
 // not fit the data area is no tag (a hostile or corrupt file).
-func (r *Region) Placement(off int) (Placement, bool) {
-	l, err := r.Line(off)
+func (r *Region) placement(off int) (region.Placement, bool) {
+	l, err := r.lockLine(off)
 	if err != nil {
-		return Placement{}, false
+		return region.Placement{}, false
 	}
 	p, ok := parseTag(off, atomic.LoadUint64(&l[line.Tag]))
 	if !ok || p.Bytes() > len(r.data)-off {
-		return Placement{}, false
+		return region.Placement{}, false
 	}
 	return p, true
 }
@@ -173,19 +127,19 @@ func (r *Region) Placement(off int) (Placement, bool) {
 // whose data the line at off lies in: the nearest lock below off, if its data
 // reaches off. It reads backwards, and skips the pages the file holds no data
 // for (reading a hole through the mapping would allocate it).
-func (r *Region) covering(off int) (Placement, bool) {
+func (r *Region) covering(off int) (region.Placement, bool) {
 	lo := max(0, off-placeLookBack)
 	for page := (off - LineSize) / pageSize * pageSize; off > 0 && page >= 0 && page+pageSize > lo; page -= pageSize {
 		if !r.holdsData(page) {
 			continue
 		}
 		for o := min(off, page+pageSize) - LineSize; o >= max(page, lo); o -= LineSize {
-			if p, ok := r.Placement(o); ok {
+			if p, ok := r.placement(o); ok {
 				return p, off < o+p.Bytes()
 			}
 		}
 	}
-	return Placement{}, false
+	return region.Placement{}, false
 }
 
 // holdsData reports whether the file holds data for the data area's page at
@@ -196,19 +150,19 @@ func (r *Region) holdsData(off int) bool {
 	return ok && d < at+pageSize
 }
 
-// Placements lists the locks tagged in the data area, in offset order. It
+// placements lists the locks tagged in the data area, in offset order. It
 // reads only, and skips the holes of a sparse region file, so that listing
 // a large region does not bring its untouched pages into memory.
-func (r *Region) Placements() []Placement {
-	var ps []Placement
-	r.eachPlacement(nil, func(p Placement) bool { ps = append(ps, p); return true })
+func (r *Region) placements() []region.Placement {
+	var ps []region.Placement
+	r.eachPlacement(nil, func(p region.Placement) bool { ps = append(ps, p); return true })
 	return ps
 }
 
 // eachPlacement calls f with each lock tagged in the data area, in offset
-// order, as Placements lists them, until f returns false or stop (if not nil)
+// order, as placements lists them, until f returns false or stop (if not nil)
 // is set; it reports whether it went through them all.
-func (r *Region) eachPlacement(stop *atomic.Bool, f func(Placement) bool) bool {
+func (r *Region) eachPlacement(stop *atomic.Bool, f func(region.Placement) bool) bool {
 	n := 0
 	for off := 0; off+LineSize <= len(r.data); {
 		start, end := r.dataRange(off)
@@ -216,7 +170,7 @@ func (r *Region) eachPlacement(stop *atomic.Bool, f func(Placement) bool) bool {
 			if n++; n%1024 == 0 && stop != nil && stop.Load() {
 				return false
 			}
-			p, ok := r.Placement(off)
+			p, ok := r.placement(off)
 			if !ok {
 				off += LineSize
 				continue
@@ -248,4 +202,4 @@ func (r *Region) dataRange(off int) (start, end int) {
 }
 
 // An owner ID fills the owner field of a lock word exactly.
-var _ = [1]struct{}{}[line.OwnerMask-(1<<IDBits-1)]
+var _ = [1]struct{}{}[line.OwnerMask-(1<<idBits-1)]

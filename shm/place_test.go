@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 )
 
 func sum(t *testing.T, path string) [32]byte {
@@ -32,18 +33,18 @@ func TestOpenReadOnly(t *testing.T) {
 	path := tempPath(t)
 	w, err := Open(path, Options{Size: 4096, Slots: 4})
 	require.NoError(t, err)
-	require.NoError(t, w.Place(0, KindMutex, 0))
+	require.NoError(t, w.place(0, region.KindMutex, 0))
 	before := sum(t, path)
 
 	r, err := OpenReadOnly(path)
 	require.NoError(t, err)
-	assert.True(t, r.ReadOnly())
-	assert.Zero(t, r.ID(), "no slot claimed")
-	assert.EqualValues(t, 1, r.Attaches())
+	assert.True(t, r.isReadOnly())
+	assert.Zero(t, r.ownerID(), "no slot claimed")
+	assert.EqualValues(t, 1, r.attaches())
 	require.Len(t, r.Attachments(), 1, "only the writer is attached")
 	assert.Equal(t, Alive, r.Attachments()[0].State)
-	assert.Equal(t, []Placement{{Off: 0, Kind: KindMutex}}, r.Placements())
-	assert.ErrorIs(t, r.Place(64, KindMutex, 0), ErrInvalid)
+	assert.Equal(t, []region.Placement{{Off: 0, Kind: region.KindMutex}}, r.placements())
+	assert.ErrorIs(t, r.place(64, region.KindMutex, 0), ErrInvalid)
 	require.NoError(t, r.Close())
 	assert.Equal(t, before, sum(t, path), "a read-only open changed the file")
 	defer w.Close()
@@ -77,54 +78,54 @@ func TestPlacements(t *testing.T) {
 	r, err := Open(tempPath(t), Options{Size: 4096})
 	require.NoError(t, err)
 	defer r.Close()
-	require.NoError(t, r.Place(0, KindMutex, 0))
-	require.NoError(t, r.Place(64, KindMutex, 0)) // a SeqLock's constructor places its Mutex first
-	require.NoError(t, r.Place(64, KindSeqLock, 64))
-	require.NoError(t, r.Place(64, KindMutex, 0), "its Mutex, placed again by another process")
-	require.NoError(t, r.Place(192, KindRecord, 120))
-	want := []Placement{{0, KindMutex, 0}, {64, KindSeqLock, 64}, {192, KindRecord, 120}}
-	assert.Equal(t, want, r.Placements())
+	require.NoError(t, r.place(0, region.KindMutex, 0))
+	require.NoError(t, r.place(64, region.KindMutex, 0)) // a SeqLock's constructor places its Mutex first
+	require.NoError(t, r.place(64, region.KindSeqLock, 64))
+	require.NoError(t, r.place(64, region.KindMutex, 0), "its Mutex, placed again by another process")
+	require.NoError(t, r.place(192, region.KindRecord, 120))
+	want := []region.Placement{{Off: 0, Kind: region.KindMutex, Size: 0}, {Off: 64, Kind: region.KindSeqLock, Size: 64}, {Off: 192, Kind: region.KindRecord, Size: 120}}
+	assert.Equal(t, want, r.placements())
 	assert.Equal(t, 64+64, want[1].Bytes())
 	assert.Equal(t, 64+2*128, want[2].Bytes())
 
 	// The image of a tagged line stored in a SeqLock's data, and in a
 	// free line: neither reads as a lock.
-	line0, _ := r.Line(0)
+	line0, _ := r.lockLine(0)
 	for _, off := range []int{128, 1024} {
-		l, _ := r.Line(off)
+		l, _ := r.lockLine(off)
 		for w := range l {
 			atomic.StoreUint64(&l[w], atomic.LoadUint64(&line0[w]))
 		}
 	}
-	assert.Equal(t, want, r.Placements())
+	assert.Equal(t, want, r.placements())
 
 	for _, c := range []struct {
 		off  int
-		k    Kind
+		k    region.Kind
 		size int
 	}{
-		{64, KindRecord, 64},   // a SeqLock's line
-		{64, KindSeqLock, 128}, // of another size
-		{192, KindSeqLock, 120},
-		{1024, KindMutex, 0},    // data in word 3
-		{2048, KindSeqLock, 12}, // not whole words
-		{4032, KindSeqLock, 64}, // does not fit
-		{32, KindMutex, 0},      // not a line
-		{256, KindMutex, 0},     // in the Record's data (192 + 64 + 2*128)
-		{448, KindSeqLock, 64},  // likewise
+		{64, region.KindRecord, 64},   // a SeqLock's line
+		{64, region.KindSeqLock, 128}, // of another size
+		{192, region.KindSeqLock, 120},
+		{1024, region.KindMutex, 0},    // data in word 3
+		{2048, region.KindSeqLock, 12}, // not whole words
+		{4032, region.KindSeqLock, 64}, // does not fit
+		{32, region.KindMutex, 0},      // not a line
+		{256, region.KindMutex, 0},     // in the Record's data (192 + 64 + 2*128)
+		{448, region.KindSeqLock, 64},  // likewise
 	} {
-		assert.ErrorIs(t, r.Place(c.off, c.k, c.size), ErrInvalid, "%+v", c)
+		assert.ErrorIs(t, r.place(c.off, c.k, c.size), ErrInvalid, "%+v", c)
 	}
-	assert.Equal(t, want, r.Placements())
-	require.NoError(t, r.Place(512, KindMutex, 0), "just past the Record")
+	assert.Equal(t, want, r.placements())
+	require.NoError(t, r.place(512, region.KindMutex, 0), "just past the Record")
 
 	// A tag (well formed, right offset) whose lock would run past the data
 	// area, as a hostile file could hold: no lock.
-	l, _ := r.Line(2048)
-	atomic.StoreUint64(&l[line.Tag], makeTag(2048, KindSeqLock, 8*4096))
-	_, ok := r.Placement(2048)
+	l, _ := r.lockLine(2048)
+	atomic.StoreUint64(&l[line.Tag], makeTag(2048, region.KindSeqLock, 8*4096))
+	_, ok := r.placement(2048)
 	assert.False(t, ok)
-	assert.Equal(t, append(want, Placement{512, KindMutex, 0}), r.Placements())
+	assert.Equal(t, append(want, region.Placement{Off: 512, Kind: region.KindMutex, Size: 0}), r.placements())
 }
 
 // Listing the attached processes reads the table without bringing its holes
@@ -159,14 +160,14 @@ func TestPlacementsSkipHoles(t *testing.T) {
 	w, err := Open(path, Options{Size: size})
 	require.NoError(t, err)
 	defer w.Close()
-	require.NoError(t, w.Place(0, KindMutex, 0))
-	require.NoError(t, w.Place(size/2, KindRecord, 64))
-	require.NoError(t, w.Place(size-64, KindMutex, 0))
+	require.NoError(t, w.place(0, region.KindMutex, 0))
+	require.NoError(t, w.place(size/2, region.KindRecord, 64))
+	require.NoError(t, w.place(size-64, region.KindMutex, 0))
 
 	r, err := OpenReadOnly(path)
 	require.NoError(t, err)
 	defer r.Close()
-	assert.Equal(t, []Placement{{0, KindMutex, 0}, {size / 2, KindRecord, 64}, {size - 64, KindMutex, 0}}, r.Placements())
+	assert.Equal(t, []region.Placement{{Off: 0, Kind: region.KindMutex, Size: 0}, {Off: size / 2, Kind: region.KindRecord, Size: 64}, {Off: size - 64, Kind: region.KindMutex, Size: 0}}, r.placements())
 	vec := make([]byte, (len(r.data)+4095)/4096)
 	_, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&r.data[0])), uintptr(len(r.data)), uintptr(unsafe.Pointer(&vec[0])))
 	require.Zero(t, errno)

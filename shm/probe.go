@@ -10,18 +10,24 @@ import (
 )
 
 // State is a probe's verdict on a holder.
-type State = owner.State
+type State uint8
 
 // The verdicts. Only Dead licenses taking a lock over.
 const (
-	Alive        = owner.Alive
-	Dead         = owner.Dead
-	Unverifiable = owner.Unverifiable
+	Alive        State = 1 + iota // evidence that it runs (it may be stopped or slow)
+	Dead                          // evidence that it is gone: recovery is licensed
+	Unverifiable                  // no evidence either way: never recovered automatically
 )
+
+// The verdicts are internal/owner's, which judges the process: a verdict
+// crosses over as its value.
+var _ = [1]struct{}{}[Alive-State(owner.Alive)+Dead-State(owner.Dead)+Unverifiable-State(owner.Unverifiable)]
+
+func (s State) String() string { return owner.State(s).String() }
 
 // Holder is what a probe found out about the attachment an owner ID names.
 type Holder struct {
-	// ID is the owner value probed: an owner ID (see Region.ID) in
+	// ID is the owner value probed: the attachment's owner ID in
 	// ModeProbe, a thread ID in ModeRobust.
 	ID       uint32
 	Slot     int       // the holder's slot of the process table; 0 if none records it
@@ -60,8 +66,8 @@ func (r *Region) Probe(owner uint32) Holder {
 
 // probeID judges the attachment with owner ID id.
 func (r *Region) probeID(id uint32) Holder {
-	h := Holder{ID: id, Slot: SlotOf(id)}
-	if id>>IDBits != 0 || h.Slot == 0 || h.Slot > r.slots {
+	h := Holder{ID: id, Slot: slotOf(id)}
+	if id>>idBits != 0 || h.Slot == 0 || h.Slot > r.slots {
 		h.State, h.Reason = Dead, fmt.Sprintf("corrupt owner %#x: slot %d is not in 1..%d", id, h.Slot, r.slots)
 		return h
 	}
@@ -106,7 +112,7 @@ func (r *Region) probeID(id uint32) Holder {
 	if attached != 0 {
 		h.Attached = time.Unix(0, attached)
 	}
-	h.State, h.Reason, h.ProcState = v.State, v.Reason, v.ProcState
+	h.State, h.Reason, h.ProcState = State(v.State), v.Reason, v.ProcState
 	return h
 }
 
@@ -119,12 +125,12 @@ func (r *Region) probeID(id uint32) Holder {
 // which needs its liveness lock to be free: it is gone.
 func (r *Region) probeTID(tid uint32) Holder {
 	h := Holder{ID: tid, TID: int32(tid)}
-	if tid == 0 || tid>>IDBits != 0 {
+	if tid == 0 || tid>>idBits != 0 {
 		h.State, h.Reason = Dead, fmt.Sprintf("corrupt owner %#x: not a thread ID", tid)
 		return h
 	}
 	if r.ownTID(tid) {
-		h.Slot, h.PID, h.State, h.Reason, h.Self = SlotOf(r.id), r.self.PID, Alive, "this process", true
+		h.Slot, h.PID, h.State, h.Reason, h.Self = slotOf(r.id), r.self.PID, Alive, "this process", true
 		return h
 	}
 	for range 100 {

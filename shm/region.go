@@ -10,9 +10,9 @@
 //
 // Every Region holds a slot of the process table for as long as it is open,
 // and a file lock on that slot. Locks in the region name their holder by that
-// slot (an owner ID, see Region.ID), and Probe turns an owner ID back into a
-// verdict on whether its process is alive: the basis of recovery from dead
-// lock holders.
+// slot (an owner ID) or by a thread the slot records, and Probe turns the
+// owner field of a lock word back into a verdict on whether its process is
+// alive: the basis of recovery from dead lock holders.
 //
 // # Sharing between users
 //
@@ -140,7 +140,7 @@ func Open(name string, opt Options) (*Region, error) {
 // OpenReadOnly maps the existing region at name (see Path) read-only, to look
 // at it without changing it: it creates nothing, claims no slot of the
 // process table, and writes nothing to the file (the mapping would fault if
-// anything tried). Probe, Line and Bytes work on it; locks cannot be taken
+// anything tried). Probe, Bytes and the locks' Inspect functions work on it; locks cannot be taken
 // through it. It waits, like Open, while another process initialises the
 // region.
 func OpenReadOnly(name string) (*Region, error) {
@@ -582,30 +582,30 @@ func (r *Region) entry(slot int) entry {
 
 func (r *Region) u64(off int) *uint64 { return (*uint64)(unsafe.Pointer(&r.m[off])) }
 
-// ID returns this attachment's owner ID: its slot of the process table and
+// ownerID returns this attachment's owner ID: its slot of the process table and
 // the slot's incarnation. In ModeProbe it is the value that locks in this
 // region record as their holder while this process holds them; in
-// ModeRobust they record a thread ID instead (see OwnerFor).
-func (r *Region) ID() uint32 { return r.id }
+// ModeRobust they record a thread ID instead (see ownerFor).
+func (r *Region) ownerID() uint32 { return r.id }
 
 // Mode returns the region's locking protocol.
 func (r *Region) Mode() Mode { return r.mode }
 
-// OwnerFor returns the value that the owner field of the lock at line off
+// ownerFor returns the value that the owner field of the lock at line off
 // holds while this attachment holds it: its owner ID in ModeProbe; in
 // ModeRobust the thread ID of the robust list that links the line, which
 // OwnerFor links on its first call for the line. The lock constructors call
 // it; it fails on a read-only or closed region, and in ModeRobust with
 // ErrLimit if the attachment, or the process, has locks on more lines than
 // its lists hold.
-func (r *Region) OwnerFor(off int) (uint32, error) {
+func (r *Region) ownerFor(off int) (uint32, error) {
 	if r.life.Closed() {
 		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrClosed}
 	}
 	if r.readOnly {
 		return 0, &Error{Op: "lock", Path: r.path, Kind: ErrInvalid, Detail: "the region is open read-only"}
 	}
-	if _, err := r.Line(off); err != nil {
+	if _, err := r.lockLine(off); err != nil {
 		return 0, err
 	}
 	if r.mode != ModeRobust {
@@ -614,8 +614,8 @@ func (r *Region) OwnerFor(off int) (uint32, error) {
 	return r.linkRobust(off)
 }
 
-// ReadOnly reports whether r was opened with OpenReadOnly.
-func (r *Region) ReadOnly() bool { return r.readOnly }
+// isReadOnly reports whether r was opened with OpenReadOnly.
+func (r *Region) isReadOnly() bool { return r.readOnly }
 
 // Path returns the region file's path.
 func (r *Region) Path() string { return r.path }
@@ -623,8 +623,8 @@ func (r *Region) Path() string { return r.path }
 // Size returns the size of the data area in bytes.
 func (r *Region) Size() int { return len(r.data) }
 
-// Slots returns the size of the process table.
-func (r *Region) Slots() int { return r.slots }
+// numSlots returns the size of the process table.
+func (r *Region) numSlots() int { return r.slots }
 
 // Bytes returns the n data bytes at offset off of the data area. The slice
 // aliases the shared mapping: other processes see writes to it at once, and
@@ -673,9 +673,9 @@ func (r *Region) inRange(op string, off, n int) error {
 	return nil
 }
 
-// Line returns the cache line at offset off of the data area as eight 64-bit
+// lockLine returns the cache line at offset off of the data area as eight 64-bit
 // words, for placing a lock. off must be a multiple of LineSize.
-func (r *Region) Line(off int) (*[LineSize / 8]uint64, error) {
+func (r *Region) lockLine(off int) (*[LineSize / 8]uint64, error) {
 	if off%LineSize != 0 {
 		return nil, &Error{Op: "line", Path: r.path, Kind: ErrInvalid,
 			Detail: fmt.Sprintf("offset %d is not a multiple of %d: a lock needs a cache line of its own", off, LineSize)}
@@ -721,17 +721,17 @@ func (r *Region) Check() error {
 	return nil
 }
 
-// Attaches returns how many attachments the region has had since it was
+// attaches returns how many attachments the region has had since it was
 // created (information: it may lag by one while another process attaches).
 // It panics if r was closed.
-func (r *Region) Attaches() uint64 {
+func (r *Region) attaches() uint64 {
 	r.mustBeOpen("attaches")
 	return atomic.LoadUint64(r.u64(offAttaches))
 }
 
-// Created returns when the region was created, and by which PID. It panics
+// created returns when the region was created, and by which PID. It panics
 // if r was closed.
-func (r *Region) Created() (time.Time, int32) {
+func (r *Region) created() (time.Time, int32) {
 	r.mustBeOpen("created")
 	ne := binary.NativeEndian
 	return time.Unix(0, int64(ne.Uint64(r.m[offCreated:]))), int32(ne.Uint32(r.m[offCreator:]))
@@ -781,10 +781,6 @@ func (r *Region) release() error {
 	}
 	return err
 }
-
-// Remove deletes the region file. Processes that have it open keep their
-// mapping; a later Open of the same name creates a new region.
-func (r *Region) Remove() error { return Remove(r.path) }
 
 // Remove deletes the region file at name (see Path).
 func Remove(name string) error {

@@ -49,11 +49,11 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
-		created, creator := r.Created()
+		created, creator := r.created()
 		// Leave a mark a second initialisation would wipe out.
 		b, _ := r.Bytes(index*8, 8)
 		binary.NativeEndian.PutUint64(b, uint64(os.Getpid()))
-		fmt.Printf("%d %d %d\n", created.UnixNano(), creator, SlotOf(r.ID()))
+		fmt.Printf("%d %d %d\n", created.UnixNano(), creator, slotOf(r.ownerID()))
 		return 0
 	case "touch-truncated":
 		// arg: path[,panic]. Map, wait for the truncation, touch.
@@ -82,7 +82,7 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
-		fmt.Printf("id=%d\n", r.ID())
+		fmt.Printf("id=%d\n", r.ownerID())
 		select {}
 	case "attach-detach":
 		// arg: path. Attach, say our owner ID, detach a moment later, and
@@ -92,7 +92,7 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
-		fmt.Printf("id=%d\n", r.ID())
+		fmt.Printf("id=%d\n", r.ownerID())
 		time.Sleep(200 * time.Millisecond)
 		r.Close()
 		fmt.Println("detached")
@@ -121,7 +121,7 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
-		tid, err := r.OwnerFor(0)
+		tid, err := r.ownerFor(0)
 		if err != nil {
 			fmt.Println("owner:", err)
 			return 1
@@ -139,8 +139,8 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
-		r.OwnerFor(0)
-		r.OwnerFor(pageSize)
+		r.ownerFor(0)
+		r.ownerFor(pageSize)
 		fi, _ := os.Stat(arg)
 		os.Truncate(arg, fi.Size()-pageSize)
 		fmt.Println("check:", r.Check())
@@ -182,13 +182,13 @@ func TestCreateOpen(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, fs.FileMode(0o600), fi.Mode().Perm(), "mode 0600 unless asked")
 	assert.Equal(t, 1000, a.Size())
-	assert.Equal(t, DefaultSlots, a.Slots())
+	assert.Equal(t, DefaultSlots, a.numSlots())
 
 	b, err := Open(path, Options{})
 	require.NoError(t, err)
 	defer b.Close()
-	assert.NotEqual(t, a.ID(), b.ID(), "two attachments, two owner IDs")
-	assert.NotEqual(t, SlotOf(a.ID()), SlotOf(b.ID()))
+	assert.NotEqual(t, a.ownerID(), b.ownerID(), "two attachments, two owner IDs")
+	assert.NotEqual(t, slotOf(a.ownerID()), slotOf(b.ownerID()))
 
 	x, _ := a.Bytes(10, 5)
 	copy(x, "hello")
@@ -198,7 +198,7 @@ func TestCreateOpen(t *testing.T) {
 	// Slots are claimed round-robin; a closed attachment is dead at once
 	// (its liveness lock is free), and once its slot comes round again it
 	// is claimed with another incarnation.
-	slot, id := SlotOf(b.ID()), b.ID()
+	slot, id := slotOf(b.ownerID()), b.ownerID()
 	require.NoError(t, b.Close())
 	require.NoError(t, b.Close(), "Close is idempotent")
 	h := a.Probe(id)
@@ -207,24 +207,24 @@ func TestCreateOpen(t *testing.T) {
 	c, err := Open(path, Options{})
 	require.NoError(t, err)
 	defer c.Close()
-	assert.Equal(t, slot+1, SlotOf(c.ID()), "round-robin: the next slot, not the one just freed")
+	assert.Equal(t, slot+1, slotOf(c.ownerID()), "round-robin: the next slot, not the one just freed")
 	c2, err := Open(path, Options{})
 	require.NoError(t, err)
 	defer c2.Close()
-	for SlotOf(c2.ID()) != SlotOf(id) {
+	for slotOf(c2.ownerID()) != slotOf(id) {
 		c2.Close()
 		c2, err = Open(path, Options{})
 		require.NoError(t, err)
 	}
-	assert.NotEqual(t, id, c2.ID(), "same slot, another incarnation")
+	assert.NotEqual(t, id, c2.ownerID(), "same slot, another incarnation")
 	h = a.Probe(id)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "claimed again")
 
-	h = a.Probe(c.ID())
+	h = a.Probe(c.ownerID())
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.EqualValues(t, os.Getpid(), h.PID)
-	assert.Equal(t, Alive, a.Probe(a.ID()).State)
+	assert.Equal(t, Alive, a.Probe(a.ownerID()).State)
 }
 
 // The path is removed and created anew while an opener waits for the
@@ -290,10 +290,10 @@ func TestBounds(t *testing.T) {
 	_, err = r.Bytes(256, 0)
 	assert.NoError(t, err)
 	for _, off := range []int{1, 8, 63, 256, 224} {
-		_, err := r.Line(off)
+		_, err := r.lockLine(off)
 		assert.ErrorIs(t, err, ErrInvalid, "line at %d", off)
 	}
-	l, err := r.Line(192)
+	l, err := r.lockLine(192)
 	require.NoError(t, err)
 	l[7] = 1
 	b, _ := r.Bytes(248, 8)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -99,7 +100,7 @@ func (r *Region) startRobust(taken map[uint32]bool) error {
 // attach.
 func (r *Region) addList(taken map[uint32]bool) (*robust.List, error) {
 	rl := r.robust
-	e := r.entry(SlotOf(r.id))
+	e := r.entry(slotOf(r.id))
 	n := atomic.LoadUint32(e.ntids)
 	if n >= maxTIDs {
 		return nil, &Error{Op: "lock", Path: r.path, Kind: ErrLimit,
@@ -159,7 +160,7 @@ func (r *Region) deadRecords() []deadRecord {
 			d.tids[i] = binary.NativeEndian.Uint32(e[entTIDs+4*i:])
 			any = any || d.tids[i] != 0
 		}
-		if !any || s == SlotOf(r.id) {
+		if !any || s == slotOf(r.id) {
 			continue
 		}
 		if held, err := queryByte(int(r.f.Fd()), int64(s*entryBytes)); err == nil && !held {
@@ -175,7 +176,7 @@ func (r *Region) deadRecords() []deadRecord {
 // stay recorded meanwhile, so no live attachment can be using one. It stops
 // early, returning false, when stop is set.
 func (r *Region) sweep(dead map[uint32]bool, stop *atomic.Bool) bool {
-	return r.eachPlacement(stop, func(p Placement) bool {
+	return r.eachPlacement(stop, func(p region.Placement) bool {
 		if sweepHook != nil && stop != nil {
 			sweepHook()
 		}
@@ -316,7 +317,7 @@ func (r *Region) clearTIDs(s int) {
 }
 
 // linkRobust links the line at off into one of this attachment's robust
-// lists, once, and returns the thread ID of that list (see OwnerFor).
+// lists, once, and returns the thread ID of that list (see ownerFor).
 func (r *Region) linkRobust(off int) (uint32, error) {
 	rl := r.robust
 	rl.mu.Lock()
@@ -417,7 +418,7 @@ func (r *Region) closeRobust() {
 		rl.m.Unlink(l)
 	}
 	if r.id != 0 && r.fileSize() >= int64(len(r.m)) {
-		surviveFaults(func() { r.clearTIDs(SlotOf(r.id)) })
+		surviveFaults(func() { r.clearTIDs(slotOf(r.id)) })
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/internal/robust"
 )
 
@@ -60,14 +61,14 @@ func TestRobustRecordsTIDs(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
 	assert.Equal(t, ModeRobust, r.Mode())
-	a, err := r.OwnerFor(0)
+	a, err := r.ownerFor(0)
 	require.NoError(t, err)
-	b, err := r.OwnerFor(64)
+	b, err := r.ownerFor(64)
 	require.NoError(t, err)
 	assert.Equal(t, a, b, "one list for both lines")
-	assert.NotEqual(t, r.ID(), a, "a thread ID, not the owner ID")
+	assert.NotEqual(t, r.ownerID(), a, "a thread ID, not the owner ID")
 	assert.NoError(t, syscall.Tgkill(os.Getpid(), int(a), 0), "the ID of a live thread of ours")
-	assert.Equal(t, []uint32{a}, recorded(t, path, SlotOf(r.ID())))
+	assert.Equal(t, []uint32{a}, recorded(t, path, slotOf(r.ownerID())))
 	h := r.Probe(a)
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.Equal(t, "this process", h.Reason)
@@ -106,7 +107,7 @@ func TestRobustRecordsTIDs(t *testing.T) {
 func TestRobustTIDsUnique(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
-	mine, err := r.OwnerFor(0)
+	mine, err := r.ownerFor(0)
 	require.NoError(t, err)
 	// A new list's thread is one of this process's idle threads, or a new
 	// one, whose ID the kernel hands out after the newest. Plant all of
@@ -144,7 +145,7 @@ func TestRobustTIDsUnique(t *testing.T) {
 	}
 
 	other := openRobust(t, path, Options{})
-	tid, err := other.OwnerFor(0)
+	tid, err := other.ownerFor(0)
 	require.NoError(t, err)
 	assert.NotContains(t, planted, tid, "a recorded ID was handed out again")
 	assert.NotEqual(t, mine, tid)
@@ -159,7 +160,7 @@ func TestRobustManyLines(t *testing.T) {
 	r := openRobust(t, path, Options{Size: n * LineSize, Slots: 4})
 	tids := map[uint32]int{}
 	for i := range n {
-		tid, err := r.OwnerFor(i * LineSize)
+		tid, err := r.ownerFor(i * LineSize)
 		require.NoError(t, err)
 		tids[tid]++
 	}
@@ -169,7 +170,7 @@ func TestRobustManyLines(t *testing.T) {
 		counts = append(counts, c)
 	}
 	assert.ElementsMatch(t, []int{robust.Limit, 10}, counts)
-	assert.Len(t, recorded(t, path, SlotOf(r.ID())), 2)
+	assert.Len(t, recorded(t, path, slotOf(r.ownerID())), 2)
 }
 
 // Close gives up the locks its attachment holds as its death would: each word
@@ -180,18 +181,18 @@ func TestRobustCloseMarks(t *testing.T) {
 	keep := openRobust(t, path, Options{Size: 4096, Slots: 4})
 	r, err := Open(path, Options{})
 	require.NoError(t, err)
-	tid, err := r.OwnerFor(0)
+	tid, err := r.ownerFor(0)
 	require.NoError(t, err)
-	_, err = r.OwnerFor(64)
+	_, err = r.ownerFor(64)
 	require.NoError(t, err)
-	l0, _ := keep.Line(0)
-	l1, _ := keep.Line(64)
+	l0, _ := keep.lockLine(0)
+	l1, _ := keep.lockLine(64)
 	atomic.StoreUint64(&l0[0], 7<<32|line.Waiters|uint64(tid))
 	atomic.StoreUint64(&l1[0], 9<<32|12345)
 	require.NoError(t, r.Close())
 	assert.Equal(t, uint64(7<<32|line.Waiters|line.OwnerDied), atomic.LoadUint64(&l0[0]))
 	assert.Equal(t, uint64(9<<32|12345), atomic.LoadUint64(&l1[0]))
-	_, err = r.OwnerFor(128)
+	_, err = r.ownerFor(128)
 	assert.ErrorIs(t, err, ErrClosed)
 }
 
@@ -202,15 +203,15 @@ func TestRobustTooManyLines(t *testing.T) {
 	n := maxTIDs*robust.Limit + 1
 	r := openRobust(t, tempPath(t), Options{Size: n * LineSize, Slots: 2})
 	for i := range n - 1 {
-		_, err := r.OwnerFor(i * LineSize)
+		_, err := r.ownerFor(i * LineSize)
 		require.NoError(t, err, "line %d", i)
 	}
-	_, err := r.OwnerFor((n - 1) * LineSize)
+	_, err := r.ownerFor((n - 1) * LineSize)
 	require.ErrorIs(t, err, ErrLimit)
 	assert.NotErrorIs(t, err, ErrFull, "the process table is not full")
 	assert.Contains(t, err.Error(), "this attachment links 32768 lock lines")
 	assert.Contains(t, err.Error(), "ModeProbe")
-	tid, err := r.OwnerFor(0)
+	tid, err := r.ownerFor(0)
 	require.NoError(t, err)
 	assert.NotZero(t, tid)
 }
@@ -242,7 +243,7 @@ func plantDead(t *testing.T, path string, s int, tids ...uint32) {
 func TestRobustDeadTIDsRetired(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4 * LineSize, Slots: 400})
-	mine, err := r.OwnerFor(0)
+	mine, err := r.ownerFor(0)
 	require.NoError(t, err)
 	<-r.robust.retired // its own retirement is over: the dead below are the next Open's
 	for s := 2; s <= 301; s++ {
@@ -254,29 +255,29 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 	}
 	// A lock the kernel did not mark, left by the dead claimant of ID 7,
 	// with a waiter's bit; and a lock held by this live attachment.
-	l1, _ := r.Line(LineSize)
-	l2, _ := r.Line(2 * LineSize)
-	require.NoError(t, r.Place(LineSize, KindMutex, 0))
-	require.NoError(t, r.Place(2*LineSize, KindMutex, 0))
+	l1, _ := r.lockLine(LineSize)
+	l2, _ := r.lockLine(2 * LineSize)
+	require.NoError(t, r.place(LineSize, region.KindMutex, 0))
+	require.NoError(t, r.place(2*LineSize, region.KindMutex, 0))
 	atomic.StoreUint64(&l1[0], 5<<32|line.Waiters|7)
 	atomic.StoreUint64(&l2[0], 6<<32|uint64(mine))
 
 	start := time.Now()
 	other := openRobust(t, path, Options{})
 	t.Logf("Open took %v", time.Since(start))
-	_, err = other.OwnerFor(0)
+	_, err = other.ownerFor(0)
 	require.NoError(t, err)
 	<-other.robust.retired // the retirement runs in the background
 	for s := 2; s <= 301; s++ {
-		if SlotOf(other.ID()) != s {
+		if slotOf(other.ownerID()) != s {
 			assert.Empty(t, recorded(t, path, s), "slot %d: a dead claimant's IDs still recorded", s)
 		}
 	}
-	assert.Equal(t, []uint32{mine}, recorded(t, path, SlotOf(r.ID())), "a live attachment's ID is kept")
+	assert.Equal(t, []uint32{mine}, recorded(t, path, slotOf(r.ownerID())), "a live attachment's ID is kept")
 	assert.Equal(t, uint64(5<<32|line.Waiters|line.OwnerDied), atomic.LoadUint64(&l1[0]), "the dead ID's word is marked before the ID is freed")
 	assert.Equal(t, uint64(6<<32|uint64(mine)), atomic.LoadUint64(&l2[0]), "a live attachment's word is left alone")
 	require.NoError(t, other.Close())
-	assert.Empty(t, recorded(t, path, SlotOf(other.ID())), "Close retires its own IDs")
+	assert.Empty(t, recorded(t, path, slotOf(other.ownerID())), "Close retires its own IDs")
 }
 
 // Close after the file was truncated under the mapping (bad input) returns;
@@ -297,16 +298,16 @@ func TestRobustProbeDoesNotWaitForNew(t *testing.T) {
 	n := robust.Limit + 1
 	r := openRobust(t, path, Options{Size: n * LineSize, Slots: 4})
 	for i := range robust.Limit {
-		_, err := r.OwnerFor(i * LineSize)
+		_, err := r.ownerFor(i * LineSize)
 		require.NoError(t, err)
 	}
-	mine, _ := r.OwnerFor(0)
+	mine, _ := r.ownerFor(0)
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
 	require.NoError(t, tryLockByte(int(f.Fd()), 0), "another open file description holds byte 0")
 	done := make(chan error, 1)
-	go func() { _, err := r.OwnerFor(robust.Limit * LineSize); done <- err }()
+	go func() { _, err := r.ownerFor(robust.Limit * LineSize); done <- err }()
 	time.Sleep(50 * time.Millisecond) // it waits for byte 0, holding its lists' lock
 	start := time.Now()
 	h := r.Probe(mine)
@@ -406,7 +407,7 @@ func TestRobustSearchSkipsTakenIDs(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			path := tempPath(t)
 			r := openRobust(t, path, Options{Size: 4096, Slots: c.slots})
-			_, err := r.OwnerFor(0)
+			_, err := r.ownerFor(0)
 			require.NoError(t, err)
 			taken, err := threadIDs((c.slots - 4) * maxTIDs)
 			require.NoError(t, err)
@@ -420,7 +421,7 @@ func TestRobustSearchSkipsTakenIDs(t *testing.T) {
 				switch {
 				case err == nil:
 					require.True(t, c.ok || i > 0, "a search skipped more IDs than it may")
-					tid, err := other.OwnerFor(0)
+					tid, err := other.ownerFor(0)
 					require.NoError(t, err)
 					assert.NotContains(t, taken, tid)
 					other.Close()
@@ -447,7 +448,7 @@ func TestRobustSweepKeepsTheSlot(t *testing.T) {
 	path := tempPath(t)
 	r := openRobust(t, path, Options{Size: 4 * LineSize, Slots: 3})
 	<-r.robust.retired
-	require.NoError(t, r.Place(0, KindMutex, 0))
+	require.NoError(t, r.place(0, region.KindMutex, 0))
 	plantDead(t, path, 2, 4_000_001)
 	plantDead(t, path, 3, 4_000_002)
 	inSweep, resume := make(chan struct{}), make(chan struct{})
@@ -457,7 +458,7 @@ func TestRobustSweepKeepsTheSlot(t *testing.T) {
 
 	retirer := openRobust(t, path, Options{}) // claims slot 2 or 3, and retires the other
 	<-inSweep
-	other := 5 - SlotOf(retirer.ID()) // the slot of 2 and 3 that retirer did not claim
+	other := 5 - slotOf(retirer.ownerID()) // the slot of 2 and 3 that retirer did not claim
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
@@ -481,7 +482,7 @@ func TestRobustSweepKeepsTheSlot(t *testing.T) {
 	<-retirer.robust.retired
 	assert.Empty(t, recorded(t, path, other), "retired once the sweep is over")
 	if c := <-opened; c != nil {
-		assert.Equal(t, other, SlotOf(c.ID()))
+		assert.Equal(t, other, slotOf(c.ownerID()))
 		c.Close()
 	}
 }

@@ -64,7 +64,7 @@ const (
 	watchStarted                   // a wait runs, and calls r.fire on exit
 )
 
-// Watch calls f once, in its own goroutine, when the process attached as id
+// watchID calls f once, in its own goroutine, when the process attached as id
 // exits, unless stop is called first: f never starts after stop returns
 // (stop does not wait for an f that has started). If the attachment is known
 // gone already (its slot was claimed again since), f is called at once. If no
@@ -75,7 +75,7 @@ const (
 // A watch costs a file descriptor and a parked goroutine per watched
 // attachment, however many callers share it, until its process exits, its
 // slot is claimed again, or r is closed: at most one per slot.
-func (r *Region) Watch(id uint32, f func()) (stop func()) {
+func (r *Region) watchID(id uint32, f func()) (stop func()) {
 	if r.mode == ModeRobust {
 		// The kernel marks the lock word of a dead holder and wakes a
 		// waiter itself: no watch needed.
@@ -89,7 +89,7 @@ func (r *Region) Watch(id uint32, f func()) (stop func()) {
 	if ws.closed {
 		return func() {}
 	}
-	slot := SlotOf(id)
+	slot := slotOf(id)
 	if !r.current(id) {
 		// An ID from a lock word that an attachment since gone left
 		// held (or a corrupt one): nothing to wait for, and the slot's
@@ -134,7 +134,7 @@ func (r *Region) unwatch(id uint32, c *watchCall) {
 	c.state.CompareAndSwap(callArmed, callStopped)
 	ws := &r.watches
 	ws.mu.Lock()
-	slot := SlotOf(id)
+	slot := slotOf(id)
 	var cancel func()
 	if w := ws.slots[slot]; w != nil && w.id == id {
 		delete(w.calls, c)
@@ -152,8 +152,8 @@ func (r *Region) unwatch(id uint32, c *watchCall) {
 // current reports whether id names the attachment that holds its slot of the
 // process table now (or held it last, if it detached since).
 func (r *Region) current(id uint32) bool {
-	slot := SlotOf(id)
-	return id>>IDBits == 0 && slot >= 1 && slot <= r.slots &&
+	slot := slotOf(id)
+	return id>>idBits == 0 && slot >= 1 && slot <= r.slots &&
 		atomic.LoadUint32(r.entry(slot).incarnation) == incarnationOf(id)
 }
 
@@ -161,7 +161,7 @@ func (r *Region) current(id uint32) bool {
 func (r *Region) fire(w *watch) {
 	ws := &r.watches
 	ws.mu.Lock()
-	slot := SlotOf(w.id)
+	slot := slotOf(w.id)
 	if ws.slots[slot] == w {
 		delete(ws.slots, slot)
 	}

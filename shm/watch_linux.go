@@ -17,8 +17,8 @@ import (
 // until its memory is torn down, which a reader of its /proc files can delay
 // for a moment: the probe that follows may still find the lock held.
 func (r *Region) startWatch(id uint32, w *watch) watchStart {
-	slot := SlotOf(id)
-	if id>>IDBits != 0 || slot == 0 || slot > r.slots || id == r.id {
+	slot := slotOf(id)
+	if id>>idBits != 0 || slot == 0 || slot > r.slots || id == r.id {
 		return watchNone
 	}
 	e := r.entry(slot)

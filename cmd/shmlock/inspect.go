@@ -15,6 +15,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -48,7 +49,7 @@ type holderInfo struct {
 }
 
 type lockInfo struct {
-	shm.Placement
+	region.Placement
 	Kind       string      `json:"kind"`
 	Held       bool        `json:"held"`
 	Owner      string      `json:"owner"` // the owner word, what break takes
@@ -102,18 +103,18 @@ func describe(r *shm.Region) (rep *report, err error) {
 				r.Path(), e, r.Check())
 		}
 	}()
-	created, creator := r.Created()
+	created, creator := region.Of(r).Created()
 	rep = &report{Region: regionInfo{
-		Path: r.Path(), Version: shm.Version, Mode: r.Mode().String(), DataSize: r.Size(), Slots: r.Slots(),
-		Created: created, CreatorPID: creator, Attaches: r.Attaches(),
+		Path: r.Path(), Version: shm.Version, Mode: r.Mode().String(), DataSize: r.Size(), Slots: region.Of(r).Slots(),
+		Created: created, CreatorPID: creator, Attaches: region.Of(r).Attaches(),
 	}}
 	for _, h := range r.Attachments() {
 		rep.Attached = append(rep.Attached, *holder(h))
 	}
-	for _, p := range r.Placements() {
+	for _, p := range region.Of(r).Placements() {
 		li := lockInfo{Placement: p, Kind: p.Kind.String()}
 		var s shmlock.State
-		if p.Kind == shm.KindMutex {
+		if p.Kind == region.KindMutex {
 			if s, err = shmlock.Inspect(r, p.Off); err != nil {
 				return nil, err
 			}
@@ -123,7 +124,7 @@ func describe(r *shm.Region) (rep *report, err error) {
 				return nil, err
 			}
 			s = st.Writer
-			if p.Kind == shm.KindSeqLock {
+			if p.Kind == region.KindSeqLock {
 				li.Seq, li.Dirty = &st.Seq, &st.Dirty
 			} else {
 				li.Published, li.CopySeqs = &st.Published, &st.CopySeqs
@@ -311,7 +312,7 @@ holder that probes as alive is refused unless -force.`)
 		return err
 	}
 	defer r.Close()
-	p, ok := r.Placement(off)
+	p, ok := region.Of(r).Placement(off)
 	if !ok {
 		return fmt.Errorf("no lock at offset %d of %s ('shmlock inspect %s' lists them)", off, r.Path(), r.Path())
 	}
@@ -329,7 +330,7 @@ holder that probes as alive is refused unless -force.`)
 	}
 	fmt.Printf("broke the %s at %s@%d: owner %#x (pid %d, %s: %s) replaced by a free word;"+
 		" the next Acquire is told it recovered\n", p.Kind, r.Path(), off, owner, s.Holder.PID, s.Holder.State, s.Holder.Reason)
-	if p.Kind == shm.KindSeqLock {
+	if p.Kind == region.KindSeqLock {
 		fmt.Println("a write the holder left open is closed, and the record marked dirty, by the next writer or reader")
 	}
 	return nil

@@ -25,6 +25,7 @@ import (
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/owner"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -286,7 +287,7 @@ func TestInspectUnverifiableAndBreak(t *testing.T) {
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Start: slot * entryBytes, Len: 1}
 	require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk))
 	owner := uint64(7)<<32 | inc<<10 | slot
-	line, err := o.r.Line(iMutex)
+	line, err := region.Of(o.r).Line(iMutex)
 	require.NoError(t, err)
 	atomic.StoreUint64(&line[0], owner)
 

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -113,7 +114,7 @@ func Open(name string, opt Options) (*Cache, error) {
 }
 
 func (c *Cache) init(opt Options) error {
-	line, err := c.r.Line(offConfig)
+	line, err := region.Of(c.r).Line(offConfig)
 	if err != nil {
 		return err
 	}
@@ -125,7 +126,7 @@ func (c *Cache) init(opt Options) error {
 	}
 	// Check before placing anything: a region that holds something else
 	// must be left as it is.
-	if p, ok := c.r.Placement(offConfig); ok {
+	if p, ok := region.Of(c.r).Placement(offConfig); ok {
 		return fmt.Errorf("%w: %s holds a %v at offset 0, not a cache", ErrMismatch, c.r.Path(), p.Kind)
 	}
 	if m := atomic.LoadUint64(&line[0]); m != 0 && m != magic {

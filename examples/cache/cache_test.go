@@ -24,6 +24,7 @@ import (
 	"github.com/shmlock/shmlock/examples/cache"
 	"github.com/shmlock/shmlock/internal/owner"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -336,9 +337,9 @@ func TestCorruptSlots(t *testing.T) {
 	c, _ := smallCache(t)
 	ctx := context.Background()
 	require.NoError(t, c.Set(ctx, []byte("k"), []byte("v"), 0))
-	for _, p := range c.Region().Placements() {
-		if p.Kind == shm.KindRecord {
-			l, _ := c.Region().Line(p.Off)
+	for _, p := range region.Of(c.Region()).Placements() {
+		if p.Kind == region.KindRecord {
+			l, _ := region.Of(c.Region()).Line(p.Off)
 			atomic.StoreUint64(&l[5], 1) // both copies' sequences odd
 			atomic.StoreUint64(&l[6], 1)
 		}
@@ -374,10 +375,10 @@ func TestOpenForeignRegion(t *testing.T) {
 	u.Store(make([]byte, 64))
 	u.Commit()
 	u.Release()
-	before := r.Placements()
+	before := region.Of(r).Placements()
 	_, err = cache.Open(cpath, opt)
 	assert.ErrorIs(t, err, cache.ErrMismatch)
-	assert.Equal(t, before, r.Placements(), "the refused Open placed a lock")
+	assert.Equal(t, before, region.Of(r).Placements(), "the refused Open placed a lock")
 	b := make([]byte, 64)
 	require.NoError(t, rec.Read(b))
 	assert.Equal(t, make([]byte, 64), b, "the refused Open changed the Record")

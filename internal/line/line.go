@@ -14,7 +14,7 @@ import "unsafe"
 //	           Lock or TryLock, for the next Acquire
 //	word 2     since: a hold a waiter saw (its gen in bits 32..63) and when
 //	           (Unix milliseconds modulo 2^32 in bits 0..31)
-//	word 3     tag: what is placed at the line (shm.Region.Place)
+//	word 3     tag: what is placed at the line (region.Plumbing.Place)
 //	words 4-6  the object the lock protects (a seqlock's sequences)
 //	word 7     wait: the Mutex's waiting policy (the prober lease, age classes)
 const (
