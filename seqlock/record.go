@@ -68,7 +68,7 @@ func (r *Record) Len() int { return 8 * len(r.data[0]) }
 // never waits for a writer, live or dead; it retries only when a writer
 // rewrote the copy it was reading. If the published copy stays half written
 // (odd) for a millisecond, which no writer ever leaves, the region was
-// changed by something else: Read returns ErrCorrupt, and the next Update
+// changed by something else: Read returns ErrCorrupt, and the next Write
 // repairs the record.
 func (r *Record) Read(dst []byte) error {
 	if len(dst) != r.Len() {

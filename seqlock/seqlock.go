@@ -16,9 +16,6 @@
 //     wait for a writer. It costs twice the memory and one extra copy per
 //     write.
 //
-// The SeqLock's steps (Write, closeDeadWrite, Release, recoverDeadWriter) are
-// modelled in ../mutex.pml under the names of the fault.Point marking each.
-//
 // Data are copied in and out with 64-bit atomic loads and stores, so sizes
 // are positive multiples of 8 bytes (others are refused with ErrSize).
 //
@@ -31,6 +28,9 @@
 // sequence accesses. On amd64 an atomic load is a plain MOV: they cost
 // nothing there.
 package seqlock
+
+// The SeqLock's steps (Write, closeDeadWrite, finish, recoverDeadWriter) are
+// modelled in ../mutex.pml under the names of the fault.Point marking each.
 
 import (
 	"encoding/binary"
@@ -49,7 +49,9 @@ import (
 // MaxSize is the largest data size a SeqLock or Record can have: its line's
 // placement tag records the size in 24 bits of 8-byte words (just under 128
 // MiB).
-const MaxSize = region.MaxPlacedSize
+const MaxSize = (1<<24 - 1) * 8
+
+var _ = [1]struct{}{}[MaxSize-region.MaxPlacedSize]
 
 var (
 	// ErrDirty: the last write to a SeqLock did not complete (its writer
