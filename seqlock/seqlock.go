@@ -16,17 +16,9 @@
 //     wait for a writer. It costs twice the memory and one extra copy per
 //     write.
 //
-// Data are copied in and out with 64-bit atomic loads and stores, so sizes
-// are positive multiples of 8 bytes (others are refused with ErrSize).
-//
-// Why atomic word copies: Go's sync/atomic operations are sequentially
-// consistent, but plain loads between two of them may be reordered by a
-// weakly ordered CPU (arm64) past the closing load of the sequence, and plain
-// stores of a writer before its opening store of the sequence; the reader
-// would then validate bytes it had not yet read, or that were not yet
-// written. Atomic word accesses keep every data access between the two
-// sequence accesses. On amd64 an atomic load is a plain MOV: they cost
-// nothing there.
+// Data are stored in 64-bit words, so sizes are positive multiples of 8
+// bytes (others are refused with ErrSize). Readers copy at memory speed on
+// amd64, and word by word with atomic loads elsewhere (see load).
 package seqlock
 
 // The SeqLock's steps (Write, closeDeadWrite, finish, recoverDeadWriter) are
@@ -109,8 +101,10 @@ func words(r *shm.Region, off, n int) ([]uint64, error) {
 	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n/8), nil
 }
 
-// load copies src into dst (8*len(src) bytes) with one atomic load a word.
-func load(dst []byte, src []uint64) {
+// loadWords copies src into dst (8*len(src) bytes) with one atomic load a
+// word: the copy a reader makes where a plain one could be reordered (see
+// load).
+func loadWords(dst []byte, src []uint64) {
 	p := unsafe.Pointer(unsafe.SliceData(dst))
 	if uintptr(p)%8 == 0 {
 		// The usual case (make and append align to 8): word stores
