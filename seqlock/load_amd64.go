@@ -11,10 +11,9 @@ import "unsafe"
 // that load.
 //
 // Why a plain copy is enough here:
-//   - the compiler: Go's atomic loads are memory operations of their own in
-//     the compiler's memory order, and a plain load is scheduled before the
-//     next memory operation that follows it in the program; so no load of
-//     the copy moves past the second atomic load, nor before the first;
+//   - the compiler: a copy of a length it does not know is a call to
+//     runtime.memmove, and no memory operation moves across a call, so the
+//     copy stays between the two atomic loads;
 //   - the CPU: amd64 does not reorder a load with an earlier load (Intel SDM
 //     vol. 3, 8.2.2; AMD APM vol. 2, 7.2), and memmove's string and vector
 //     loads keep that order with the loads before and after them; so every
