@@ -14,18 +14,18 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// pan runs SPIN on mutex.pml with the given defines, compiles the verifier
+// pan runs SPIN on testdata/mutex.pml with the given defines, compiles the verifier
 // with ccflags, runs it with args, and returns its output.
 func pan(t *testing.T, mutate func(string) string, defines []string, ccflags []string, args ...string) string {
 	t.Helper()
 	return panFile(t, "mutex.pml", mutate, defines, ccflags, args...)
 }
 
-// panFile is pan on the model in file.
+// panFile is pan on the model in testdata/file.
 func panFile(t *testing.T, file string, mutate func(string) string, defines []string, ccflags []string, args ...string) string {
 	t.Helper()
 	dir := t.TempDir()
-	model, err := os.ReadFile(file)
+	model, err := os.ReadFile(filepath.Join("testdata", file))
 	require.NoError(t, err)
 	if mutate != nil {
 		m := mutate(string(model))

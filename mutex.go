@@ -56,7 +56,7 @@ import (
 //	             holder's gen is its fencing token.
 //
 // Every step of the protocol is marked by fault.Hit with a named point; the
-// SPIN model in mutex.pml labels its steps with the same names (its acquire,
+// SPIN model in testdata/mutex.pml labels its steps with the same names (its acquire,
 // probe, recovery CAS and release are Lock, Probe, the CAS in lockSlow and
 // Unlock here), so a change to either shows where the other must change.
 //

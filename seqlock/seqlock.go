@@ -22,7 +22,7 @@
 package seqlock
 
 // The SeqLock's steps (Write, closeDeadWrite, finish, recoverDeadWriter) are
-// modelled in ../mutex.pml under the names of the fault.Point marking each.
+// modelled in ../testdata/mutex.pml under the names of the fault.Point marking each.
 
 import (
 	"encoding/binary"
