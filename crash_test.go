@@ -85,83 +85,99 @@ func crashVerify(b []byte) bool {
 	return string(b) == string(crashValue(*(*uint64)(unsafe.Pointer(&b[0])))) || string(b) == string(make([]byte, len(b)))
 }
 
+// The crash tests' roles, which exist in fault builds only.
 func init() {
-	extraRoles["crash-writer"] = func(args []string) int { // path kind
-		e, err := openSeqEnv(args[0], shm.ModeAuto)
-		if err != nil {
-			panic(err)
-		}
-		ctx := context.Background()
-		for v := uint64(os.Getpid()) << 32; e.get(cStop) == 0; v++ {
-			b := crashValue(v)
-			if args[1] == "seq" {
-				w, err := e.seq.Write(ctx)
-				if err != nil {
-					panic(err)
-				}
-				w.StoreAt(0, b[:16])
-				w.Store(b)
-				w.Commit()
-				w.Release()
-			} else {
-				u, err := e.rec.Write(ctx)
-				if err != nil {
-					panic(err)
-				}
-				u.Store(b)
-				u.Commit()
-				u.Release()
-			}
-			e.add(cWrites)
-		}
-		return 0
+	roles["crash-writer"] = crashWriter
+	roles["crash-reader"] = crashReader
+	roles["crash-hang"] = crashHang
+	roles["crash-read-once"] = crashReadOnce
+}
+
+// crashWriter writes the SeqLock (args[1] "seq") or the Record of the region
+// at args[0] until stopped.
+func crashWriter(args []string) int {
+	e, err := openSeqEnv(args[0], shm.ModeAuto)
+	if err != nil {
+		panic(err)
 	}
-	extraRoles["crash-reader"] = func(args []string) int { // path
-		e, err := openSeqEnv(args[0], shm.ModeAuto)
-		if err != nil {
-			panic(err)
-		}
-		b := make([]byte, crashSize)
-		for e.get(cStop) == 0 {
-			if err := e.seq.Read(b); err == nil {
-				if crashVerify(b) {
-					e.add(cOK)
-				} else {
-					e.add(cTorn)
-					fmt.Printf("torn SeqLock value %x\n", b)
-				}
-			} else if !errors.Is(err, seqlock.ErrDirty) {
+	ctx := context.Background()
+	for v := uint64(os.Getpid()) << 32; e.get(cStop) == 0; v++ {
+		b := crashValue(v)
+		if args[1] == "seq" {
+			w, err := e.seq.Write(ctx)
+			if err != nil {
 				panic(err)
 			}
-			e.rec.Read(b)
+			w.StoreAt(0, b[:16])
+			w.Store(b)
+			w.Commit()
+			w.Release()
+		} else {
+			u, err := e.rec.Write(ctx)
+			if err != nil {
+				panic(err)
+			}
+			u.Store(b)
+			u.Commit()
+			u.Release()
+		}
+		e.add(cWrites)
+	}
+	return 0
+}
+
+// crashReader reads both records of the region at args[0], verifying each
+// value, until stopped.
+func crashReader(args []string) int {
+	e, err := openSeqEnv(args[0], shm.ModeAuto)
+	if err != nil {
+		panic(err)
+	}
+	b := make([]byte, crashSize)
+	for e.get(cStop) == 0 {
+		if err := e.seq.Read(b); err == nil {
 			if crashVerify(b) {
 				e.add(cOK)
 			} else {
 				e.add(cTorn)
-				fmt.Printf("torn Record value %x\n", b)
+				fmt.Printf("torn SeqLock value %x\n", b)
 			}
-		}
-		return 0
-	}
-	extraRoles["crash-hang"] = func(args []string) int { // path: half a SeqLock write, then hang
-		e, err := openSeqEnv(args[0], shm.ModeAuto)
-		if err != nil {
+		} else if !errors.Is(err, seqlock.ErrDirty) {
 			panic(err)
 		}
-		w, _ := e.seq.Write(context.Background())
-		w.StoreAt(0, crashValue(1)[:8])
-		e.add(cHanging)
-		select {}
-	}
-	extraRoles["crash-read-once"] = func(args []string) int { // path
-		e, err := openSeqEnv(args[0], shm.ModeAuto)
-		if err != nil {
-			panic(err)
+		e.rec.Read(b)
+		if crashVerify(b) {
+			e.add(cOK)
+		} else {
+			e.add(cTorn)
+			fmt.Printf("torn Record value %x\n", b)
 		}
-		err = e.seq.Read(make([]byte, crashSize))
-		fmt.Printf("err=%v\n", err)
-		return 0
 	}
+	return 0
+}
+
+// crashHang makes half a SeqLock write in the region at args[0], then hangs.
+func crashHang(args []string) int {
+	e, err := openSeqEnv(args[0], shm.ModeAuto)
+	if err != nil {
+		panic(err)
+	}
+	w, _ := e.seq.Write(context.Background())
+	w.StoreAt(0, crashValue(1)[:8])
+	e.add(cHanging)
+	select {}
+}
+
+// crashReadOnce reads the SeqLock of the region at args[0] once, and says
+// what came of it.
+func crashReadOnce(args []string) int {
+	e, err := openSeqEnv(args[0], shm.ModeAuto)
+	if err != nil {
+		panic(err)
+	}
+	err = e.seq.Read(make([]byte, crashSize))
+	fmt.Printf("err=%v\n", err)
+	return 0
 }
 
 func faultEnv(p fault.Point, n int) []string {
@@ -171,7 +187,7 @@ func faultEnv(p fault.Point, n int) []string {
 // diedAt waits for the victim to kill itself at p.
 func diedAt(t *testing.T, victim *child, p fault.Point) {
 	t.Helper()
-	out := victim.wait(t, 20*time.Second)
+	out := victim.Wait(t, 20*time.Second)
 	require.Contains(t, out, "fault: dying at "+p.String(), "the victim never reached the point")
 }
 
@@ -206,8 +222,8 @@ func mutexUnderLoad(n int) crashRow {
 		c0 := h.load(offCounter)
 		h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
 		*h.word(offStop) = 1
-		a.wait(t, 20*time.Second)
-		b.wait(t, 20*time.Second)
+		a.Wait(t, 20*time.Second)
+		b.Wait(t, 20*time.Second)
 		h.finalCheck(t)
 	}
 }
@@ -225,8 +241,8 @@ func starvingUnderLoad(n int) crashRow {
 		c0 := h.load(offCounter)
 		h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
 		*h.word(offStop) = 1
-		a.wait(t, 20*time.Second)
-		b.wait(t, 20*time.Second)
+		a.Wait(t, 20*time.Second)
+		b.Wait(t, 20*time.Second)
 		h.finalCheck(t)
 	}
 }
@@ -244,8 +260,8 @@ func quitterUnderLoad(t *testing.T, p fault.Point, mode shm.Mode) {
 	c0 := h.load(offCounter)
 	h.eventually(10*time.Second, "no progress after the death", func() bool { return h.load(offCounter) >= c0+100 })
 	*h.word(offStop) = 1
-	a.wait(t, 20*time.Second)
-	b.wait(t, 20*time.Second)
+	a.Wait(t, 20*time.Second)
+	b.Wait(t, 20*time.Second)
 	h.finalCheck(t)
 }
 
@@ -258,7 +274,7 @@ func mutexRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h.waitHeld()
 	victim := h.spawnIn(h.path, faultEnv(p, 1), "increment", "0", "1")
 	h.waitSleepers()
-	holder.kill()
+	holder.Kill()
 	diedAt(t, victim, p)
 	h.recoverersGetThrough(t)
 }
@@ -333,8 +349,8 @@ func retirerDies(t *testing.T, p fault.Point, mode shm.Mode) {
 func (h *harness) recoverersGetThrough(t *testing.T) {
 	a := h.spawn("increment", "1", "100")
 	b := h.spawn("increment", "2", "100")
-	a.wait(t, 20*time.Second)
-	b.wait(t, 20*time.Second)
+	a.Wait(t, 20*time.Second)
+	b.Wait(t, 20*time.Second)
 	assert.EqualValues(t, 200, h.sumMine()-atomic.LoadUint64(h.word(offMine)))
 	h.finalCheck(t)
 }
@@ -365,7 +381,7 @@ func writerUnderLoad(kind string, n int) crashRow {
 		h.eventually(10*time.Second, "no read after the death", func() bool { return e.get(cOK) >= o0+100 })
 		atomic.StoreUint64(&e.ctrs[cStop], 1)
 		for _, c := range []*child{r1, r2, w} {
-			c.wait(t, 20*time.Second)
+			c.Wait(t, 20*time.Second)
 		}
 		assert.Zero(t, e.get(cTorn), "torn values accepted")
 	}
@@ -377,10 +393,10 @@ func seqReaderRecoverer(t *testing.T, p fault.Point, mode shm.Mode) {
 	h, e, path := newSeqHarness(t, mode)
 	w := h.spawnIn(path, nil, "crash-hang")
 	h.eventually(10*time.Second, "the writer never started", func() bool { return e.get(cHanging) == 1 })
-	w.kill()
+	w.Kill()
 	victim := h.spawnIn(path, faultEnv(p, 1), "crash-read-once")
 	diedAt(t, victim, p)
-	out := h.spawnIn(path, nil, "crash-read-once").wait(t, 10*time.Second)
+	out := h.spawnIn(path, nil, "crash-read-once").Wait(t, 10*time.Second)
 	assert.Contains(t, out, "err="+seqlock.ErrDirty.Error())
 	ww, err := e.seq.Write(context.Background())
 	require.NoError(t, err)
@@ -403,8 +419,8 @@ func readerUnderLoad(n int) crashRow {
 		o0 := e.get(cOK)
 		h.eventually(10*time.Second, "no read after the death", func() bool { return e.get(cOK) >= o0+100 })
 		atomic.StoreUint64(&e.ctrs[cStop], 1)
-		w.wait(t, 20*time.Second)
-		r.wait(t, 20*time.Second)
+		w.Wait(t, 20*time.Second)
+		r.Wait(t, 20*time.Second)
 		assert.Zero(t, e.get(cTorn), "torn values accepted")
 	}
 }

@@ -97,7 +97,7 @@ func TestGoroutinesShareMutex(t *testing.T) {
 	}()
 	wg.Wait()
 	for _, k := range kids {
-		k.wait(t, 30*time.Second)
+		k.Wait(t, 30*time.Second)
 	}
 	require.Zero(t, bad.Load(), "two holders inside at once")
 	require.Zero(t, h.load(offViolation), "cross-process violation")

@@ -6,10 +6,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -45,8 +43,6 @@ const (
 )
 
 const (
-	roleEnv = "SHMLOCK_TEST_ROLE"
-	argsEnv = "SHMLOCK_TEST_ARGS"
 	// slowProbesEnv, set in a child's environment, spaces its probes of a
 	// holder half a minute apart after the first.
 	slowProbesEnv = "SHMLOCK_TEST_SLOW_PROBES"
@@ -56,16 +52,13 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if role := os.Getenv(roleEnv); role != "" {
-		// Children die with their parent (Pdeathsig) and, failing that,
-		// on their own after a minute, so a wedged test cannot leave
-		// processes behind.
-		time.AfterFunc(60*time.Second, func() {
-			fmt.Fprintln(os.Stderr, "child watchdog fired")
-			os.Exit(3)
-		})
-		os.Exit(runChild(role, strings.Fields(os.Getenv(argsEnv))))
+	if os.Getenv(slowProbesEnv) != "" {
+		shmlock.SetProbeSchedule(200*time.Microsecond, 30*time.Second, 30*time.Second)
 	}
+	if os.Getenv(starveEnv) != "" {
+		shmlock.SetStarveAfter(0)
+	}
+	proctest.DispatchFunc(runChild)
 	os.Exit(m.Run())
 }
 
@@ -122,18 +115,19 @@ func monotonic() int64 {
 	return ts.Nano()
 }
 
-// extraRoles are roles that other test files add (they open their own
-// regions).
-var extraRoles = map[string]func(args []string) int{}
+// roles are the children's roles that open regions of their own (the crash
+// tests add theirs, in fault builds); runChild's cases open the test region.
+var roles = map[string]func(args []string) int{
+	"robust-hold":     robustHold,
+	"robust-churn":    robustChurn,
+	"lock-as-user":    lockAsUser,
+	"full-fs":         fullFS,
+	"probe-then-wait": probeThenWait,
+}
 
+// runChild plays role, in a child: args[0] is the test region's path.
 func runChild(role string, args []string) int {
-	if os.Getenv(slowProbesEnv) != "" {
-		shmlock.SetProbeSchedule(200*time.Microsecond, 30*time.Second, 30*time.Second)
-	}
-	if os.Getenv(starveEnv) != "" {
-		shmlock.SetStarveAfter(0)
-	}
-	if f, ok := extraRoles[role]; ok {
+	if f, ok := roles[role]; ok {
 		return f(args)
 	}
 	e, err := openEnv(args[0])
@@ -363,23 +357,16 @@ func (e *env) sumMine() uint64 {
 }
 
 // child is a re-executed test binary playing a role.
-type child struct {
-	cmd    *exec.Cmd
-	out    syncBuffer
-	done   chan struct{}
-	err    error
-	reaped atomic.Bool
-}
+type child = proctest.Child
 
 type syncBuffer = proctest.Buffer
 
-// harness owns a test's region and children, and its watchdog.
+// harness owns a test's region and children (proctest), and its watchdog.
 type harness struct {
+	*proctest.Harness
 	t    *testing.T
 	path string
 	*env
-	kids     sync.Mutex // guards children
-	children []*child
 }
 
 // modes are the locking modes the tests of death and recovery run in.
@@ -405,18 +392,10 @@ func newModeHarness(t *testing.T, limit time.Duration, mode shm.Mode) *harness {
 	os.Remove(path)
 	e, err := openEnvIn(path, mode)
 	require.NoError(t, err)
-	h := &harness{t: t, path: path, env: e}
-	wd := time.AfterFunc(limit, func() {
-		h.killAll()
-		t.Errorf("watchdog: test still running after %v; children killed", limit)
-	})
-	t.Cleanup(func() {
-		wd.Stop()
-		h.killAll()
-		e.r.Close()
-		os.Remove(path)
-	})
-	return h
+	// Cleanups run last first: the children are killed, then the region
+	// closed and removed.
+	t.Cleanup(func() { e.r.Close(); os.Remove(path) })
+	return &harness{Harness: proctest.New(t, limit), t: t, path: path, env: e}
 }
 
 func (h *harness) spawn(role string, args ...string) *child {
@@ -427,67 +406,15 @@ func (h *harness) spawn(role string, args ...string) *child {
 // spawnIn starts a child on the region at path, with extra environment.
 func (h *harness) spawnIn(path string, env []string, role string, args ...string) *child {
 	h.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(append([]string{path}, args...), " "))
+	cmd := proctest.Command(role, append([]string{path}, args...)...)
 	cmd.Env = append(cmd.Env, env...)
-	c := &child{cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = &c.out, &c.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(h.t, cmd.Start())
-	h.kids.Lock()
-	h.children = append(h.children, c)
-	h.kids.Unlock()
-	return c
-}
-
-// reap waits for c to exit, in the background.
-func (c *child) reap() {
-	if c.reaped.CompareAndSwap(false, true) {
-		go func() { c.err = c.cmd.Wait(); close(c.done) }()
-	}
-}
-
-// wait waits at most limit for c to exit and returns its output.
-func (c *child) wait(t *testing.T, limit time.Duration) string {
-	t.Helper()
-	c.reap()
-	select {
-	case <-c.done:
-	case <-time.After(limit):
-		c.cmd.Process.Kill()
-		<-c.done
-		t.Fatalf("child %d (%v) did not finish within %v; output:\n%s", c.cmd.Process.Pid, c.cmd.Env[len(c.cmd.Env)-2:], limit, c.out.String())
-	}
-	return c.out.String()
-}
-
-// kill SIGKILLs c and reaps it.
-func (c *child) kill() {
-	c.cmd.Process.Signal(syscall.SIGKILL)
-	c.reap()
-	<-c.done
-}
-
-func (h *harness) killAll() {
-	h.kids.Lock()
-	defer h.kids.Unlock()
-	for _, c := range h.children {
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		c.reap()
-		<-c.done
-	}
+	return h.Start(cmd)
 }
 
 // eventually waits at most limit for cond.
 func (h *harness) eventually(limit time.Duration, what string, cond func() bool) {
 	h.t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("after %v: %s", limit, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	proctest.Eventually(h.t, limit, what, cond)
 }
 
 func (h *harness) load(off int) uint64 { return atomic.LoadUint64(h.word(off)) }
@@ -511,7 +438,7 @@ func (h *harness) goneTID(t *testing.T, closed bool) uint32 {
 	if closed {
 		args = append(args, "close")
 	}
-	out := h.spawn("attach-tid", args...).wait(t, 10*time.Second)
+	out := h.spawn("attach-tid", args...).Wait(t, 10*time.Second)
 	v, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out, "owner=")), 10, 32)
 	require.NoError(t, err, out)
 	return uint32(v)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
@@ -28,24 +28,17 @@ import (
 // The library as a guest of its host: tests of the program and the machine
 // around it, not of the protocol.
 
-func init() {
-	extraRoles["lock-as-user"] = lockAsUser
-	extraRoles["full-fs"] = fullFS
-	extraRoles["probe-then-wait"] = probeThenWait
-}
-
 // runRole runs the test binary bin (a copy another user may execute, or
 // os.Args[0]) in role with args, as cred if not nil, under a watchdog, and
 // returns what it printed.
 func runRole(t *testing.T, bin string, cred *syscall.Credential, role string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-test.run=^$")
-	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, " "))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	h := proctest.New(t, 90*time.Second)
+	cmd := proctest.CommandOf(bin, role, args...)
+	cmd.SysProcAttr.Credential = cred
+	c := h.Start(cmd)
+	out := c.Wait(t, 60*time.Second)
+	return out, c.Err
 }
 
 // lockAsUser: args path. Opens the existing region at path with the default
@@ -457,27 +450,26 @@ func TestForeignHoldersAndWaiters(t *testing.T) {
 				require.NoError(t, err)
 				defer func() { r.Close(); os.Remove(path) }()
 				hold := startHolder(t, path, 1, "sigkill", c.holder...)
-				argv := append(append([]string{}, c.waiter...), bin, "-test.run=^$")
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				defer cancel()
-				wait := exec.CommandContext(ctx, argv[0], argv[1:]...)
-				wait.Env = append(os.Environ(), roleEnv+"=probe-then-wait", argsEnv+"="+path)
-				var out syncBuffer
-				wait.Stdout, wait.Stderr = &out, &out
-				wait.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-				require.NoError(t, wait.Start())
-				deadline := time.Now().Add(20 * time.Second)
-				for !strings.Contains(out.String(), "holder ") && wait.ProcessState == nil {
-					require.True(t, time.Now().Before(deadline), "the waiter never gave up: %s", out.String())
-					time.Sleep(time.Millisecond)
+				cmd := proctest.CommandOf(bin, "probe-then-wait", path)
+				if len(c.waiter) > 0 {
+					require.NoError(t, proctest.Via(cmd, c.waiter...))
 				}
-				require.Contains(t, out.String(), "holder alive", "a live holder judged otherwise: %s", out.String())
+				wait := proctest.New(t, 60*time.Second).Start(cmd)
+				proctest.Eventually(t, 20*time.Second, "the waiter never gave up", func() bool {
+					select {
+					case <-wait.Done():
+						return true
+					default:
+						return strings.Contains(wait.Output(), "holder ")
+					}
+				})
+				require.Contains(t, wait.Output(), "holder alive", "a live holder judged otherwise: %s", wait.Output())
 				time.Sleep(20 * time.Millisecond) // it waits again
-				require.NoError(t, hold.cmd.Process.Kill())
-				err = wait.Wait()
-				require.NoError(t, err, out.String())
-				t.Logf("%s", strings.TrimSpace(out.String()))
-				assert.Contains(t, out.String(), "recovered=true")
+				hold.Kill()
+				out := wait.Wait(t, 30*time.Second)
+				require.NoError(t, wait.Err, out)
+				t.Logf("%s", strings.TrimSpace(out))
+				assert.Contains(t, out, "recovered=true")
 			})
 		}
 	})
@@ -511,8 +503,7 @@ func TestCloseDuringTakeover(t *testing.T) {
 		var once sync.Once
 		shmlock.SetWaitHook(func() { once.Do(func() { close(stopped); <-release }) })
 		defer shmlock.SetWaitHook(nil)
-		require.NoError(t, hold.cmd.Process.Kill())
-		hold.cmd.Wait()
+		hold.Kill()
 		<-stopped // woken, by the kernel or its probe, and stopped
 		closed := make(chan error, 1)
 		go func() { closed <- r.Close() }()

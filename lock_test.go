@@ -39,8 +39,8 @@ func TestHolderKilledWaiterRecovers(t *testing.T) {
 		h.waitSleepers()
 
 		killed := monotonic()
-		holder.kill()
-		out := waiter.wait(t, recoveryBound+time.Second)
+		holder.Kill()
+		out := waiter.Wait(t, recoveryBound+time.Second)
 		assert.Contains(t, out, "recovered=true")
 		latency := time.Duration(int64(h.load(offAcquired)) - killed)
 		t.Logf("kill → acquire: %v", latency)
@@ -89,8 +89,8 @@ func TestDeathWatchWakesWaiter(t *testing.T) {
 					}
 				}
 				killed := monotonic()
-				holder.kill()
-				out := waiter.wait(t, 5*time.Second)
+				holder.Kill()
+				out := waiter.Wait(t, 5*time.Second)
 				close(stop)
 				readers.Wait()
 				require.Contains(t, out, "recovered=true")
@@ -106,7 +106,7 @@ func TestNormalUnlockIsNotRecovery(t *testing.T) {
 	h := newHarness(t, 60*time.Second)
 	h.spawn("hold-release", "300")
 	h.waitHeld()
-	out := h.spawn("wait").wait(t, 20*time.Second)
+	out := h.spawn("wait").Wait(t, 20*time.Second)
 	assert.Contains(t, out, "recovered=false")
 	assert.Zero(t, h.mu.Inspect().Recoveries)
 	assert.Zero(t, h.load(offRecovered))
@@ -126,10 +126,10 @@ func TestThunderingHerd(t *testing.T) {
 		}
 		h.waitSleepers()
 		time.Sleep(100 * time.Millisecond) // let all eight reach the slow path
-		holder.kill()
+		holder.Kill()
 		recovered := 0
 		for _, w := range waiters {
-			out := w.wait(t, 20*time.Second)
+			out := w.Wait(t, 20*time.Second)
 			if strings.Contains(out, "recovered=true") {
 				recovered++
 			} else {
@@ -155,10 +155,10 @@ func TestRecovererKilledMidRecovery(t *testing.T) {
 		byPid := map[int]*child{}
 		for range n {
 			c := h.spawn("recover-hang")
-			byPid[c.cmd.Process.Pid] = c
+			byPid[c.Pid()] = c
 		}
 		h.waitSleepers()
-		holder.kill()
+		holder.Kill()
 		last := 0
 		for i := range n {
 			h.eventually(recoveryBound, fmt.Sprintf("recovery %d never happened", i+1), func() bool {
@@ -166,7 +166,7 @@ func TestRecovererKilledMidRecovery(t *testing.T) {
 				return p != 0 && p != last
 			})
 			last = int(h.load(offRecoverer))
-			byPid[last].kill() // dies holding the lock it just took over
+			byPid[last].Kill() // dies holding the lock it just took over
 		}
 		// The test process is the last one standing and recovers too.
 		ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
@@ -214,7 +214,7 @@ func TestZombieHolder(t *testing.T) {
 		require.NoError(t, err)
 		assert.True(t, g.Recovered())
 		g.Release()
-		holder.kill()
+		holder.Kill()
 	})
 }
 
@@ -248,7 +248,7 @@ func TestStoppedHolderIsNotRobbed(t *testing.T) {
 		}
 		t.Log(msg, he.Advice())
 		assert.Zero(t, h.mu.Inspect().Recoveries)
-		holder.kill()
+		holder.Kill()
 	})
 }
 
@@ -261,7 +261,7 @@ func TestNoLostUpdates(t *testing.T) {
 		ws = append(ws, h.spawn("increment", strconv.Itoa(i), strconv.Itoa(n)))
 	}
 	for _, w := range ws {
-		w.wait(t, 100*time.Second)
+		w.Wait(t, 100*time.Second)
 	}
 	assert.EqualValues(t, p*n, h.load(offCounter))
 	assert.EqualValues(t, p*n, h.sumMine())
@@ -287,13 +287,13 @@ func TestNoLostUpdatesUnderKills(t *testing.T) {
 		for end := time.Now().Add(run); time.Now().Before(end); {
 			time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
 			i := rand.IntN(p)
-			workers[i].kill()
+			workers[i].Kill()
 			kills++
 			workers[i] = h.spawn("increment", strconv.Itoa(i), "0")
 		}
 		*h.word(offStop) = 1
 		for _, w := range workers {
-			w.wait(t, 30*time.Second)
+			w.Wait(t, 30*time.Second)
 		}
 		// A worker killed holding the lock, with no one left to wait, still
 		// holds it: the test process takes it over and repairs, as any
@@ -323,9 +323,9 @@ func TestPanicInCriticalSectionAcrossProcesses(t *testing.T) {
 	inModes(t, func(t *testing.T, mode shm.Mode) {
 		h := newModeHarness(t, 60*time.Second, mode)
 		c := h.spawn("panic")
-		out := c.wait(t, 20*time.Second)
+		out := c.Wait(t, 20*time.Second)
 		var ee *exec.ExitError
-		require.ErrorAs(t, c.err, &ee)
+		require.ErrorAs(t, c.Err, &ee)
 		assert.Equal(t, 2, ee.ExitCode(), "an unrecovered panic exits with status 2")
 		assert.Contains(t, out, "panic: boom in the critical section")
 		assert.Contains(t, out, "helpers_test.go", "the stack points at the panicking line")
@@ -491,7 +491,7 @@ func TestNewsOfDeathReachesAcquire(t *testing.T) {
 		// A holder killed, its lock taken over by Lock.
 		holder := h.spawn("hold")
 		h.waitHeld()
-		holder.kill()
+		holder.Kill()
 		h.mu.Lock()
 		assert.True(t, h.mu.Inspect().OwnerDied)
 		h.mu.Unlock()
@@ -518,7 +518,7 @@ func TestTryAcquire(t *testing.T) {
 		assert.False(t, ok, "a live holder")
 		assert.Equal(t, before, h.load(offMutex), "nothing written")
 
-		holder.kill()
+		holder.Kill()
 		g, ok = h.mu.TryAcquire()
 		require.True(t, ok, "a dead holder")
 		assert.True(t, g.Recovered())

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/owner"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -248,14 +248,9 @@ func TestHolderInAnotherPIDNamespace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newModeHarness(t, 60*time.Second, shm.ModeProbe)
 			rec := recordKills(t)
-			args := append(tc.args, "--kill-child", os.Args[0], "-test.run=^$")
-			cmd := exec.Command(unshare, args...)
-			cmd.Env = append(os.Environ(), roleEnv+"=hold", argsEnv+"="+h.path)
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			var out syncBuffer
-			cmd.Stdout, cmd.Stderr = &out, &out
-			require.NoError(t, cmd.Start())
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			cmd := proctest.Command("hold", h.path)
+			require.NoError(t, proctest.Via(cmd, append(append([]string{unshare}, tc.args...), "--kill-child")...))
+			holder := h.Start(cmd)
 			h.waitHeld()
 
 			if tc.args[0] == "--pid" {
@@ -264,15 +259,14 @@ func TestHolderInAnotherPIDNamespace(t *testing.T) {
 			}
 			_, err := h.acquire(300 * time.Millisecond)
 			var he *shmlock.HeldError
-			require.ErrorAs(t, err, &he, out.String())
+			require.ErrorAs(t, err, &he, holder.Output())
 			assert.Equal(t, shm.Alive, he.Holder.State)
 			assert.Contains(t, he.Error(), tc.reason)
 			rec.mu.Lock()
 			assert.NotContains(t, rec.kills, 1, "pid 1 of another namespace was probed here")
 			rec.mu.Unlock()
 
-			require.NoError(t, cmd.Process.Kill()) // --kill-child takes the holder down
-			cmd.Wait()
+			holder.Kill() // --kill-child takes the holder down
 			got, err := h.acquire(recoveryBound)
 			require.NoError(t, err)
 			assert.True(t, got)

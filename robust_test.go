@@ -27,11 +27,6 @@ import (
 
 // Tests of robust mode: the kernel marks the locks of a dead process.
 
-func init() {
-	extraRoles["robust-hold"] = robustHold
-	extraRoles["robust-churn"] = robustChurn
-}
-
 // openLocks opens the region at path (ModeAuto) and n locks on its first n
 // lines.
 func openLocks(path string, n int) (*shm.Region, []*shmlock.Mutex, error) {
@@ -95,9 +90,8 @@ func lockWord(t *testing.T, r *shm.Region, i int) *uint64 {
 
 // holder is a "robust-hold" child.
 type holder struct {
-	cmd   *exec.Cmd
+	*proctest.Child
 	stdin *os.File
-	out   syncBuffer
 	owner uint64
 }
 
@@ -106,24 +100,20 @@ type holder struct {
 // under the command wrap if any, and waits until it holds.
 func startHolder[N int | string](t *testing.T, path string, n N, how string, wrap ...string) *holder {
 	t.Helper()
-	h := &holder{}
-	argv := append(wrap, os.Args[0], "-test.run=^$")
-	h.cmd = exec.Command(argv[0], argv[1:]...)
-	h.cmd.Env = append(os.Environ(), roleEnv+"=robust-hold", argsEnv+"="+fmt.Sprintf("%s %v %s", path, n, how))
-	h.cmd.Stdout, h.cmd.Stderr = &h.out, &h.out
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd := proctest.Command("robust-hold", path, fmt.Sprint(n), how)
+	if len(wrap) > 0 {
+		require.NoError(t, proctest.Via(cmd, wrap...))
+	}
 	r, w, err := os.Pipe()
 	require.NoError(t, err)
-	h.cmd.Stdin, h.stdin = r, w
-	require.NoError(t, h.cmd.Start())
+	cmd.Stdin = r
+	h := &holder{Child: proctest.New(t, 5*time.Minute).Start(cmd), stdin: w}
 	r.Close()
-	t.Cleanup(func() { h.cmd.Process.Kill(); h.cmd.Wait(); w.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(h.out.String(), "held owner=") {
-		require.True(t, time.Now().Before(deadline), "the holder never held: %s", h.out.String())
-		time.Sleep(time.Millisecond)
-	}
-	v, err := strconv.ParseUint(strings.TrimSpace(strings.SplitN(h.out.String(), "owner=", 2)[1]), 10, 32)
+	t.Cleanup(func() { w.Close() })
+	proctest.Eventually(t, 10*time.Second, "the holder never held", func() bool {
+		return strings.Contains(h.Output(), "held owner=")
+	})
+	v, err := strconv.ParseUint(strings.TrimSpace(strings.SplitN(h.Output(), "owner=", 2)[1]), 10, 32)
 	require.NoError(t, err)
 	h.owner = v
 	return h
@@ -181,7 +171,7 @@ func TestRobustEveryDeath(t *testing.T) {
 				died := time.Now()
 				fmt.Fprintln(hold.stdin)
 				if how == "sigkill" {
-					hold.cmd.Process.Kill()
+					syscall.Kill(hold.Pid(), syscall.SIGKILL)
 				}
 				select {
 				case res := <-done:
@@ -190,14 +180,14 @@ func TestRobustEveryDeath(t *testing.T) {
 					t.Logf("death → acquired in %v", res.at.Sub(died))
 					assert.Less(t, res.at.Sub(died), recoveryBound)
 				case <-time.After(10 * time.Second):
-					t.Fatalf("the waiter was not woken; word %#x; holder: %s", atomic.LoadUint64(lockWord(t, r, 0)), hold.out.String())
+					t.Fatalf("the waiter was not woken; word %#x; holder: %s", atomic.LoadUint64(lockWord(t, r, 0)), hold.Output())
 				}
 				for i := 1; i < n; i++ {
 					assert.Equal(t, words[i]&^line.OwnerMask|line.OwnerDied, atomic.LoadUint64(lockWord(t, r, i)),
 						"lock %d: marked by the kernel, nothing else changed", i)
 				}
 				if how == "exec" {
-					assert.NoError(t, syscall.Kill(hold.cmd.Process.Pid, 0), "exec: the process lives on, as another program")
+					assert.NoError(t, syscall.Kill(hold.Pid(), 0), "exec: the process lives on, as another program")
 				}
 				assert.EqualValues(t, 1, mu.Inspect().Recoveries)
 			})
@@ -217,8 +207,7 @@ func TestRobustManyLocksHeld(t *testing.T) {
 	}
 	assert.Len(t, tids, 2, "two robust lists, two thread IDs")
 	fmt.Fprintln(hold.stdin)
-	hold.cmd.Process.Kill()
-	hold.cmd.Wait()
+	hold.Kill()
 	marked := 0
 	for i := range n {
 		if w := atomic.LoadUint64(lockWord(t, r, i)); w&line.OwnerMask == 0 && w&line.OwnerDied != 0 {
@@ -243,10 +232,10 @@ func TestRobustThreeWaiters(t *testing.T) {
 	h.waitSleepers()
 	time.Sleep(100 * time.Millisecond) // all three asleep
 	killed := time.Now()
-	holder.kill()
+	holder.Kill()
 	recovered := 0
 	for _, w := range ws {
-		out := w.wait(t, recoveryBound)
+		out := w.Wait(t, recoveryBound)
 		if strings.Contains(out, "recovered=true") {
 			recovered++
 		} else {
@@ -291,7 +280,7 @@ func TestRobustAcrossPIDNamespaces(t *testing.T) {
 		}()
 		time.Sleep(50 * time.Millisecond)
 		killed := time.Now()
-		require.NoError(t, hold.cmd.Process.Kill()) // --kill-child takes the holder down
+		hold.Kill() // --kill-child takes the holder down
 		select {
 		case err := <-done:
 			require.NoError(t, err)
@@ -304,24 +293,19 @@ func TestRobustAcrossPIDNamespaces(t *testing.T) {
 		h := newModeHarness(t, 60*time.Second, shm.ModeRobust)
 		holder := h.spawn("hold")
 		h.waitHeld()
-		cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), roleEnv+"=wait", argsEnv+"="+h.path, slowProbesEnv+"=1")
-		var out syncBuffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		require.NoError(t, cmd.Start())
-		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		cmd := proctest.Command("wait", h.path)
+		cmd.Env = append(cmd.Env, slowProbesEnv+"=1")
+		require.NoError(t, proctest.Via(cmd, unshare, "--pid", "--fork", "--mount-proc", "--kill-child"))
+		waiter := h.Start(cmd)
 		h.waitSleepers()
-		holder.kill()
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
+		holder.Kill()
 		select {
-		case err := <-waited:
-			require.NoError(t, err, out.String())
+		case <-waiter.Done():
+			require.NoError(t, waiter.Err, waiter.Output())
 		case <-time.After(recoveryBound):
-			t.Fatalf("the waiter in the other namespace did not recover: %s", out.String())
+			t.Fatalf("the waiter in the other namespace did not recover: %s", waiter.Output())
 		}
-		assert.Contains(t, out.String(), "recovered=true")
+		assert.Contains(t, waiter.Output(), "recovered=true")
 	})
 }
 
@@ -348,8 +332,7 @@ func TestRobustNamespacesDoNotShareTIDs(t *testing.T) {
 			w1 := atomic.LoadUint64(lockWord(t, r, 1))
 			require.Equal(t, b.owner, w1&line.OwnerMask)
 
-			require.NoError(t, a.cmd.Process.Kill())
-			a.cmd.Wait()
+			a.Kill()
 			deadline := time.Now().Add(5 * time.Second)
 			for atomic.LoadUint64(lockWord(t, r, 0))&line.OwnerMask != 0 {
 				require.True(t, time.Now().Before(deadline), "the dead holder's lock was not marked")
@@ -398,7 +381,7 @@ func TestRobustProbeSafetyNet(t *testing.T) {
 	assert.NotZero(t, he.Holder.TID)
 	assert.Contains(t, err.Error(), "stopped")
 	t.Log(err)
-	holder.kill()
+	holder.Kill()
 	got, err = h.acquire(recoveryBound)
 	require.NoError(t, err)
 	assert.True(t, got)
@@ -462,26 +445,14 @@ func TestRobustRandomKills(t *testing.T) {
 	const locks, goroutines = 4, 4
 	path, r := robustRegion(t, locks)
 	kills, marked, stuck := robustKills(), 0, 0
-	deadline := time.Now().Add(5 * time.Minute)
+	h := proctest.New(t, 5*time.Minute)
 	for k := range kills {
-		require.True(t, time.Now().Before(deadline), "watchdog: %d kills so far", k)
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), roleEnv+"=robust-churn", argsEnv+"="+fmt.Sprintf("%s %d %d", path, locks, goroutines))
-		var out syncBuffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		require.NoError(t, cmd.Start())
-		for start := time.Now(); !strings.Contains(out.String(), "churning"); {
-			if time.Since(start) > 10*time.Second {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("the churner never started: %s", out.String())
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
+		c := h.Spawn("robust-churn", path, strconv.Itoa(locks), strconv.Itoa(goroutines))
+		proctest.Eventually(t, 10*time.Second, "the churner never started", func() bool {
+			return strings.Contains(c.Output(), "churning")
+		})
 		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
-		cmd.Process.Kill()
-		cmd.Wait()
+		c.Kill()
 		for i := range locks {
 			p := lockWord(t, r, i)
 			w := atomic.LoadUint64(p)

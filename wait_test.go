@@ -54,14 +54,14 @@ func (h *harness) spawnWaiters(n int, env ...string) []*child {
 func (h *harness) takeover(t *testing.T, holder *child, waiters []*child, bound time.Duration, also ...*child) time.Duration {
 	died := monotonic()
 	for _, c := range also {
-		c.kill()
+		c.Kill()
 	}
-	holder.kill()
+	holder.Kill()
 	h.eventually(10*time.Second, "no waiter took the lock over", func() bool { return h.load(offFirst) != 0 })
 	took := time.Duration(int64(h.load(offFirst)) - died)
 	recovered := 0
 	for _, c := range waiters {
-		out := c.wait(t, 30*time.Second)
+		out := c.Wait(t, 30*time.Second)
 		require.Contains(t, out, "recovered=", out)
 		if strings.Contains(out, "recovered=true") {
 			recovered++
@@ -129,7 +129,7 @@ func (h *harness) deadHolder(t *testing.T, mode shm.Mode) {
 	} else {
 		holder := h.spawn("hold")
 		h.waitHeld()
-		holder.kill()
+		holder.Kill()
 	}
 }
 
@@ -141,7 +141,7 @@ func TestDeadlineTakesOverDeadHolder(t *testing.T) {
 	inModes(t, func(t *testing.T, mode shm.Mode) {
 		h := newModeHarness(t, 60*time.Second, mode)
 		h.deadHolder(t, mode)
-		out := h.spawn("acquire-expired").wait(t, 20*time.Second)
+		out := h.spawn("acquire-expired").Wait(t, 20*time.Second)
 		assert.Contains(t, out, "recovered=true", "a done context gave up on a dead holder")
 		told, err := h.acquire(time.Second)
 		require.NoError(t, err, "the lock is wedged")
@@ -200,7 +200,7 @@ func TestDeadlineWakesOnlyItsWaiter(t *testing.T) {
 	assert.Less(t, woke-idle, 8*200*3/4, "every sleeper woke at every timed wait's end (that makes at least 8*200)")
 	h.mu.Unlock()
 	for _, c := range waiters {
-		c.wait(t, 30*time.Second)
+		c.Wait(t, 30*time.Second)
 	}
 }
 
@@ -208,7 +208,7 @@ func TestDeadlineWakesOnlyItsWaiter(t *testing.T) {
 func (h *harness) wakeups(t *testing.T, cs []*child) int {
 	n := 0
 	for _, c := range cs {
-		dir := fmt.Sprintf("/proc/%d/task", c.cmd.Process.Pid)
+		dir := fmt.Sprintf("/proc/%d/task", c.Pid())
 		tasks, err := os.ReadDir(dir)
 		require.NoError(t, err)
 		for _, task := range tasks {
@@ -248,9 +248,14 @@ func TestReservedWords(t *testing.T) {
 	assert.Less(t, took, 25*time.Millisecond, "Lock waited out a lease period")
 
 	sleeper := h.spawnWaiters(1)[0]
+	// The premise is a sleeper in the futex: TryLock wakes it. One that is
+	// not asleep yet (a loaded machine) would let TryLock undo the
+	// reservation, rightly. The waiters bit is its last step before it.
+	h.waitSleepers()
+	time.Sleep(200 * time.Millisecond)
 	reserve()
 	assert.False(t, h.mu.TryLock(), "TryLock took a word reserved for a sleeper")
-	assert.Contains(t, sleeper.wait(t, 10*time.Second), "recovered=false", "the sleeper did not take its word")
+	assert.Contains(t, sleeper.Wait(t, 10*time.Second), "recovered=false", "the sleeper did not take its word")
 }
 
 // Sixty-four processes each hold the lock for 2 ms asleep, so that the
@@ -272,7 +277,7 @@ func TestOldestServedFirst(t *testing.T) {
 	fewest, longest := 1<<30, 0
 	for _, c := range cs {
 		var ops, us int
-		out := c.wait(t, 30*time.Second)
+		out := c.Wait(t, 30*time.Second)
 		_, err := fmt.Sscanf(strings.TrimSpace(out), "ops=%d longest=%d", &ops, &us)
 		require.NoError(t, err, out)
 		fewest, longest = min(fewest, ops), max(longest, us)
@@ -342,6 +347,6 @@ func TestStaleLeaseTakenOverWhileBusy(t *testing.T) {
 	})
 	*h.word(offStop) = 1
 	for _, c := range ws {
-		c.wait(t, 20*time.Second)
+		c.Wait(t, 20*time.Second)
 	}
 }

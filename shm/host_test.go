@@ -183,13 +183,10 @@ func threadIDs(n int) ([]uint32, error) {
 func TestRobustKeepsHostThreads(t *testing.T) {
 	for _, how := range []string{"close", "search"} {
 		t.Run(how, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "-test.run=^$", how+","+t.TempDir())
-			cmd.Env = append(os.Environ(), childEnv+"=pdeathsig")
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			out, err := cmd.CombinedOutput()
-			require.NoError(t, err, "%s", out)
+			out, err := runRole(t, os.Args[0], nil, "pdeathsig", how+","+t.TempDir())
+			require.NoError(t, err, out)
 			t.Logf("%s", out)
-			require.Contains(t, string(out), "killed=0 of", "children killed by the end of their forking thread")
+			require.Contains(t, out, "killed=0 of", "children killed by the end of their forking thread")
 		})
 	}
 }
@@ -264,21 +261,19 @@ func TestRobustManyContainers(t *testing.T) {
 	tids := map[uint32]int{}
 	most := 0
 	start := time.Now()
+	h := proctest.New(t, 5*time.Minute)
 	for i := range n {
-		cmd := exec.Command(unshare, "--pid", "--fork", "--mount-proc", "--kill-child", os.Args[0], "-test.run=^$", path)
-		cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_MAX_THREADS=40")
-		out := new(proctest.Buffer)
-		cmd.Stdout, cmd.Stderr = out, out
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		require.NoError(t, cmd.Start())
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		cmd := proctest.Command("attach-tid", path)
+		cmd.Env = append(cmd.Env, "SHM_TEST_MAX_THREADS=40")
+		require.NoError(t, proctest.Via(cmd, unshare, "--pid", "--fork", "--mount-proc", "--kill-child"))
+		c := h.Start(cmd)
 		proctest.Eventually(t, 20*time.Second, fmt.Sprintf("container %d never attached", i), func() bool {
-			return strings.Contains(out.String(), "threads=") || cmd.ProcessState != nil || strings.Contains(out.String(), ":")
+			return strings.Contains(c.Output(), "threads=") || strings.Contains(c.Output(), ":")
 		})
 		var tid uint32
 		var nt int
-		_, err := fmt.Sscanf(out.String(), "id=%d\nthreads=%d", &tid, &nt)
-		require.NoError(t, err, "container %d: %s", i, out.String())
+		_, err := fmt.Sscanf(c.Output(), "id=%d\nthreads=%d", &tid, &nt)
+		require.NoError(t, err, "container %d: %s", i, c.Output())
 		tids[tid]++
 		require.Equal(t, 1, tids[tid], "container %d got thread ID %d, which another holds", i, tid)
 		most = max(most, nt)
@@ -324,21 +319,15 @@ func TestRobustSearchNearThreadLimit(t *testing.T) {
 	taken, err := threadIDs(40)
 	require.NoError(t, err)
 	plantLive(t, path, 3, taken) // our threads and the next IDs: a search must start threads
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_THREAD_ROOM=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out := new(proctest.Buffer)
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	out := child(t, os.Args[0], nil, "attach-tid", path, "SHM_TEST_THREAD_ROOM=1")
 	proctest.Eventually(t, 20*time.Second, "the child neither attached nor failed", func() bool {
-		o := out.String()
+		o := out.Output()
 		return strings.Contains(o, "threads=") || strings.Contains(o, "open:") || strings.Contains(o, "fatal error")
 	})
 	time.Sleep(10 * time.Millisecond)
-	t.Logf("%s", out.String())
-	assert.NotContains(t, out.String(), "fatal error")
-	assert.Contains(t, out.String(), "too few more threads")
+	t.Logf("%s", out.Output())
+	assert.NotContains(t, out.Output(), "fatal error")
+	assert.Contains(t, out.Output(), "too few more threads")
 }
 
 // userTasks counts the threads of every process of this user (by real user
@@ -397,22 +386,16 @@ func TestRobustSearchNearNPROC(t *testing.T) {
 	require.NoError(t, err)
 	plantLive(t, path, 3, taken) // the next IDs: the child's search must start threads
 	for _, gomaxprocs := range []string{"2", "8"} {
-		cmd := exec.Command(bin, "-test.run=^$", path)
-		cmd.Env = append(os.Environ(), childEnv+"=attach-tid", "SHM_TEST_NPROC_ROOM=1", "GOMAXPROCS="+gomaxprocs)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Pdeathsig: syscall.SIGKILL}
-		out := new(proctest.Buffer)
-		cmd.Stdout, cmd.Stderr = out, out
-		require.NoError(t, cmd.Start())
+		out := child(t, bin, &syscall.Credential{Uid: 65534, Gid: 65534}, "attach-tid", path, "SHM_TEST_NPROC_ROOM=1", "GOMAXPROCS="+gomaxprocs)
 		proctest.Eventually(t, 20*time.Second, "the child neither attached nor failed", func() bool {
-			o := out.String()
+			o := out.Output()
 			return strings.Contains(o, "threads=") || strings.Contains(o, "open:") || strings.Contains(o, "fatal error") || strings.Contains(o, "setrlimit:")
 		})
 		time.Sleep(10 * time.Millisecond)
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Logf("GOMAXPROCS=%s: %s", gomaxprocs, out.String())
-		assert.NotContains(t, out.String(), "fatal error")
-		assert.Contains(t, out.String(), "too few more threads")
+		out.Kill()
+		t.Logf("GOMAXPROCS=%s: %s", gomaxprocs, out.Output())
+		assert.NotContains(t, out.Output(), "fatal error")
+		assert.Contains(t, out.Output(), "too few more threads")
 	}
 }
 

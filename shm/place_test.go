@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"unsafe"
 
@@ -49,12 +47,9 @@ func TestOpenReadOnly(t *testing.T) {
 	assert.Equal(t, before, sum(t, path), "a read-only open changed the file")
 	defer w.Close()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=write-read-only")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	got, err := cmd.CombinedOutput()
-	require.NoError(t, err, string(got))
-	assert.Contains(t, string(got), "recovered: runtime error", "a write through the read-only mapping must fault")
+	got, err := runRole(t, os.Args[0], nil, "write-read-only", path)
+	require.NoError(t, err, got)
+	assert.Contains(t, got, "recovered: runtime error", "a write through the read-only mapping must fault")
 	assert.Equal(t, before, sum(t, path))
 
 	_, err = OpenReadOnly(path + ".missing")

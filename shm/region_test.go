@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
@@ -24,15 +23,30 @@ import (
 	"github.com/shmlock/shmlock/internal/proctest"
 )
 
-const childEnv = "SHM_TEST_CHILD"
-
 func TestMain(m *testing.M) {
-	if role := os.Getenv(childEnv); role != "" {
-		// A child never outlives a wedged test by long.
-		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
-		os.Exit(runChild(role, os.Args[len(os.Args)-1]))
-	}
+	proctest.DispatchFunc(func(role string, args []string) int { return runChild(role, strings.Join(args, " ")) })
 	os.Exit(m.Run())
+}
+
+// child starts the test binary bin (os.Args[0], or a copy another user may
+// run) in role with arg, as cred if not nil, with extra environment, as a
+// child of a harness of its own: killed at the end of the test, or by the
+// watchdog.
+func child(t *testing.T, bin string, cred *syscall.Credential, role, arg string, env ...string) *proctest.Child {
+	t.Helper()
+	cmd := proctest.CommandOf(bin, role, arg)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr.Credential = cred
+	return proctest.New(t, 2*time.Minute).Start(cmd)
+}
+
+// runRole runs a child (see child) to its end, and returns its output and
+// its exit status.
+func runRole(t *testing.T, bin string, cred *syscall.Credential, role, arg string, env ...string) (string, error) {
+	t.Helper()
+	c := child(t, bin, cred, role, arg, env...)
+	out := c.Wait(t, time.Minute)
+	return out, c.Err
 }
 
 func runChild(role, arg string) int {
@@ -467,27 +481,17 @@ func TestRacingOpeners(t *testing.T) {
 	const n = 8
 	path := tempPath(t)
 	start := time.Now().Add(300 * time.Millisecond).UnixNano()
-	cmds := make([]*exec.Cmd, n)
-	outs := make([]strings.Builder, n)
-	for i := range cmds {
-		cmd := exec.Command(os.Args[0], "-test.run=^$", fmt.Sprintf("%s,%d,%d", path, start, i))
-		cmd.Env = append(os.Environ(), childEnv+"=race-open")
-		cmd.Stdout, cmd.Stderr = &outs[i], &outs[i]
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		require.NoError(t, cmd.Start())
-		cmds[i] = cmd
+	h := proctest.New(t, 30*time.Second)
+	kids := make([]*proctest.Child, n)
+	for i := range kids {
+		kids[i] = h.Spawn("race-open", fmt.Sprintf("%s,%d,%d", path, start, i))
 	}
-	watchdog := time.AfterFunc(30*time.Second, func() {
-		for _, c := range cmds {
-			c.Process.Kill()
-		}
-	})
-	defer watchdog.Stop()
 	seen := map[string]int{}
-	for i, cmd := range cmds {
-		require.NoError(t, cmd.Wait(), "child %d: %s", i, outs[i].String())
-		f := strings.Fields(outs[i].String())
-		require.Len(t, f, 3, outs[i].String())
+	for i, c := range kids {
+		out := c.Wait(t, 30*time.Second)
+		require.NoError(t, c.Err, "child %d: %s", i, out)
+		f := strings.Fields(out)
+		require.Len(t, f, 3, out)
 		seen[f[0]+" "+f[1]]++
 	}
 	require.Len(t, seen, 1, "every opener saw the same creation: %v", seen)
@@ -515,21 +519,14 @@ func TestTruncatedWhileMapped(t *testing.T) {
 			r, err := Open(path, Options{Size: 2 * pageSize})
 			require.NoError(t, err)
 			defer r.Close()
-			var out proctest.Buffer
-			cmd := exec.Command(os.Args[0], "-test.run=^$", path+","+mode)
-			cmd.Env = append(os.Environ(), childEnv+"=touch-truncated")
-			cmd.Stdout, cmd.Stderr = &out, &out
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			require.NoError(t, cmd.Start())
-			deadline := time.Now().Add(10 * time.Second)
-			for !strings.Contains(out.String(), "mapped") {
-				require.True(t, time.Now().Before(deadline), out.String())
-				time.Sleep(time.Millisecond)
-			}
+			c := child(t, os.Args[0], nil, "touch-truncated", path+","+mode)
+			proctest.Eventually(t, 10*time.Second, "the child never mapped the region", func() bool {
+				return strings.Contains(c.Output(), "mapped")
+			})
 			require.NoError(t, os.Truncate(path, pageSize))
 			assert.ErrorIs(t, r.Check(), ErrTruncated)
-			err = cmd.Wait()
-			got := out.String()
+			got := c.Wait(t, 30*time.Second)
+			err = c.Err
 			assert.Contains(t, got, "check: shm: check "+path+": region file is truncated")
 			if mode == "crash" {
 				assert.Error(t, err)
@@ -560,11 +557,8 @@ func TestNoPermission(t *testing.T) {
 	r, err := Open(path, Options{Size: 64}) // 0600, root's
 	require.NoError(t, err)
 	defer r.Close()
-	cmd := exec.Command(bin, "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=open-as-nobody")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, string(out))
-	assert.Contains(t, string(out), "permission: true")
-	assert.Contains(t, string(out), path)
+	out, err := runRole(t, bin, &syscall.Credential{Uid: 65534, Gid: 65534}, "open-as-nobody", path)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "permission: true")
+	assert.Contains(t, out, path)
 }

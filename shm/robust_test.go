@@ -49,9 +49,8 @@ func recorded(t *testing.T, path string, s int) []uint32 {
 
 // attachedTID starts a child attached to the robust region at path that has
 // linked line 0, and returns it with the thread ID it records.
-func attachedTID(t *testing.T, path string) (*exec.Cmd, uint32) {
-	c, tid, _ := attachedAs(t, "attach-tid", path)
-	return c, tid
+func attachedTID(t *testing.T, path string) (*proctest.Child, uint32) {
+	return attachedAs(t, "attach-tid", path)
 }
 
 // A robust region records its mode; every line an attachment makes a lock
@@ -77,10 +76,9 @@ func TestRobustRecordsTIDs(t *testing.T) {
 	assert.NotEqual(t, a, tid)
 	h = r.Probe(tid)
 	assert.Equal(t, Alive, h.State, h.String())
-	assert.EqualValues(t, child.Process.Pid, h.PID, "the table maps the thread ID to its process")
+	assert.EqualValues(t, child.Pid(), h.PID, "the table maps the thread ID to its process")
 	assert.EqualValues(t, tid, h.TID)
-	child.Process.Kill()
-	child.Wait()
+	child.Kill()
 	h = r.Probe(tid)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "liveness lock is free")
@@ -106,13 +104,15 @@ func TestRobustRecordsTIDs(t *testing.T) {
 // the kernel hands out, are skipped.
 func TestRobustTIDsUnique(t *testing.T) {
 	path := tempPath(t)
-	r := openRobust(t, path, Options{Size: 4096, Slots: 8})
+	const slots = 32
+	r := openRobust(t, path, Options{Size: 4096, Slots: slots})
 	mine, err := r.ownerFor(0)
 	require.NoError(t, err)
-	// A new list's thread is one of this process's idle threads, or a new
-	// one, whose ID the kernel hands out after the newest. Plant all of
-	// those in the free slots 5..8, as live claimants in another PID
-	// namespace would have them: their liveness locks held.
+	// A new list's thread is one of this process's idle threads (as many
+	// as the tests before left), or a new one, whose ID the kernel hands
+	// out after the newest. Plant all of those in the free slots from 5 on,
+	// as live claimants in another PID namespace would have them: their
+	// liveness locks held.
 	tasks, err := os.ReadDir("/proc/self/task")
 	require.NoError(t, err)
 	var planted []uint32
@@ -125,13 +125,15 @@ func TestRobustTIDsUnique(t *testing.T) {
 		}
 		newest = max(newest, uint32(n))
 	}
-	for next := newest + 1; len(planted) < 4*maxTIDs; next++ {
+	for next := newest + 1; len(planted) < 4*maxTIDs || len(planted)%maxTIDs != 0; next++ {
 		planted = append(planted, next)
 	}
+	last := 4 + len(planted)/maxTIDs
+	require.LessOrEqual(t, last, slots, "more threads than the table can plant")
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
-	for s := 5; s <= 8; s++ {
+	for s := 5; s <= last; s++ {
 		var e [entryBytes]byte
 		for i, tid := range planted[(s-5)*maxTIDs : (s-4)*maxTIDs] {
 			binary.NativeEndian.PutUint32(e[entTIDs+4*i:], tid)
@@ -284,11 +286,9 @@ func TestRobustDeadTIDsRetired(t *testing.T) {
 // it does not fault on the lost pages.
 func TestRobustCloseTruncated(t *testing.T) {
 	path := tempPath(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"=close-truncated")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "closed: <nil>")
+	out, err := runRole(t, os.Args[0], nil, "close-truncated", path)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "closed: <nil>")
 }
 
 // A probe never waits for a lock constructor that waits for the lock on

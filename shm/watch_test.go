@@ -4,7 +4,6 @@ package shm
 
 import (
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,29 +19,22 @@ import (
 
 // attached starts a child attached to the region at path and returns it with
 // its owner ID. The child is killed when the test ends.
-func attached(t *testing.T, path string) (*exec.Cmd, uint32) {
-	c, id, _ := attachedAs(t, "attach", path)
-	return c, id
+func attached(t *testing.T, path string) (*proctest.Child, uint32) {
+	return attachedAs(t, "attach", path)
 }
 
 // attachedAs starts a child in role ("attach" or "attach-detach") and returns
 // it, its owner ID and its output so far.
-func attachedAs(t *testing.T, role, path string) (*exec.Cmd, uint32, *proctest.Buffer) {
+func attachedAs(t *testing.T, role, path string) (*proctest.Child, uint32) {
 	t.Helper()
-	out := new(proctest.Buffer)
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), childEnv+"="+role)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	c := child(t, os.Args[0], nil, role, path)
 	proctest.Eventually(t, 10*time.Second, "the child never attached", func() bool {
-		return strings.Contains(out.String(), "\n")
+		return strings.Contains(c.Output(), "\n")
 	})
-	first, _, _ := strings.Cut(out.String(), "\n")
+	first, _, _ := strings.Cut(c.Output(), "\n")
 	id, err := strconv.ParseUint(strings.TrimPrefix(first, "id="), 10, 32)
-	require.NoError(t, err, out.String())
-	return cmd, uint32(id), out
+	require.NoError(t, err, c.Output())
+	return c, uint32(id)
 }
 
 // counter returns a callback that counts its calls.
@@ -101,14 +93,13 @@ func TestWatchFiresOnExit(t *testing.T) {
 	stopB = r.watchID(idB, fb2)
 	assert.Equal(t, 2, pidfds(t), "and serves the next one")
 	stopB()
-	b.Process.Kill()
-	b.Wait()
+	b.Kill()
 	// Killed, not reaped: the zombie stage is when the pidfd fires.
-	a.Process.Kill()
+	syscall.Kill(a.Pid(), syscall.SIGKILL)
 	proctest.Eventually(t, 10*time.Second, "the watch did not fire when its process died", func() bool {
 		return n1.Load() == 1 && n2.Load() == 1
 	})
-	a.Wait()
+	a.Kill()
 	time.Sleep(100 * time.Millisecond)
 	assert.EqualValues(t, 1, n1.Load(), "fires once")
 	assert.Zero(t, nb.Load()+nb2.Load(), "a stopped watch never fires")
@@ -157,10 +148,10 @@ func TestWatchSlotClaimedAgain(t *testing.T) {
 	t.Run("replaced by the next Watch", func(t *testing.T) {
 		r, path := open(t)
 		nA, fA := counter()
-		_, idA, outA := attachedAs(t, "attach-detach", path)
+		outA, idA := attachedAs(t, "attach-detach", path)
 		r.watchID(idA, fA)
 		require.Equal(t, 1, pidfds(t))
-		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.String(), "detached") })
+		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.Output(), "detached") })
 		_, idB := attached(t, path)
 		require.Equal(t, slotOf(idA), slotOf(idB), "B claims the slot A left")
 		nB, fB := counter()
@@ -173,10 +164,10 @@ func TestWatchSlotClaimedAgain(t *testing.T) {
 	t.Run("dropped at the last stop", func(t *testing.T) {
 		r, path := open(t)
 		nA, fA := counter()
-		_, idA, outA := attachedAs(t, "attach-detach", path)
+		outA, idA := attachedAs(t, "attach-detach", path)
 		stopA := r.watchID(idA, fA)
 		require.Equal(t, 1, pidfds(t))
-		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.String(), "detached") })
+		proctest.Eventually(t, 10*time.Second, "A never detached", func() bool { return strings.Contains(outA.Output(), "detached") })
 		_, idB := attached(t, path)
 		require.Equal(t, slotOf(idA), slotOf(idB))
 		stopA()
@@ -193,8 +184,7 @@ func TestWatchStaleIDSparesTheLiving(t *testing.T) {
 	require.NoError(t, err)
 	defer r.Close()
 	a, idA := attached(t, path)
-	a.Process.Kill()
-	a.Wait()
+	a.Kill()
 	_, idB := attached(t, path)
 	require.Equal(t, slotOf(idA), slotOf(idB))
 	nB, fB := counter()
@@ -223,7 +213,7 @@ func TestWatchGoneSelfAndForeign(t *testing.T) {
 	require.NoError(t, err)
 	defer foreign.Close()
 	e := r.entry(slotOf(foreign.ownerID()))
-	atomic.StoreInt32(e.pid, int32(c.Process.Pid))
+	atomic.StoreInt32(e.pid, int32(c.Pid()))
 	atomic.StoreUint64(e.pidns, r.self.NS+1)
 
 	nSelf, fSelf := counter()
@@ -237,8 +227,7 @@ func TestWatchGoneSelfAndForeign(t *testing.T) {
 	r.watchID(stale, fGone)
 	proctest.Eventually(t, 10*time.Second, "a reclaimed slot was not reported gone", func() bool { return nGone.Load() == 1 })
 
-	c.Process.Kill()
-	c.Wait()
+	c.Kill()
 	time.Sleep(200 * time.Millisecond)
 	assert.Zero(t, nSelf.Load())
 	assert.Zero(t, nForeign.Load(), "a pid from another namespace was watched")
@@ -257,8 +246,7 @@ func TestWatchClose(t *testing.T) {
 	proctest.Eventually(t, 10*time.Second, "Close left pidfds open", func() bool { return pidfds(t) == 0 })
 	stop := r.watchID(id, f)
 	stop()
-	c.Process.Kill()
-	c.Wait()
+	c.Kill()
 	time.Sleep(200 * time.Millisecond)
 	assert.Zero(t, n.Load())
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,12 +40,9 @@ const (
 	iDataOff = 4096 // the data area's offset in the file: the header, 64 + 8*64 bytes, rounded to a page
 )
 
-// cliEnv makes the re-executed test binary run the command line (main), and
-// roleEnv a child role.
-const (
-	cliEnv  = "SHMLOCK_TEST_CLI"
-	roleEnv = "SHMLOCK_TEST_CLI_ROLE"
-)
+// cliEnv makes the re-executed test binary run the command line (main), as
+// the shmlock binary would, with the test binary's arguments.
+const cliEnv = "SHMLOCK_TEST_CLI"
 
 // cliMain runs, in a re-executed test binary, the command line or a role.
 func cliMain() {
@@ -55,10 +51,7 @@ func cliMain() {
 		main()
 		os.Exit(0)
 	}
-	if role := os.Getenv(roleEnv); role != "" {
-		time.AfterFunc(60*time.Second, func() { os.Exit(3) })
-		os.Exit(runRole(role, os.Args[len(os.Args)-1]))
-	}
+	proctest.DispatchFunc(func(role string, args []string) int { return runRole(role, strings.Join(args, " ")) })
 }
 
 type objects struct {
@@ -140,19 +133,13 @@ func cli(t *testing.T, args ...string) cliResult {
 
 // startHolder starts a child in role on the region at path and waits until it
 // holds.
-func startHolder(t *testing.T, role, path string) *exec.Cmd {
+func startHolder(t *testing.T, role, path string) *proctest.Child {
 	t.Helper()
-	var out proctest.Buffer
-	cmd := exec.Command(os.Args[0], "-test.run=^$", path)
-	cmd.Env = append(os.Environ(), roleEnv+"="+role)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	proctest.Eventually(t, 10*time.Second, "the child never held: "+out.String(), func() bool {
-		return strings.Contains(out.String(), "held")
+	c := proctest.New(t, 2*time.Minute).Spawn(role, path)
+	proctest.Eventually(t, 10*time.Second, "the child never held", func() bool {
+		return strings.Contains(c.Output(), "held")
 	})
-	return cmd
+	return c
 }
 
 func fileHash(t *testing.T, path string) [32]byte {
@@ -192,8 +179,8 @@ func TestInspect(t *testing.T) {
 	t.Logf("\n%s", res.out)
 	assert.Contains(t, res.out, "layout version 4, probe mode")
 	assert.Contains(t, res.out, "attached processes: 3")
-	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+0\s+mutex\s+-\s+held\s+%d\s+alive`, holderCmd.Process.Pid), res.out)
-	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+64\s+seqlock\s+64\s+held\s+%d\s+alive.*write open\), clean`, writer.Process.Pid), res.out)
+	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+0\s+mutex\s+-\s+held\s+%d\s+alive`, holderCmd.Pid()), res.out)
+	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+64\s+seqlock\s+64\s+held\s+%d\s+alive.*write open\), clean`, writer.Pid()), res.out)
 	assert.Regexp(t, `(?m)^\s+192\s+record\s+64\s+held`, res.out)
 	assert.Contains(t, res.out, "A live holder is never robbed")
 
@@ -204,16 +191,14 @@ func TestInspect(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(res.out), &rep), res.out)
 	require.Len(t, rep.Locks, 3)
 	assert.Equal(t, "mutex", rep.Locks[0].Kind)
-	assert.EqualValues(t, holderCmd.Process.Pid, rep.Locks[0].Holder.PID)
+	assert.EqualValues(t, holderCmd.Pid(), rep.Locks[0].Holder.PID)
 	assert.Equal(t, "alive", rep.Locks[0].Holder.State)
 	assert.True(t, *rep.Locks[1].Seq&1 == 1, "the open write shows as an odd sequence")
 
 	// The holders die: inspect says so, and what happens next. Nobody
 	// waits, so the locks stay held by the dead until someone comes.
-	holderCmd.Process.Kill()
-	holderCmd.Wait()
-	writer.Process.Kill()
-	writer.Wait()
+	holderCmd.Kill()
+	writer.Kill()
 	before = fileHash(t, path)
 	res = cli(t, "inspect", path)
 	require.Zero(t, res.code, res.errOut)
@@ -235,8 +220,8 @@ func TestInspectRobust(t *testing.T) {
 	require.Zero(t, res.code, res.errOut)
 	t.Logf("\n%s", res.out)
 	assert.Contains(t, res.out, "layout version 4, robust mode")
-	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+0\s+mutex\s+-\s+held\s+%d\s+alive`, holderCmd.Process.Pid), res.out)
-	assert.Regexp(t, fmt.Sprintf(`pid %d \(thread \d+\) is alive`, holderCmd.Process.Pid), res.out)
+	assert.Regexp(t, fmt.Sprintf(`(?m)^\s+0\s+mutex\s+-\s+held\s+%d\s+alive`, holderCmd.Pid()), res.out)
+	assert.Regexp(t, fmt.Sprintf(`pid %d \(thread \d+\) is alive`, holderCmd.Pid()), res.out)
 	res = cli(t, "inspect", "-json", path)
 	require.Zero(t, res.code, res.errOut)
 	var rep report
@@ -245,8 +230,7 @@ func TestInspectRobust(t *testing.T) {
 	assert.EqualValues(t, rep.Locks[0].Owner, fmt.Sprintf("%#x", o.mu.Inspect().Owner))
 	assert.NotZero(t, rep.Locks[0].Holder.TID)
 
-	holderCmd.Process.Kill()
-	holderCmd.Wait()
+	holderCmd.Kill()
 	res = cli(t, "inspect", path)
 	require.Zero(t, res.code, res.errOut)
 	t.Logf("\n%s", res.out)

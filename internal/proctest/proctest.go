@@ -28,6 +28,19 @@ const (
 // it first in TestMain. A child dies with its parent and after a minute in
 // any case.
 func Dispatch(roles map[string]func(args []string) int) {
+	DispatchFunc(func(role string, args []string) int {
+		f, ok := roles[role]
+		if !ok {
+			fmt.Fprintln(os.Stderr, "proctest: unknown role", role)
+			return 2
+		}
+		return f(args)
+	})
+}
+
+// DispatchFunc is Dispatch for a package whose roles are the cases of one
+// function.
+func DispatchFunc(run func(role string, args []string) int) {
 	role := os.Getenv(roleEnv)
 	if role == "" {
 		return
@@ -36,12 +49,7 @@ func Dispatch(roles map[string]func(args []string) int) {
 		fmt.Fprintln(os.Stderr, "proctest: child watchdog fired")
 		os.Exit(3)
 	})
-	f, ok := roles[role]
-	if !ok {
-		fmt.Fprintln(os.Stderr, "proctest: unknown role", role)
-		os.Exit(2)
-	}
-	os.Exit(f(strings.Fields(os.Getenv(argsEnv))))
+	os.Exit(run(role, strings.Fields(os.Getenv(argsEnv))))
 }
 
 // Harness owns a test's children and its watchdog.
@@ -73,18 +81,43 @@ type Child struct {
 }
 
 // Command returns the test binary, to be started in role with args (for
-// benchmarks, which have no Harness). It dies with its parent.
-func Command(role string, args ...string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+// benchmarks, which have no Harness, or to be changed before Start). It dies
+// with its parent.
+func Command(role string, args ...string) *exec.Cmd { return CommandOf(os.Args[0], role, args...) }
+
+// CommandOf is Command for the test binary at bin: a copy of it that another
+// user may run, say.
+func CommandOf(bin, role string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, "-test.run=^$", "-test.bench=^$")
 	cmd.Env = append(os.Environ(), roleEnv+"="+role, argsEnv+"="+strings.Join(args, " "))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
 
+// Via makes cmd run under a wrapper program, such as unshare with its
+// flags: prefix[0] is looked up in PATH.
+func Via(cmd *exec.Cmd, prefix ...string) error {
+	path, err := exec.LookPath(prefix[0])
+	if err != nil {
+		return err
+	}
+	cmd.Args = append(append([]string{}, prefix...), cmd.Args...)
+	cmd.Path = path
+	return nil
+}
+
 // Spawn starts the test binary in role with args.
 func (h *Harness) Spawn(role string, args ...string) *Child {
 	h.t.Helper()
-	cmd := Command(role, args...)
+	return h.Start(Command(role, args...))
+}
+
+// Start starts cmd, made by Command or CommandOf and changed as the test
+// needs (more environment, a wrapper, credentials), as a child of the
+// harness: its output is collected, and the watchdog and the test's end
+// kill it.
+func (h *Harness) Start(cmd *exec.Cmd) *Child {
+	h.t.Helper()
 	c := &Child{cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &c.out, &c.out
 	if err := cmd.Start(); err != nil {
@@ -117,10 +150,25 @@ func (c *Child) Wait(t *testing.T, limit time.Duration) string {
 	case <-time.After(limit):
 		c.cmd.Process.Kill()
 		<-c.done
-		t.Fatalf("child %d did not finish within %v; output:\n%s", c.Pid(), limit, c.out.String())
+		t.Fatalf("child %d (%s) did not finish within %v; output:\n%s", c.Pid(), c.role(), limit, c.out.String())
 	}
 	return c.out.String()
 }
+
+// role returns the role and arguments the child was started in.
+func (c *Child) role() string {
+	var r []string
+	for _, e := range c.cmd.Env {
+		if strings.HasPrefix(e, roleEnv+"=") || strings.HasPrefix(e, argsEnv+"=") {
+			r = append(r, e)
+		}
+	}
+	return strings.Join(r, " ")
+}
+
+// Done is closed once the child has exited and been reaped (by Wait or
+// Kill).
+func (c *Child) Done() <-chan struct{} { c.reap(); return c.done }
 
 // Kill SIGKILLs the child and reaps it.
 func (c *Child) Kill() {
