@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -91,6 +93,25 @@ func init() {
 	roles["crash-reader"] = crashReader
 	roles["crash-hang"] = crashHang
 	roles["crash-read-once"] = crashReadOnce
+	roles["crash-write-once"] = crashWriteOnce
+}
+
+// crashWriteOnce writes crashValue(args[1]) to the Record of the region at
+// args[0], once, and commits it.
+func crashWriteOnce(args []string) int {
+	e, err := openSeqEnv(args[0], shm.ModeAuto)
+	if err != nil {
+		panic(err)
+	}
+	v, _ := strconv.ParseUint(args[1], 10, 64)
+	w, err := e.rec.Write(context.Background())
+	if err != nil {
+		panic(err)
+	}
+	w.Store(crashValue(v))
+	w.Commit()
+	w.Release()
+	return 0
 }
 
 // crashWriter writes the SeqLock (args[1] "seq") or the Record of the region
@@ -429,6 +450,45 @@ func readerUnderLoad(n int) crashRow {
 // row fails. In robust mode the kernel frees a dead holder's lock, so a
 // waiter reaches the probe's points only on the safety net's path: a word the
 // kernel did not mark.
+// A Record reader that loaded the index of the published copy, and then
+// stalled, while one writer published the other copy and the next one
+// finished writing the reader's copy but died before publishing it (at
+// RecordEven): the reader's copy is even and whole, but was never
+// published. The reader must see that the index moved, and return the
+// published value, not the one that never was.
+func TestCrashPointsRecordUnpublished(t *testing.T) {
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h, e, path := newSeqHarness(t, mode)
+		w, err := e.rec.Write(context.Background())
+		require.NoError(t, err)
+		require.NoError(t, w.Store(crashValue(1)))
+		w.Commit()
+		w.Release()
+		atIndex, resume := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		fault.SetHook(fault.RecordReadIndex, func() { once.Do(func() { close(atIndex); <-resume }) })
+		defer fault.SetHook(fault.RecordReadIndex, nil)
+		got := make(chan []byte, 1)
+		go func() {
+			b := make([]byte, crashSize)
+			if err := e.rec.Read(b); err != nil {
+				panic(err)
+			}
+			got <- b
+		}()
+		<-atIndex
+		h.spawnIn(path, nil, "crash-write-once", "2").Wait(t, 20*time.Second)
+		diedAt(t, h.spawnIn(path, faultEnv(fault.RecordEven, 1), "crash-write-once", "3"), fault.RecordEven)
+		close(resume)
+		select {
+		case b := <-got:
+			assert.Equal(t, crashValue(2), b, "the reader returned a copy that was never published")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the reader did not return")
+		}
+	})
+}
+
 func TestCrashPoints(t *testing.T) {
 	inModes(t, func(t *testing.T, mode shm.Mode) { crashPoints(t, mode) })
 }
