@@ -17,18 +17,21 @@ func Example() {
 	name := fmt.Sprintf("shmlock-example-%d", os.Getpid())
 	defer shm.Remove(name)
 
-	// Every process opens the same name; the first creates the region.
-	// The Mutex lives at offset 0, the counter in the next cache line.
-	r, err := shm.Open(name, shm.Options{Size: 2 * shmlock.Size})
+	// Every process declares the same layout and opens the same name; the
+	// first creates the region. Each object gets lines of its own.
+	var l shm.Layout
+	lock := l.Lock("lock", shmlock.Size)
+	data := l.Data("counter", 8)
+	r, err := shm.Open(name, shm.Options{Layout: &l})
 	if err != nil {
 		panic(err)
 	}
 	defer r.Close()
-	mu, err := shmlock.New(r, 0)
+	mu, err := shmlock.New(r, lock)
 	if err != nil {
 		panic(err)
 	}
-	counter, _ := r.Bytes(shmlock.Size, 8)
+	counter, _ := r.Bytes(data, 8)
 
 	mu.Lock()
 	counter[0]++

@@ -94,7 +94,7 @@ func checkSize(n int) error {
 
 // words returns the n-byte data area at off as 64-bit words.
 func words(r *shm.Region, off, n int) ([]uint64, error) {
-	b, err := r.Bytes(off, n)
+	b, err := region.Of(r).Span(off, n)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 func lockSlot(r *shm.Region, off int, k region.Kind, n int) (*shmlock.Mutex, *[8]uint64, uint64, error) {
 	// The whole lock must fit before anything is written: a refused
 	// constructor leaves no tag behind.
-	if _, err := r.Bytes(off, region.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
+	if _, err := region.Of(r).Span(off, region.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
 		return nil, nil, 0, err
 	}
 	// The SeqLock's or Record's tag first: placing it gives the line and

@@ -45,6 +45,12 @@ var (
 	ErrNoSpace = errors.New("no space left for the region")
 	// ErrUnsupported: this system lacks a mechanism the region needs.
 	ErrUnsupported = errors.New("not supported on this system")
+	// ErrLayout: Open was given a Layout, and the region was created
+	// with another one, or without one; or a slice or a lock was asked
+	// for where the Layout declared at Open does not put it (Bytes over a
+	// lock or past a data object, a lock constructor off a lock object's
+	// offset, or too big for it).
+	ErrLayout = errors.New("region layout does not match")
 )
 
 // Error describes a failure about one region file.

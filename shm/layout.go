@@ -1,6 +1,6 @@
 package shm
 
-// Layout of a region file, version 4. All integers are in the byte order of
+// Layout of a region file, version 5. All integers are in the byte order of
 // the machine that created the region; a region is shared between processes
 // of one machine, and a file of the other byte order is refused by the
 // byteOrder field.
@@ -9,7 +9,7 @@ package shm
 //	  0  magic       [8]byte  "SHMLOCKR" once initialised; "SHMLOCKI" while
 //	                          initialisation runs (a crash leaves it, and the
 //	                          next opener initialises again)
-//	  8  version     uint32   layout version, 4
+//	  8  version     uint32   layout version, 5
 //	 12  headerSize  uint32   offset of the data area: header and process
 //	                          table, rounded up to a page
 //	 16  dataSize    uint64   bytes of the data area
@@ -20,7 +20,8 @@ package shm
 //	 40  creator     int32    creator's PID (in its own PID namespace)
 //	 44  byteOrder   uint32   0x01020304 written natively
 //	 48  attaches    uint64   count of attachments ever made (information)
-//	 56  reserved
+//	 56  layout      uint64   fingerprint of the Layout the region was created
+//	                          with (Options.Layout), 0 for none
 //	process table: entry s (1..slots) at 128*s, 128 bytes each; entry 0 is
 //	the header itself, so slot 0 never exists and a held owner word is never 0
 //	  0  incarnation uint32   bumped each time the slot is claimed
@@ -38,7 +39,8 @@ package shm
 //	112  reserved
 //	data area: headerSize .. headerSize+dataSize; word 3 of a lock's line
 //	  is its placement tag (place.go), so that tools find the locks
-//	  (version 3; version 2 had no tags; version 4 added the mode and tids)
+//	  (version 3; version 2 had no tags; version 4 added the mode and tids;
+//	  version 5 the layout)
 //
 // File locks (all of them OFD locks, fcntl F_OFD_SETLK, so that no lock of
 // one kind is ever invisible to a lock of another kind):
@@ -56,7 +58,7 @@ const (
 	// changes with any change of meaning of the file's bytes, the owner ID
 	// and the lock words included: two builds that read one word in two
 	// ways would each judge the other's holds dead.
-	Version = 4
+	Version = 5
 
 	byteOrderMark = 0x01020304
 
@@ -73,6 +75,7 @@ const (
 	offCreator    = 40
 	offByteOrder  = 44
 	offAttaches   = 48
+	offLayout     = 56
 
 	entIncarnation = 0
 	entPID         = 4

@@ -78,6 +78,11 @@ func (r *Region) place(off int, k region.Kind, size int) error {
 	if r.readOnly {
 		return fail("the region is open read-only")
 	}
+	if r.layout != nil {
+		if err := r.layout.checkLock(off, (region.Placement{Off: off, Kind: k, Size: size}).Bytes()); err != nil {
+			return &Error{Op: "place", Path: r.path, Kind: ErrLayout, Detail: err.Error()}
+		}
+	}
 	if p, ok := r.covering(off); ok {
 		return fail("offset %d lies in the data of the %v of %d bytes at offset %d", off, p.Kind, p.Size, p.Off)
 	}

@@ -29,3 +29,4 @@ func (p plumbing) Slots() int                                 { return p.r.numSl
 func (p plumbing) Created() (time.Time, int32)                { return p.r.created() }
 func (p plumbing) Attaches() uint64                           { return p.r.attaches() }
 func (p plumbing) ReadOnly() bool                             { return p.r.isReadOnly() }
+func (p plumbing) Span(off, n int) ([]byte, error)            { return p.r.span(off, n) }

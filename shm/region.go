@@ -40,6 +40,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -87,6 +88,12 @@ type Options struct {
 	// the zero value, creates in DefaultMode and opens in whatever mode
 	// the region was created in.
 	Mode Mode
+	// Layout declares the region's objects (see Layout): the region is
+	// created with it, and an existing one must have been created with
+	// the same (else ErrLayout). The data area is then at least the
+	// Layout's size; Size may be 0. Without a Layout, Open takes an
+	// existing region as it is, with or without one.
+	Layout *Layout
 }
 
 // Region is one process's attachment to a region file. Its methods are safe
@@ -106,6 +113,8 @@ type Region struct {
 	robust *robustLists // ModeRobust: this attachment's robust lists
 
 	readOnly bool // mapped read-only, attached to no slot (OpenReadOnly)
+
+	layout *Layout // the objects declared at Open (Options.Layout), or nil
 
 	watches watches
 	life    closing.Closing // Close, as the objects made in the region see it
@@ -178,6 +187,15 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 	if opt.Size < 0 {
 		return fail(ErrInvalid, fmt.Sprintf("negative size %d", opt.Size), nil)
 	}
+	if l := opt.Layout; l != nil {
+		if l.err != nil {
+			return fail(ErrInvalid, "layout: "+l.err.Error(), nil)
+		}
+		// The data area holds the whole layout. The region keeps a copy:
+		// a caller's later declarations change nothing of it.
+		opt.Size = max(opt.Size, l.size)
+		opt.Layout = &Layout{objects: slices.Clone(l.objects), size: l.size}
+	}
 	slots := opt.Slots
 	if slots == 0 {
 		slots = DefaultSlots
@@ -217,7 +235,7 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		}
 		return nil, oerr
 	}
-	r := &Region{path: path, f: f, slots: slots, self: owner.Self(), readOnly: readOnly}
+	r := &Region{path: path, f: f, slots: slots, self: owner.Self(), readOnly: readOnly, layout: opt.Layout}
 	ok := false
 	defer func() {
 		if !ok {
@@ -274,7 +292,7 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		// the lock we now hold otherwise): initialise from scratch. The
 		// "initialising" magic is ours alone, so no foreign data is lost.
 		if opt.Size == 0 {
-			return fail(ErrInvalid, "Options.Size is required to create a region", nil)
+			return fail(ErrInvalid, "Options.Size (or Options.Layout) is required to create a region", nil)
 		}
 		r.mode = opt.Mode
 		if r.mode == ModeAuto {
@@ -289,7 +307,13 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 			return nil, asError(err, "open", path, "initialising")
 		}
 	default:
-		dataSize, mode, err := validate(hdr[:], fi.Size(), opt.Size)
+		// A declared layout is checked before the size: a region made
+		// for another one is too small, or not, by chance.
+		want := opt.Size
+		if r.layout != nil {
+			want = 0
+		}
+		dataSize, mode, err := validate(hdr[:], fi.Size(), want)
 		if err != nil {
 			err.Op, err.Path = "open", path
 			return nil, err
@@ -300,6 +324,14 @@ func open(path string, opt Options, readOnly bool) (*Region, error) {
 		}
 		if mode == ModeRobust && !readOnly && !robustAvailable() {
 			return fail(ErrMode, "the region was created in robust mode, which this system does not support", nil)
+		}
+		// An opener that declares no layout (a tool such as shmlock
+		// break) takes the region as it is.
+		if fp := binary.NativeEndian.Uint64(hdr[offLayout:]); r.layout != nil && fp != r.fingerprint() {
+			return fail(ErrLayout, layoutMismatch(fp, r.fingerprint()), nil)
+		}
+		if opt.Size > dataSize {
+			return fail(ErrTooSmall, fmt.Sprintf("data area is %d bytes, %d asked", dataSize, opt.Size), nil)
 		}
 		r.mode = mode
 		slots = int(binary.NativeEndian.Uint32(hdr[offSlots:]))
@@ -367,9 +399,28 @@ func (r *Region) initialise(dataSize int, all bool) error {
 	ne.PutUint64(h[offCreated:], uint64(time.Now().UnixNano()))
 	ne.PutUint32(h[offCreator:], uint32(r.self.PID))
 	ne.PutUint32(h[offByteOrder:], byteOrderMark)
+	ne.PutUint64(h[offLayout:], r.fingerprint())
 	// The ready magic goes last: an opener that finds it finds the rest.
 	copy(h[offMagic:], magicReady)
 	return nil
+}
+
+// fingerprint is what the header records of r's layout: 0 for none.
+func (r *Region) fingerprint() uint64 {
+	if r.layout == nil {
+		return 0
+	}
+	return r.layout.fingerprint()
+}
+
+// layoutMismatch says how the layout recorded (have) and the one declared
+// (want) differ.
+func layoutMismatch(have, want uint64) string {
+	switch {
+	case have == 0:
+		return "the region was created without a Layout, and is opened with one"
+	}
+	return fmt.Sprintf("the region was created with another Layout (fingerprint %#x, this one's %#x)", have, want)
 }
 
 // removeIfSame removes the region file, if the path still names it.
@@ -639,6 +690,17 @@ func (r *Region) numSlots() int { return r.slots }
 // Allocate them first (Allocate, or Options.Allocate at creation), and that
 // is an error instead.
 func (r *Region) Bytes(off, n int) ([]byte, error) {
+	if r.layout != nil {
+		if err := r.layout.checkData(off, n); err != nil {
+			return nil, &Error{Op: "slice", Path: r.path, Kind: ErrLayout, Detail: err.Error()}
+		}
+	}
+	return r.span(off, n)
+}
+
+// span is Bytes without the layout's check: the bytes of a lock too, for
+// the lock packages (region.Plumbing).
+func (r *Region) span(off, n int) ([]byte, error) {
 	if err := r.inRange("slice", off, n); err != nil {
 		return nil, err
 	}

@@ -33,8 +33,22 @@ const (
 	dMaxWork   = 16
 	dRecord    = dMine + 8*dMaxWork // a seqlock.Record of dRecBytes: the counter, in every word
 	dRecBytes  = 64
-	dSize      = dRecord + 64 + 2*dRecBytes
 )
+
+// demoLayout declares the demo region's objects, at the offsets above.
+func demoLayout() *shm.Layout {
+	var l shm.Layout
+	at := func(got, want int) {
+		if got != want {
+			panic(fmt.Sprintf("demo: an object at %d, declared at %d", got, want))
+		}
+	}
+	at(l.Lock("mutex", shmlock.Size), dMutex)
+	at(l.Data("counter, journal, recoverer, stop", dMine-dCounter), dCounter)
+	at(l.Data("per worker", 8*dMaxWork), dMine)
+	at(l.Lock("record", seqlock.RecordSize(dRecBytes)), dRecord)
+	return &l
+}
 
 type demoRegion struct {
 	r   *shm.Region
@@ -43,7 +57,7 @@ type demoRegion struct {
 }
 
 func openDemo(path string, mode shm.Mode) (*demoRegion, error) {
-	r, err := shm.Open(path, shm.Options{Size: dSize, Mode: mode})
+	r, err := shm.Open(path, shm.Options{Layout: demoLayout(), Mode: mode})
 	if err != nil {
 		return nil, err
 	}

@@ -40,21 +40,22 @@ const (
 )
 
 type tortureLayout struct {
-	size                                         int
-	counter, journal, seq, rec, stats, lat, mine int
-	total                                        int
+	size                                             int
+	mu, counter, journal, seq, rec, stats, lat, mine int
+	objects                                          *shm.Layout
 }
 
 func newLayout(size int) tortureLayout {
-	l := tortureLayout{size: size}
-	l.counter = shmlock.Size
+	l := tortureLayout{size: size, objects: new(shm.Layout)}
+	o := l.objects
+	l.mu = o.Lock("mutex", shmlock.Size)
+	l.counter = o.Data("counter, journal", 16)
 	l.journal = l.counter + 8
-	l.seq = 2 * shmlock.Size
-	l.rec = l.seq + seqlock.SeqLockSize(size)
-	l.stats = l.rec + seqlock.RecordSize(size)
-	l.lat = l.stats + 8*nStats
-	l.mine = l.lat + 8*tLatencies
-	l.total = l.mine + 8*tMaxWorkers
+	l.seq = o.Lock("seqlock", seqlock.SeqLockSize(size))
+	l.rec = o.Lock("record", seqlock.RecordSize(size))
+	l.stats = o.Data("stats", 8*nStats)
+	l.lat = o.Data("latencies", 8*tLatencies)
+	l.mine = o.Data("per worker", 8*tMaxWorkers)
 	return l
 }
 
@@ -80,12 +81,12 @@ func (t *torture) recoveries(off int) uint64 {
 
 func openTorture(path string, size int, mode shm.Mode) (*torture, error) {
 	l := newLayout(size)
-	r, err := shm.Open(path, shm.Options{Size: l.total, Slots: tMaxWorkers + 8, Mode: mode})
+	r, err := shm.Open(path, shm.Options{Layout: l.objects, Slots: tMaxWorkers + 8, Mode: mode})
 	if err != nil {
 		return nil, err
 	}
 	t := &torture{l: l, r: r}
-	if t.mu, err = shmlock.New(r, 0); err == nil {
+	if t.mu, err = shmlock.New(r, l.mu); err == nil {
 		if t.seq, err = seqlock.NewSeqLock(r, l.seq, size); err == nil {
 			t.rec, err = seqlock.NewRecord(r, l.rec, size)
 		}

@@ -24,11 +24,9 @@ import (
 	"fmt"
 	"math"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/shmlock/shmlock"
-	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -54,24 +52,29 @@ var (
 	ErrMismatch = errors.New("cache: region holds a cache of other dimensions")
 )
 
-// The data area: a config line, the writers' Mutex, then the slots.
+// The data area is a shm.Layout: the writers' Mutex, then the slots, an
+// array of Records. The slots' name carries the cache's dimensions, so a
+// region made for other ones, or for something else, has another layout,
+// which Open refuses (shm.ErrLayout) before it writes anything.
 //
-//	config (offset 0): magic, capacity, maxKey, maxValue, written once by
-//	                   the first writer and checked by every opener
-//	writers' Mutex (offset 64)
-//	slot i (offset 128 + i*RecordSize(slotBytes)): a Record of slotBytes:
+//	writers' Mutex
+//	slot i: a Record of slotBytes:
 //	  0  expires  int64   Unix ns after which the entry is gone; 0: empty
 //	  8  hash     uint64  of the key
 //	 16  keyLen   uint32
 //	 20  valLen   uint32
 //	 24  key, then value (maxKey + maxValue bytes)
-const (
-	offConfig = 0
-	offMutex  = 64
-	offSlots  = 128
-	entryHead = 24
-	magic     = 0x31454843414d4853 // "SHMCACH1"
-)
+const entryHead = 24
+
+// layout declares the cache's objects and returns them with the offsets of
+// the writers' Mutex and of the first slot.
+func (o Options) layout() (l *shm.Layout, mu, slots int) {
+	l = new(shm.Layout)
+	mu = l.Lock("cache writers", shmlock.Size)
+	name := fmt.Sprintf("cache slots: %d entries, keys of at most %d bytes, values of at most %d", o.Capacity, o.MaxKey, o.MaxValue)
+	slots = l.Locks(name, o.Capacity, seqlock.RecordSize(o.slotBytes()))
+	return l, mu, slots
+}
 
 // Cache is one process's handle on a shared cache. Its methods are safe for
 // concurrent use by goroutines.
@@ -87,7 +90,8 @@ type Cache struct {
 
 // Size returns the data bytes a cache of these dimensions needs.
 func (o Options) Size() int {
-	return offSlots + o.Capacity*seqlock.RecordSize(o.slotBytes())
+	_, _, slots := o.layout()
+	return slots + o.Capacity*seqlock.RecordSize(o.slotBytes())
 }
 
 func (o Options) slotBytes() int { return (entryHead + o.MaxKey + o.MaxValue + 7) / 8 * 8 }
@@ -99,13 +103,17 @@ func Open(name string, opt Options) (*Cache, error) {
 		return nil, fmt.Errorf("cache: bad options %+v", opt)
 	}
 	ro := opt.Region
-	ro.Size = opt.Size()
+	l, mu, slots := opt.layout()
+	ro.Layout = l
 	r, err := shm.Open(name, ro)
+	if errors.Is(err, shm.ErrLayout) {
+		return nil, fmt.Errorf("%w: %w", ErrMismatch, err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	c := &Cache{r: r, maxKey: opt.MaxKey, maxValue: opt.MaxValue, slotBytes: opt.slotBytes()}
-	if err := c.init(opt); err != nil {
+	if err := c.init(opt, mu, slots); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -113,52 +121,14 @@ func Open(name string, opt Options) (*Cache, error) {
 	return c, nil
 }
 
-func (c *Cache) init(opt Options) error {
-	line, err := region.Of(c.r).Line(offConfig)
-	if err != nil {
+func (c *Cache) init(opt Options, mu, slots int) error {
+	var err error
+	if c.mu, err = shmlock.New(c.r, mu); err != nil {
 		return err
-	}
-	want := [4]uint64{magic, uint64(opt.Capacity), uint64(opt.MaxKey), uint64(opt.MaxValue)}
-	mismatch := func() error {
-		return fmt.Errorf("%w: %s holds capacity %d, keys %d, values %d (magic %#x); asked %d, %d, %d",
-			ErrMismatch, c.r.Path(), atomic.LoadUint64(&line[1]), atomic.LoadUint64(&line[2]), atomic.LoadUint64(&line[3]),
-			atomic.LoadUint64(&line[0]), opt.Capacity, opt.MaxKey, opt.MaxValue)
-	}
-	// Check before placing anything: a region that holds something else
-	// must be left as it is.
-	if p, ok := region.Of(c.r).Placement(offConfig); ok {
-		return fmt.Errorf("%w: %s holds a %v at offset 0, not a cache", ErrMismatch, c.r.Path(), p.Kind)
-	}
-	if m := atomic.LoadUint64(&line[0]); m != 0 && m != magic {
-		return mismatch()
-	}
-	if c.mu, err = shmlock.New(c.r, offMutex); err != nil {
-		return err
-	}
-	if atomic.LoadUint64(&line[0]) == 0 {
-		// The first writer writes the config, under the writers' lock, the
-		// magic last; a process that died before the magic left nothing
-		// anyone trusts.
-		g, err := c.mu.Acquire(context.Background())
-		if err != nil {
-			return err
-		}
-		if atomic.LoadUint64(&line[0]) == 0 {
-			for i := 3; i >= 0; i-- {
-				atomic.StoreUint64(&line[i], want[i])
-			}
-		}
-		g.Commit()
-		g.Release()
-	}
-	for i, w := range want {
-		if atomic.LoadUint64(&line[i]) != w {
-			return mismatch()
-		}
 	}
 	c.slots = make([]*seqlock.Record, opt.Capacity)
 	for i := range c.slots {
-		if c.slots[i], err = seqlock.NewRecord(c.r, offSlots+i*seqlock.RecordSize(c.slotBytes), c.slotBytes); err != nil {
+		if c.slots[i], err = seqlock.NewRecord(c.r, slots+i*seqlock.RecordSize(c.slotBytes), c.slotBytes); err != nil {
 			return err
 		}
 	}

@@ -68,6 +68,9 @@ type Plumbing interface {
 	Attaches() uint64
 	// ReadOnly reports whether the region was opened read-only.
 	ReadOnly() bool
+	// Span is shm.Region.Bytes without the check of the region's Layout:
+	// a lock's own bytes, for its package.
+	Span(off, n int) ([]byte, error)
 }
 
 // Of returns the plumbing of r, a *shm.Region. Package shm sets it when it
