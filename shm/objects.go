@@ -11,10 +11,13 @@ import (
 // lines of its own, so that no two share a line and no slice of data covers
 // a lock. Lock and Data return each object's offset in the data area, the
 // same in every process that declares the same Layout; put the Layout in
-// Options.Layout, and Open records it (a fingerprint of the names, sizes and
-// kinds, in order) when it creates the region and refuses, with ErrLayout, a
-// region created with another one, or without one. Bytes then hands out data
-// objects only, and lock constructors accept only a lock object's offset.
+// Options.Layout, and Open records it (a fingerprint of the names and sizes,
+// and of which are locks, in order) when it creates the region and refuses,
+// with ErrLayout, a region created with another one, or without one. Bytes
+// then hands out data objects only, and lock constructors accept only a lock
+// object's offset. (Which kind of lock is not in the fingerprint: a
+// constructor of another kind than the lock placed there fails with
+// ErrInvalid.)
 //
 //	var l shm.Layout
 //	mu := l.Lock("writers", shmlock.Size)
@@ -48,12 +51,16 @@ func (l *Layout) Lock(name string, size int) int { return l.Locks(name, 1, size)
 // other, and returns the first's offset: lock i is at that offset plus i
 // times size rounded up to whole lines.
 func (l *Layout) Locks(name string, n, size int) int {
-	each := roundLines(size)
-	if n <= 0 || size <= 0 {
-		return l.add(name, 0, 0, true)
+	if n <= 0 || size <= 0 || size > maxObject || n > maxObject/roundLines(size) {
+		return l.add(name, -1, 0, true)
 	}
+	each := roundLines(size)
 	return l.add(name, n*each, each, true)
 }
+
+// maxObject bounds an object's bytes, and the whole layout's, so that no
+// offset overflows.
+const maxObject = 1 << 48
 
 // Data declares size bytes of data named name, and returns their offset.
 func (l *Layout) Data(name string, size int) int { return l.add(name, size, 0, false) }
@@ -61,20 +68,24 @@ func (l *Layout) Data(name string, size int) int { return l.add(name, size, 0, f
 func roundLines(n int) int { return (n + LineSize - 1) / LineSize * LineSize }
 
 func (l *Layout) add(name string, size, each int, lock bool) int {
+	off := l.size
 	switch {
 	case l.err != nil:
+		return off
 	case name == "":
 		l.err = fmt.Errorf("an object without a name")
 	case size <= 0:
-		l.err = fmt.Errorf("object %q of no bytes", name)
+		l.err = fmt.Errorf("object %q of no bytes, or of more than %d", name, maxObject)
+	case size > maxObject-l.size:
+		l.err = fmt.Errorf("object %q makes the layout larger than %d bytes", name, maxObject)
 	case l.find(name) >= 0:
 		l.err = fmt.Errorf("two objects named %q", name)
 	}
-	off := l.size
-	l.objects = append(l.objects, object{name: name, off: off, size: size, each: each, lock: lock})
-	if size > 0 {
-		l.size += roundLines(size)
+	if l.err != nil {
+		return off
 	}
+	l.objects = append(l.objects, object{name: name, off: off, size: size, each: each, lock: lock})
+	l.size += roundLines(size)
 	return off
 }
 

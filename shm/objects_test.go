@@ -1,6 +1,9 @@
+//go:build linux
+
 package shm
 
 import (
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -122,7 +125,12 @@ func TestLayoutRefusesBadDeclarations(t *testing.T) {
 		"twice":    func(l *Layout) { l.Lock("a", LineSize); l.Data("a", 8) },
 		"empty":    func(l *Layout) { l.Data("a", 0) },
 		"no locks": func(l *Layout) { l.Locks("a", 0, LineSize) },
-		"no name":  func(l *Layout) { l.Lock("", LineSize) },
+		"too large": func(l *Layout) {
+			l.Data("a", math.MaxInt-63)
+			l.Data("b", math.MaxInt-63)
+		},
+		"too many locks": func(l *Layout) { l.Locks("a", math.MaxInt/64+1, LineSize) },
+		"no name":        func(l *Layout) { l.Lock("", LineSize) },
 	} {
 		var l Layout
 		f(&l)

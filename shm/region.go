@@ -689,6 +689,10 @@ func (r *Region) numSlots() int { return r.slots }
 // the first store to such a page raises SIGBUS, which ends the process.
 // Allocate them first (Allocate, or Options.Allocate at creation), and that
 // is an error instead.
+//
+// In a region opened with a Layout, the bytes must lie in one data object of
+// it (else ErrLayout): a lock's bytes, and bytes that no object declares
+// (past the layout, or between objects), are not handed out.
 func (r *Region) Bytes(off, n int) ([]byte, error) {
 	if r.layout != nil {
 		if err := r.layout.checkData(off, n); err != nil {

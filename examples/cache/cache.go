@@ -40,8 +40,9 @@ type Options struct {
 	Capacity int // entries; at least 1
 	MaxKey   int // longest key in bytes; at least 1
 	MaxValue int // longest value in bytes
-	// Region is passed to shm.Open (its Size is computed); Slots there
-	// bounds how many processes may have the cache open at once.
+	// Region is passed to shm.Open, with the cache's Layout in it (any
+	// other is replaced); Slots there bounds how many processes may have
+	// the cache open at once.
 	Region shm.Options
 }
 
