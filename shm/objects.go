@@ -60,7 +60,7 @@ func (l *Layout) Locks(name string, n, size int) int {
 
 // maxObject bounds an object's bytes, and the whole layout's, so that no
 // offset overflows.
-const maxObject = 1 << 48
+const maxObject = maxInt / 4
 
 // Data declares size bytes of data named name, and returns their offset.
 func (l *Layout) Data(name string, size int) int { return l.add(name, size, 0, false) }
