@@ -373,26 +373,29 @@ func TestFastPathAndFence(t *testing.T) {
 	assert.False(t, h.mu.Inspect().Held)
 }
 
+// assertNotHeld calls f, which must panic with an error matching ErrNotHeld.
+func assertNotHeld(t *testing.T, f func()) {
+	t.Helper()
+	defer func() {
+		err, _ := recover().(error)
+		assert.ErrorIs(t, err, shmlock.ErrNotHeld)
+	}()
+	f()
+}
+
 // Unlock of a lock this process does not hold panics with ErrNotHeld, and so
 // does the Unlock of a holder whose lock an administrator broke: it can never
 // release the new holder's lock.
 func TestUnlockNotHeldAndBreak(t *testing.T) {
 	h := newHarness(t, 30*time.Second)
-	assertNotHeld := func(f func()) {
-		defer func() {
-			err, _ := recover().(error)
-			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
-		}()
-		f()
-	}
-	assertNotHeld(h.mu.Unlock)
+	assertNotHeld(t, h.mu.Unlock)
 
 	// A second attachment in this process stands in for another process.
 	other, err := openEnv(h.path)
 	require.NoError(t, err)
 	defer other.r.Close()
 	other.mu.Lock()
-	assertNotHeld(h.mu.Unlock)
+	assertNotHeld(t, h.mu.Unlock)
 
 	s := h.mu.Inspect()
 	require.True(t, s.Held)
@@ -404,7 +407,7 @@ func TestUnlockNotHeldAndBreak(t *testing.T) {
 	g, err := h.mu.Acquire(context.Background())
 	require.NoError(t, err)
 	assert.True(t, g.Recovered(), "the next holder is told")
-	assertNotHeld(other.mu.Unlock) // the broken holder cannot release the new hold
+	assertNotHeld(t, other.mu.Unlock) // the broken holder cannot release the new hold
 	assert.True(t, h.mu.Inspect().Held)
 	g.Release()
 	assert.EqualValues(t, 1, h.mu.Inspect().Recoveries)
@@ -416,13 +419,6 @@ func TestUnlockNotHeldAndBreak(t *testing.T) {
 // hold alone; so does a Guard's Release after a Break.
 func TestGuardReleasesOnlyItsHold(t *testing.T) {
 	h := newHarness(t, 30*time.Second)
-	assertNotHeld := func(f func()) {
-		defer func() {
-			err, _ := recover().(error)
-			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
-		}()
-		f()
-	}
 	ctx := context.Background()
 	g1, err := h.mu.Acquire(ctx)
 	require.NoError(t, err)
@@ -430,12 +426,12 @@ func TestGuardReleasesOnlyItsHold(t *testing.T) {
 	g1.Release()
 	g2, err := h.mu.Acquire(ctx)
 	require.NoError(t, err)
-	assertNotHeld(copy1.Release)
+	assertNotHeld(t, copy1.Release)
 	s := h.mu.Inspect()
 	assert.True(t, s.Held, "the copy did not release the later hold")
 	assert.EqualValues(t, g2.Fence(), s.Generation)
 	require.NoError(t, h.mu.Break(s.Owner))
-	assertNotHeld(g2.Release)
+	assertNotHeld(t, g2.Release)
 	g3, err := h.mu.Acquire(ctx)
 	require.NoError(t, err)
 	assert.True(t, g3.Recovered())

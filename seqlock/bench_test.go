@@ -54,6 +54,8 @@ func BenchmarkWrite(b *testing.B) {
 	}
 }
 
+// write is one whole write of v through f (SeqLock.Write or Record.Write), as
+// a caller writes it: BenchmarkWrite's and TestWriteDoesNotAllocate's.
 func write(ctx context.Context, f func(context.Context) (seqlock.Writer, error), v []byte) {
 	w, err := f(ctx)
 	if err != nil {

@@ -423,6 +423,16 @@ func TestWriterPanic(t *testing.T) {
 	assert.Equal(t, value(8, size), b)
 }
 
+// assertNotHeld calls f, which must panic with an error matching ErrNotHeld.
+func assertNotHeld(t *testing.T, f func()) {
+	t.Helper()
+	defer func() {
+		err, _ := recover().(error)
+		assert.ErrorIs(t, err, shmlock.ErrNotHeld)
+	}()
+	f()
+}
+
 // A copy of a Writer is a second handle on one write. Its Release, once
 // that write ended and another began, panics with ErrNotHeld and writes
 // nothing: the later write's sequence stays odd, its record unpublished.
@@ -431,13 +441,6 @@ func TestWriterCopyReleasesNothing(t *testing.T) {
 	e, _ := newEnv(t, size)
 	e.write(t, 3)
 	ctx := context.Background()
-	assertNotHeld := func(f func()) {
-		defer func() {
-			err, _ := recover().(error)
-			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
-		}()
-		f()
-	}
 	w, err := e.seq.Write(ctx)
 	require.NoError(t, err)
 	stale := w
@@ -446,7 +449,7 @@ func TestWriterCopyReleasesNothing(t *testing.T) {
 	w2, err := e.seq.Write(ctx)
 	require.NoError(t, err)
 	stale.Commit()
-	assertNotHeld(stale.Release)
+	assertNotHeld(t, stale.Release)
 	st, err := seqlock.Inspect(e.r, e.seqOff)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, st.Seq&1, "the later write is still open")
@@ -464,7 +467,7 @@ func TestWriterCopyReleasesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, u2.Store(value(5, size)))
 	staleU.Commit()
-	assertNotHeld(staleU.Release)
+	assertNotHeld(t, staleU.Release)
 	b := make([]byte, size)
 	require.NoError(t, e.rec.Read(b))
 	assert.Equal(t, value(3, size), b, "the stale Writer published nothing")
@@ -502,13 +505,7 @@ func TestWriterCopyAfterGenerationWrap(t *testing.T) {
 
 	assert.ErrorIs(t, stale.Store(value(9, size)), shmlock.ErrNotHeld)
 	stale.Commit()
-	func() {
-		defer func() {
-			err, _ := recover().(error)
-			assert.ErrorIs(t, err, shmlock.ErrNotHeld)
-		}()
-		stale.Release()
-	}()
+	assertNotHeld(t, stale.Release)
 	st, err := seqlock.Inspect(e.r, e.seqOff)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, st.Seq&1, "the other write is still open")
@@ -526,20 +523,10 @@ func TestWriteDoesNotAllocate(t *testing.T) {
 	e, _ := newEnv(t, size)
 	ctx := context.Background()
 	v, b := value(1, size), make([]byte, size)
-	for name, write := range map[string]func(context.Context) (seqlock.Writer, error){
+	for name, f := range map[string]func(context.Context) (seqlock.Writer, error){
 		"SeqLock": e.seq.Write, "Record": e.rec.Write,
 	} {
-		assert.Zero(t, testing.AllocsPerRun(100, func() {
-			w, err := write(ctx)
-			if err != nil {
-				panic(err)
-			}
-			defer w.Release()
-			if err := w.Store(v); err != nil {
-				panic(err)
-			}
-			w.Commit()
-		}), name+" write")
+		assert.Zero(t, testing.AllocsPerRun(100, func() { write(ctx, f, v) }), name+" write")
 	}
 	assert.Zero(t, testing.AllocsPerRun(100, func() { e.seq.Read(b) }), "SeqLock read")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { e.rec.Read(b) }), "Record read")
