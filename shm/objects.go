@@ -31,6 +31,7 @@ import (
 // Declare everything before Open: Open keeps a copy of the Layout as it is.
 type Layout struct {
 	objects []object
+	names   map[string]bool
 	size    int
 	err     error // the first bad declaration, reported by Open
 }
@@ -40,8 +41,9 @@ type object struct {
 	off  int
 	size int // all of it: n locks of each bytes, or the data's
 	each int // a lock's bytes, rounded to lines; 0 for data
-	lock bool
 }
+
+func (o object) lock() bool { return o.each > 0 }
 
 // Lock declares a lock of size bytes (shmlock.Size, seqlock.SeqLockSize or
 // seqlock.RecordSize) named name, and returns its offset.
@@ -52,10 +54,10 @@ func (l *Layout) Lock(name string, size int) int { return l.Locks(name, 1, size)
 // times size rounded up to whole lines.
 func (l *Layout) Locks(name string, n, size int) int {
 	if n <= 0 || size <= 0 || size > maxObject || n > maxObject/roundLines(size) {
-		return l.add(name, -1, 0, true)
+		return l.add(name, -1, 0)
 	}
 	each := roundLines(size)
-	return l.add(name, n*each, each, true)
+	return l.add(name, n*each, each)
 }
 
 // maxObject bounds an object's bytes, and the whole layout's, so that no
@@ -63,11 +65,13 @@ func (l *Layout) Locks(name string, n, size int) int {
 const maxObject = maxInt / 4
 
 // Data declares size bytes of data named name, and returns their offset.
-func (l *Layout) Data(name string, size int) int { return l.add(name, size, 0, false) }
+func (l *Layout) Data(name string, size int) int { return l.add(name, size, 0) }
 
 func roundLines(n int) int { return (n + LineSize - 1) / LineSize * LineSize }
 
-func (l *Layout) add(name string, size, each int, lock bool) int {
+// add declares an object of size bytes: data if each is 0, else locks of
+// each bytes.
+func (l *Layout) add(name string, size, each int) int {
 	off := l.size
 	switch {
 	case l.err != nil:
@@ -78,24 +82,19 @@ func (l *Layout) add(name string, size, each int, lock bool) int {
 		l.err = fmt.Errorf("object %q of no bytes, or of more than %d", name, maxObject)
 	case size > maxObject-l.size:
 		l.err = fmt.Errorf("object %q makes the layout larger than %d bytes", name, maxObject)
-	case l.find(name) >= 0:
+	case l.names[name]:
 		l.err = fmt.Errorf("two objects named %q", name)
 	}
 	if l.err != nil {
 		return off
 	}
-	l.objects = append(l.objects, object{name: name, off: off, size: size, each: each, lock: lock})
+	if l.names == nil {
+		l.names = map[string]bool{}
+	}
+	l.names[name] = true
+	l.objects = append(l.objects, object{name: name, off: off, size: size, each: each})
 	l.size += roundLines(size)
 	return off
-}
-
-func (l *Layout) find(name string) int {
-	for i, o := range l.objects {
-		if o.name == name {
-			return i
-		}
-	}
-	return -1
 }
 
 // fingerprint is what the region records of l: a hash of its objects'
@@ -104,7 +103,7 @@ func (l *Layout) fingerprint() uint64 {
 	h := fnv.New64a()
 	for _, o := range l.objects {
 		kind := "d"
-		if o.lock {
+		if o.lock() {
 			kind = "l"
 		}
 		h.Write([]byte(strconv.Quote(o.name) + kind + strconv.Itoa(o.size) + "/" + strconv.Itoa(o.each) + ";"))
@@ -130,7 +129,7 @@ func (l *Layout) checkData(off, n int) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("offset %d is in no object of the layout", off)
-	case o.lock:
+	case o.lock():
 		return fmt.Errorf("bytes [%d, %d) are lock %q's", off, off+n, o.name)
 	case off+n > o.off+o.size:
 		return fmt.Errorf("bytes [%d, %d) run past data %q, [%d, %d)", off, off+n, o.name, o.off, o.off+o.size)
@@ -145,7 +144,7 @@ func (l *Layout) checkLock(off, n int) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("offset %d is in no object of the layout", off)
-	case !o.lock:
+	case !o.lock():
 		return fmt.Errorf("offset %d is data %q, not a lock", off, o.name)
 	case (off-o.off)%o.each != 0:
 		return fmt.Errorf("offset %d is inside a lock of %q, not where one begins", off, o.name)
