@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
@@ -94,6 +95,27 @@ func init() {
 	roles["crash-hang"] = crashHang
 	roles["crash-read-once"] = crashReadOnce
 	roles["crash-write-once"] = crashWriteOnce
+	roles["crash-create"] = crashCreate
+}
+
+// crashLayout is a layout of a lock and size bytes of data.
+func crashLayout(size int) *shm.Layout {
+	var l shm.Layout
+	l.Lock("lock", shmlock.Size)
+	l.Data("data", size)
+	return &l
+}
+
+// crashCreate creates the region at args[0] with crashLayout(args[1]).
+func crashCreate(args []string) int {
+	size, _ := strconv.Atoi(args[1])
+	r, err := shm.Open(args[0], shm.Options{Layout: crashLayout(size)})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	r.Close()
+	return 0
 }
 
 // crashWriteOnce writes crashValue(args[1]) to the Record of the region at
@@ -351,6 +373,25 @@ func closerDies(t *testing.T, p fault.Point, mode shm.Mode) {
 // lock word the kernel did not mark (simulated); the victim, attaching
 // next, sweeps it and dies before it clears the dead record. The word is
 // marked all the same, and a later attach retires the record.
+// creatorDies: the victim creates a region with one layout and dies after
+// writing its header, fingerprint included, but before the ready magic. The
+// next opener initialises the region anew with its own layout, which every
+// later opener is held to: the dead creator's layout is never trusted.
+func creatorDies(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newModeHarness(t, 60*time.Second, mode)
+	path := h.path + "-created"
+	os.Remove(path)
+	defer os.Remove(path)
+	diedAt(t, h.spawnIn(path, faultEnv(p, 1), "crash-create", "8"), p)
+	r, err := shm.Open(path, shm.Options{Layout: crashLayout(16), Mode: mode})
+	require.NoError(t, err, "the region a creator left half made is made anew")
+	defer r.Close()
+	_, err = shm.Open(path, shm.Options{Layout: crashLayout(8), Mode: mode})
+	assert.ErrorIs(t, err, shm.ErrLayout, "the dead creator's layout was kept")
+	out := h.spawnIn(path, nil, "crash-create", "16").Wait(t, 20*time.Second)
+	assert.Empty(t, out, "the new layout opens the region")
+}
+
 func retirerDies(t *testing.T, p fault.Point, mode shm.Mode) {
 	if mode != shm.ModeRobust {
 		t.Skip("a step of robust mode")
@@ -524,6 +565,7 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.RecordReadIndex:          readerUnderLoad(1000),
 		fault.RegionCloseMarked:        closerDies,
 		fault.RegionRetireSwept:        retirerDies,
+		fault.RegionHeaderWritten:      creatorDies,
 	}
 	for _, p := range fault.All() {
 		row, ok := rows[p]

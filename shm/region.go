@@ -47,6 +47,7 @@ import (
 	"unsafe"
 
 	"github.com/shmlock/shmlock/internal/closing"
+	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/owner"
 )
 
@@ -400,6 +401,7 @@ func (r *Region) initialise(dataSize int, all bool) error {
 	ne.PutUint32(h[offCreator:], uint32(r.self.PID))
 	ne.PutUint32(h[offByteOrder:], byteOrderMark)
 	ne.PutUint64(h[offLayout:], r.fingerprint())
+	fault.Hit(fault.RegionHeaderWritten)
 	// The ready magic goes last: an opener that finds it finds the rest.
 	copy(h[offMagic:], magicReady)
 	return nil

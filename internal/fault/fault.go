@@ -44,6 +44,9 @@ const (
 	RecordPublished // the index names the new copy; the lock is still held
 	RecordReadIndex // a reader loaded the index (a hook point for slow readers)
 
+	// Region
+	RegionHeaderWritten // a creator wrote the header, layout included; not yet the ready magic
+
 	// Region, robust mode
 	RegionCloseMarked // Close marked its held words; its lists are still registered
 	RegionRetireSwept // a retirement swept the dead IDs' words; their records are not cleared yet
@@ -59,7 +62,7 @@ var names = [numPoints]string{
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
-	"region-close-marked", "region-retire-swept",
+	"region-header-written", "region-close-marked", "region-retire-swept",
 }
 
 func (p Point) String() string {
