@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
@@ -18,15 +17,10 @@ import (
 // Record is a crash-consistent record of fixed size in a region: two copies
 // and the index of the published one. See the package documentation.
 type Record struct {
-	mu   *shmlock.Mutex
-	own  *uint64 // the writers' Mutex's owner word
-	self uint64  // its owner field while this attachment holds it
+	writers
 	pub  *uint64
 	seq  [2]*uint64
 	data [2][]uint64
-	r    *shm.Region
-	off  int
-	life *closing.Closing
 }
 
 // RecordSize returns the bytes a Record of n data bytes occupies in a region:
@@ -39,11 +33,11 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, self, err := lockSlot(r, off, region.KindRecord, n)
+	wr, l, err := lockSlot(r, off, region.KindRecord, n)
 	if err != nil {
 		return nil, err
 	}
-	rec := &Record{mu: mu, own: &l[line.Owner], self: self, pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}, r: r, off: off, life: closing.Of(r)}
+	rec := &Record{writers: wr, pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}}
 	for i := range rec.data {
 		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
 			return nil, err
@@ -87,7 +81,7 @@ func (r *Record) Read(dst []byte) error {
 		s1 := atomic.LoadUint64(r.seq[i])
 		if s1&1 != 0 {
 			if r.life.Closed() {
-				return closedError(r.r, "read")
+				return r.closedError("read")
 			}
 			// Being written: the index has moved on since we read it.
 			// Unless it has not, for long: then nothing will settle.
@@ -146,7 +140,7 @@ func (r *Record) Write(ctx context.Context) (Writer, error) {
 	fault.Hit(fault.RecordOdd)
 	copyWords(r.data[j], r.data[p])
 	fault.Hit(fault.RecordCopied)
-	return Writer{g: g, r: r, data: r.data[j], j: j}, nil
+	return Writer{g: g, w: &r.writers, r: r, data: r.data[j], j: j}, nil
 }
 
 // finish publishes copy j if the write was committed: its sequence goes

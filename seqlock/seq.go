@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
@@ -32,15 +31,10 @@ var readHook atomic.Pointer[func()]
 // SeqLock is a record of fixed size in a region, written under a robust
 // mutex and read without locks. See the package documentation.
 type SeqLock struct {
-	mu    *shmlock.Mutex
-	own   *uint64 // the writers' Mutex's owner word
-	self  uint64  // its owner field while this attachment holds it
+	writers
 	seq   *uint64
 	state *uint64
 	data  []uint64
-	r     *shm.Region
-	off   int
-	life  *closing.Closing
 }
 
 // SeqLockSize returns the bytes a SeqLock of n data bytes occupies in a
@@ -53,7 +47,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err := checkSize(n); err != nil {
 		return nil, err
 	}
-	mu, l, self, err := lockSlot(r, off, region.KindSeqLock, n)
+	wr, l, err := lockSlot(r, off, region.KindSeqLock, n)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +55,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &SeqLock{mu: mu, own: &l[line.Owner], self: self, seq: &l[wordSeq], state: &l[wordState], data: data, r: r, off: off, life: closing.Of(r)}
+	s := &SeqLock{writers: wr, seq: &l[wordSeq], state: &l[wordState], data: data}
 	closing.Track(s.life, s, (*SeqLock).letGo)
 	return s, nil
 }
@@ -73,10 +67,6 @@ func (s *SeqLock) letGo() {
 	l := closing.Sentinel()
 	s.own, s.seq, s.state = &l[line.Owner], &l[wordSeq], &l[wordState]
 }
-
-// closedError is the error, or the panic value, of a use of s after its
-// region was closed.
-func (s *SeqLock) closedError(op string) error { return closedError(s.r, op) }
 
 // Len returns the record's size in bytes.
 func (s *SeqLock) Len() int { return 8 * len(s.data) }
@@ -213,7 +203,7 @@ func (s *SeqLock) Write(ctx context.Context) (Writer, error) {
 	dirty := atomic.LoadUint64(s.state)&stateDirty != 0
 	atomic.AddUint64(s.seq, 1) // odd: readers wait from here
 	fault.Hit(fault.SeqWriteOdd)
-	return Writer{g: g, s: s, data: s.data, dirty: dirty}, nil
+	return Writer{g: g, w: &s.writers, s: s, data: s.data, dirty: dirty}, nil
 }
 
 // finish ends a write: the state is set while the sequence is still odd,

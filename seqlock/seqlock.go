@@ -28,10 +28,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"unsafe"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/closing"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/region"
@@ -146,25 +148,45 @@ func storeAt(w []uint64, off int, src []byte, mid fault.Point) error {
 	return nil
 }
 
-func lockSlot(r *shm.Region, off int, k region.Kind, n int) (*shmlock.Mutex, *[8]uint64, uint64, error) {
+// writers is what a SeqLock and a Record share: the writers' Mutex, which
+// is the first word of the lock's line, and the region.
+type writers struct {
+	mu   *shmlock.Mutex
+	own  *uint64 // the Mutex's owner word
+	self uint64  // its owner field while this attachment holds it
+	r    *shm.Region
+	off  int
+	life *closing.Closing
+}
+
+// lockSlot places a lock of kind k with n data bytes at off, and returns its
+// writers and its line.
+func lockSlot(r *shm.Region, off int, k region.Kind, n int) (writers, *[8]uint64, error) {
 	// The whole lock must fit before anything is written: a refused
 	// constructor leaves no tag behind.
 	if _, err := region.Of(r).Span(off, region.Placement{Off: off, Kind: k, Size: n}.Bytes()); err != nil {
-		return nil, nil, 0, err
+		return writers{}, nil, err
 	}
 	// The SeqLock's or Record's tag first: placing it gives the line and
 	// the data storage, in one step, and the writers' Mutex accepts it.
 	if err := region.Of(r).Place(off, k, n); err != nil {
-		return nil, nil, 0, err
+		return writers{}, nil, err
 	}
 	mu, err := shmlock.New(r, off)
 	if err != nil {
-		return nil, nil, 0, err
+		return writers{}, nil, err
 	}
 	// What the writers' Mutex's owner field holds while this attachment
 	// holds it: a Writer checks its hold by it (Writer.usable). New asked
 	// for it already, so it cannot fail now.
 	self, _ := region.Of(r).OwnerFor(off)
-	line, _ := region.Of(r).Line(off)
-	return mu, line, uint64(self), nil
+	l, _ := region.Of(r).Line(off)
+	return writers{mu: mu, own: &l[line.Owner], self: uint64(self), r: r, off: off, life: closing.Of(r)}, l, nil
 }
+
+// closedError is the error, or the panic value, of a use of the lock after
+// its region was closed.
+func (w *writers) closedError(op string) error { return closedError(w.r, op) }
+
+// name is the lock's name in errors: its region and offset.
+func (w *writers) name() string { return w.r.Path() + "@" + strconv.Itoa(w.off) }

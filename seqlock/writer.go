@@ -2,7 +2,6 @@ package seqlock
 
 import (
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	"github.com/shmlock/shmlock"
@@ -22,6 +21,7 @@ import (
 // with an error matching shmlock.ErrNotHeld.
 type Writer struct {
 	g     guard.Guard
+	w     *writers // the lock's: s's or r's
 	s     *SeqLock // one of s and r is set
 	r     *Record
 	data  []uint64 // the words this write stores: the SeqLock's, or the Record's copy j
@@ -90,7 +90,7 @@ func (w *Writer) Load(dst []byte) error {
 // or an administrator broke it): it then writes nothing, since another
 // writer may be under way.
 func (w *Writer) Release() {
-	if w.g.Released() || w.s == nil && w.r == nil {
+	if w.g.Released() || w.w == nil {
 		return
 	}
 	if err := w.usable("release"); err != nil {
@@ -113,36 +113,17 @@ func (w *Writer) Release() {
 // nobody else writes the word but to set its waiters bit, so the check stays
 // true until w releases it or an administrator breaks it.
 func (w *Writer) usable(op string) error {
-	s, r := w.s, w.r
+	l := w.w
 	switch {
-	case s != nil && s.life.Closed():
-		return s.closedError(op)
-	case r != nil && r.life.Closed():
-		return closedError(r.r, op)
-	case w.g.Released() || s == nil && r == nil:
+	case l == nil || w.g.Released():
 		return fmt.Errorf("seqlock: %s after Release: %w", op, shmlock.ErrNotHeld)
+	case l.life.Closed():
+		return l.closedError(op)
 	}
-	own, self := w.holder()
-	if o := atomic.LoadUint64(own); o&^line.Waiters != w.g.Fence()<<32|self {
-		return &shmlock.NotHeldError{Lock: w.name(), Owner: o}
+	if o := atomic.LoadUint64(l.own); o&^line.Waiters != w.g.Fence()<<32|l.self {
+		return &shmlock.NotHeldError{Lock: l.name(), Owner: o}
 	}
 	return nil
-}
-
-// holder returns the writers' Mutex's owner word, and its owner field while
-// this attachment holds it.
-func (w *Writer) holder() (*uint64, uint64) {
-	if w.s != nil {
-		return w.s.own, w.s.self
-	}
-	return w.r.own, w.r.self
-}
-
-func (w *Writer) name() string {
-	if w.s != nil {
-		return w.s.r.Path() + "@" + strconv.Itoa(w.s.off)
-	}
-	return w.r.r.Path() + "@" + strconv.Itoa(w.r.off)
 }
 
 // midData is the fault point between two words of a Store.
