@@ -196,7 +196,8 @@ func fullFS(args []string) int {
 	report("seqlock", err)
 	_, err = seqlock.NewRecord(r, 80<<10, 64)
 	report("record", err)
-	report("allocate", r.Allocate(96<<10, 4096))
+	_, err = r.Bytes(96<<10, 4096)
+	report("bytes", err)
 	ro, err := shm.OpenReadOnly(filepath.Join(dir, "r"))
 	if err != nil {
 		report("open read-only", err)
@@ -241,7 +242,7 @@ func TestFullFilesystem(t *testing.T) {
 	assert.Contains(t, out, "done")
 	assert.Contains(t, out, "a failed create leaves its file: false")
 	assert.Contains(t, out, "attached 40 times", "attaching writes only the table, allocated when the region was made")
-	for _, step := range []string{"create", "mutex", "seqlock", "record", "allocate"} {
+	for _, step := range []string{"create", "mutex", "seqlock", "record", "bytes"} {
 		assert.Contains(t, out, step+": nospace=true enospc=true", step)
 	}
 	assert.Contains(t, out, "tmpfs at "+dir, "the error names the file system")
@@ -319,11 +320,10 @@ func TestUseAfterClose(t *testing.T) {
 		closed("NewRecord", err)
 		_, err = r.Bytes(0, 8)
 		closed("Bytes", err)
-		closed("Allocate", r.Allocate(0, 8))
-		closed("Check", r.Check())
+		closed("Check", region.Of(r).Check())
 		closed("Attaches", closedPanic(func() { region.Of(r).Attaches() }))
 		closed("Created", closedPanic(func() { region.Of(r).Created() }))
-		assert.Equal(t, shm.Unverifiable, r.Probe(region.Of(r).ID()).State, "a probe after Close licenses no recovery")
+		assert.Equal(t, shm.Unverifiable, region.Of(r).Probe(region.Of(r).ID()).(shm.Holder).State, "a probe after Close licenses no recovery")
 		assert.Empty(t, r.Attachments())
 		assert.Empty(t, region.Of(r).Placements())
 	})

@@ -247,7 +247,7 @@ func (m *Mutex) TryAcquire() (guard.Guard, bool) {
 		if m.life.Closed() {
 			panic(m.closedError("tryacquire"))
 		}
-		if h := m.r.Probe(uint32(w & line.OwnerMask)); h.State != shm.Dead {
+		if h := m.probe(uint32(w & line.OwnerMask)); h.State != shm.Dead {
 			return guard.Guard{}, false
 		}
 		fault.Hit(fault.MutexProbedDead)
@@ -439,7 +439,7 @@ func (m *Mutex) heldFor(w uint64) time.Duration {
 // waiter first saw that hold (zero if it never looked).
 func (m *Mutex) heldError(ctx context.Context, w uint64, start, seenAt time.Time, h shm.Holder) error {
 	if h.ID == 0 && w&line.OwnerMask != 0 {
-		h = m.r.Probe(uint32(w & line.OwnerMask))
+		h = m.probe(uint32(w & line.OwnerMask))
 	}
 	return &HeldError{
 		Lock:    m.name(),
@@ -511,7 +511,7 @@ func (m *Mutex) Inspect() State {
 		Recoveries: rec &^ line.Untold,
 	}
 	if s.Held {
-		s.Holder = m.r.Probe(uint32(w & line.OwnerMask))
+		s.Holder = m.probe(uint32(w & line.OwnerMask))
 		s.HeldFor = m.heldFor(w)
 	}
 	return s
@@ -531,3 +531,6 @@ func Inspect(r *shm.Region, off int) (State, error) {
 }
 
 func (m *Mutex) name() string { return lockName(m.r.Path(), m.off) }
+
+// probe judges the holder that owner names (region.Plumbing.Probe).
+func (m *Mutex) probe(owner uint32) shm.Holder { return region.Of(m.r).Probe(owner).(shm.Holder) }

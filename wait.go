@@ -216,7 +216,7 @@ func (wt *waiter) wait(tell bool) (recovered bool, held uint64, err error) {
 		if ctx.Err() != nil {
 			// The last look: a holder found dead is taken over even
 			// now, by whichever waiter finds it, prober or not.
-			if wt.last = m.r.Probe(uint32(w & line.OwnerMask)); wt.last.State == shm.Dead {
+			if wt.last = m.probe(uint32(w & line.OwnerMask)); wt.last.State == shm.Dead {
 				if nw, ok := wt.take(w); ok {
 					fault.Hit(fault.MutexRecoveredAtDeadline)
 					return wt.won(nw, true, tell)
@@ -334,7 +334,7 @@ func (wt *waiter) probe(w uint64, now time.Time) bool {
 	// Armed before the probe: a death before the watch began is seen by
 	// this probe, and one after it fires the watch.
 	wt.watch.arm(wt.m, id, wt.own)
-	wt.last = wt.m.r.Probe(id)
+	wt.last = wt.m.probe(id)
 	if wt.last.State == shm.Dead {
 		fault.Hit(fault.MutexProbedDead)
 		return true
@@ -455,7 +455,7 @@ func (wt *waiter) gaveUp(w uint64) error {
 	m := wt.m
 	wt.quit()
 	if wt.last.ID != uint32(w&line.OwnerMask) {
-		wt.last = m.r.Probe(uint32(w & line.OwnerMask))
+		wt.last = m.probe(uint32(w & line.OwnerMask))
 	}
 	return m.heldError(wt.ctx, w, wt.start, wt.seenAt, wt.last)
 }

@@ -17,7 +17,8 @@ var (
 	ErrNotRegion = errors.New("not a shmlock region")
 	// ErrVersion: the region has a layout version this package does not read.
 	ErrVersion = errors.New("unsupported region layout version")
-	// ErrTruncated: the file is shorter than its header says it must be.
+	// ErrTruncated: the file is shorter than its header says it must be
+	// (at Open), or than the mapping (at Bytes: something shrank it).
 	ErrTruncated = errors.New("region file is truncated")
 	// ErrCorrupt: header fields that contradict each other.
 	ErrCorrupt = errors.New("region header is corrupt")
@@ -40,8 +41,9 @@ var (
 	ErrLimit = errors.New("a limit of this process was reached")
 	// ErrNoSpace: the file system that holds the region has no room for
 	// bytes the region needs (its header, its process table, a lock and
-	// its data, or what Region.Allocate or Options.Allocate asked). The
-	// error also matches syscall.ENOSPC (or EDQUOT, for a quota).
+	// its data, the bytes of Region.Bytes, or what Options.Allocate
+	// asked). The error also matches syscall.ENOSPC (or EDQUOT, for a
+	// quota).
 	ErrNoSpace = errors.New("no space left for the region")
 	// ErrUnsupported: this system lacks a mechanism the region needs.
 	ErrUnsupported = errors.New("not supported on this system")

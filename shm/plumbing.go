@@ -30,3 +30,5 @@ func (p plumbing) Created() (time.Time, int32)                { return p.r.creat
 func (p plumbing) Attaches() uint64                           { return p.r.attaches() }
 func (p plumbing) ReadOnly() bool                             { return p.r.isReadOnly() }
 func (p plumbing) Span(off, n int) ([]byte, error)            { return p.r.span(off, n) }
+func (p plumbing) Probe(owner uint32) any                     { return p.r.probe(owner) }
+func (p plumbing) Check() error                               { return p.r.check("check") }

@@ -48,12 +48,12 @@ func (h Holder) String() string {
 	return fmt.Sprintf("pid %d (%s: %s)", h.PID, h.State, h.Reason)
 }
 
-// Probe judges whether the holder named by owner, the owner field of a lock
+// probe judges whether the holder named by owner, the owner field of a lock
 // word (bits 0..29), is still alive: the attachment with that owner ID in
 // ModeProbe, the attachment that records that thread ID in ModeRobust. It
 // reads only: recovering a lock whose holder is Dead is the caller's step, a
 // CAS from the exact owner word it probed. After Close it says Unverifiable.
-func (r *Region) Probe(owner uint32) Holder {
+func (r *Region) probe(owner uint32) Holder {
 	if r.life.Closed() {
 		// Never Dead: that would license a recovery.
 		return Holder{ID: owner, State: Unverifiable, Reason: "the region is closed"}

@@ -10,9 +10,9 @@
 //
 // Every Region holds a slot of the process table for as long as it is open,
 // and a file lock on that slot. Locks in the region name their holder by that
-// slot (an owner ID) or by a thread the slot records, and Probe turns the
-// owner field of a lock word back into a verdict on whether its process is
-// alive: the basis of recovery from dead lock holders.
+// slot (an owner ID) or by a thread the slot records, and the lock packages
+// turn the owner field of a lock word back into a verdict on whether its
+// process is alive (a Holder): the basis of recovery from dead lock holders.
 //
 // # Sharing between users
 //
@@ -27,10 +27,10 @@
 //
 // # Storage
 //
-// A region file is sparse. What the package writes itself (the header, the
-// process table, each lock and its data) gets storage before it is first
-// touched, so a full file system is ErrNoSpace, not SIGBUS; data bytes that
-// no lock covers get it when first touched (see Region.Bytes).
+// A region file is sparse. Everything gets storage before it is first
+// touched (the header, the process table, each lock and its data when it is
+// made, the bytes of Bytes when they are handed out), so a full file system
+// is ErrNoSpace, not SIGBUS.
 package shm
 
 import (
@@ -80,8 +80,8 @@ type Options struct {
 	// or validating the region; 0 means 10 s.
 	InitTimeout time.Duration
 	// Allocate gives a new region's whole data area storage when it is
-	// created, so that no first touch of its pages through Region.Bytes
-	// can fail (see Region.Bytes). It costs that much memory of the file
+	// created, so that a full file system fails Open rather than a later
+	// Bytes or lock constructor. It costs that much memory of the file
 	// system (tmpfs: RAM) at once.
 	Allocate bool
 	// Mode is the locking protocol: the mode a new region is created in,
@@ -123,8 +123,9 @@ type Region struct {
 
 func init() { closing.Of = func(r any) *closing.Closing { return &r.(*Region).life } }
 
-// Path resolves a region name: a name without a slash is placed in Dir.
-func Path(name string) (string, error) {
+// resolve turns a region name into the file's path: a name without a slash
+// is a file in Dir; one with a slash is a path.
+func resolve(name string) (string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return "", &Error{Op: "open", Path: name, Kind: ErrInvalid, Detail: "empty or malformed name"}
 	}
@@ -137,24 +138,25 @@ func Path(name string) (string, error) {
 	return filepath.Clean(name), nil
 }
 
-// Open opens the region at name (see Path), creating and initialising it if
-// it does not exist, and attaches this process to it.
+// Open opens the region at name, creating and initialising it if it does not
+// exist, and attaches this process to it. A name without a slash is a file
+// in Dir ("cache" is /dev/shm/cache); one with a slash is a path.
 func Open(name string, opt Options) (*Region, error) {
-	path, err := Path(name)
+	path, err := resolve(name)
 	if err != nil {
 		return nil, err
 	}
 	return openRetry(path, opt, false)
 }
 
-// OpenReadOnly maps the existing region at name (see Path) read-only, to look
-// at it without changing it: it creates nothing, claims no slot of the
+// OpenReadOnly maps the existing region at name (see Open) read-only, to
+// look at it without changing it: it creates nothing, claims no slot of the
 // process table, and writes nothing to the file (the mapping would fault if
-// anything tried). Probe, Bytes and the locks' Inspect functions work on it; locks cannot be taken
-// through it. It waits, like Open, while another process initialises the
-// region.
+// anything tried). Bytes, Attachments and the locks' Inspect functions work
+// on it; locks cannot be taken through it. It waits, like Open, while
+// another process initialises the region.
 func OpenReadOnly(name string) (*Region, error) {
-	path, err := Path(name)
+	path, err := resolve(name)
 	if err != nil {
 		return nil, err
 	}
@@ -515,7 +517,7 @@ func (r *Region) mapFile(slots, dataSize int) error {
 
 // attach claims a free slot of the process table: one whose liveness lock
 // nobody holds. Holding that lock is what makes the slot ours; the kernel
-// releases it when this process dies, which is what Probe reads.
+// releases it when this process dies, which is what a probe reads.
 func (r *Region) attach() error {
 	// In robust mode a free slot may be held for a moment by a process
 	// retiring its dead claimant's thread IDs (robust_linux.go): look again
@@ -681,16 +683,21 @@ func (r *Region) numSlots() int { return r.slots }
 
 // Bytes returns the n data bytes at offset off of the data area. The slice
 // aliases the shared mapping: other processes see writes to it at once, and
-// it must not be used after Close.
+// it must not be used after Close. Take it once: each call makes two
+// system calls, and takes time in proportion to the pages it covers.
 //
-// A region file is sparse: a page of it gets storage when it is first
-// touched. The header, the process table and every lock with its data get
-// theirs when they are made (an error then, ErrNoSpace, if the file system is
-// full), but bytes of Bytes that no lock covers do not: if the file system is
-// full (a container's /dev/shm is 64 MiB by default, shared by all in it),
-// the first store to such a page raises SIGBUS, which ends the process.
-// Allocate them first (Allocate, or Options.Allocate at creation), and that
-// is an error instead.
+// A region file is sparse, and the first store to a page that has no
+// storage raises SIGBUS, which ends the process, when the file system is
+// full (a container's /dev/shm is 64 MiB by default, shared by all in it).
+// So Bytes gives the bytes storage before it returns them, and fails with an
+// error matching ErrNoSpace and syscall.ENOSPC instead; what has storage
+// already costs no space. Through OpenReadOnly it cannot: there, bytes that
+// no writer's Bytes covered may fault when read on a full file system.
+// Bytes also fails, with ErrTruncated, if something shrank the file below
+// the size of the mapping (a page past the end of the file faults too);
+// nothing stops that happening after it returns, so a program that shares
+// a region with untrusted writers of its file uses debug.SetPanicOnFault
+// around its reads.
 //
 // In a region opened with a Layout, the bytes must lie in one data object of
 // it (else ErrLayout): a lock's bytes, and bytes that no object declares
@@ -701,32 +708,30 @@ func (r *Region) Bytes(off, n int) ([]byte, error) {
 			return nil, &Error{Op: "slice", Path: r.path, Kind: ErrLayout, Detail: err.Error()}
 		}
 	}
-	return r.span(off, n)
+	b, err := r.span(off, n)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.check("slice"); err != nil {
+		return nil, err
+	}
+	if !r.readOnly && n > 0 {
+		hs := len(r.m) - len(r.data)
+		if err := r.allocate("slice", int64(hs+off), int64(n), fmt.Sprintf("data bytes [%d, %d)", off, off+n)); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
-// span is Bytes without the layout's check: the bytes of a lock too, for
-// the lock packages (region.Plumbing).
+// span is Bytes without the layout's check or the file's: a lock's own
+// bytes, for the lock packages (region.Plumbing), which gave them storage
+// when they placed the lock.
 func (r *Region) span(off, n int) ([]byte, error) {
 	if err := r.inRange("slice", off, n); err != nil {
 		return nil, err
 	}
 	return r.data[off : off+n : off+n], nil
-}
-
-// Allocate gives the n data bytes at offset off storage in the region file,
-// so that touching them through Bytes cannot fail (see Bytes). It fails with
-// an error matching ErrNoSpace and syscall.ENOSPC if the file system is full.
-// Allocating what has storage already costs time (the file system looks at
-// every page), not space.
-func (r *Region) Allocate(off, n int) error {
-	if err := r.inRange("allocate", off, n); err != nil {
-		return err
-	}
-	if r.readOnly {
-		return &Error{Op: "allocate", Path: r.path, Kind: ErrInvalid, Detail: "the region is open read-only"}
-	}
-	hs := len(r.m) - len(r.data)
-	return r.allocate("allocate", int64(hs+off), int64(n), fmt.Sprintf("data bytes [%d, %d)", off, off+n))
 }
 
 // inRange checks that [off, off+n) lies in the data area of an open region.
@@ -767,23 +772,18 @@ func (r *Region) lockLine(off int) (*[LineSize / 8]uint64, error) {
 // zeroLine is what Line gives a read-only region for a line of a hole.
 var zeroLine [LineSize / 8]uint64
 
-// Check reports whether the region file still has the size this mapping
-// needs; ErrTruncated if something shrank it. Touching mapped pages past the
-// end of a truncated file faults: the Go runtime then stops the process with
-// "unexpected fault address" and "signal SIGBUS", or, in a goroutine that
-// called debug.SetPanicOnFault(true), panics with a runtime.Error that can be
-// recovered. A program that shares a region with untrusted writers of the
-// file can Check before trusting it, and use SetPanicOnFault around access.
-func (r *Region) Check() error {
+// check reports whether the region file still has the size this mapping
+// needs: ErrTruncated if something shrank it.
+func (r *Region) check(op string) error {
 	if r.life.Closed() {
-		return &Error{Op: "check", Path: r.path, Kind: ErrClosed}
+		return &Error{Op: op, Path: r.path, Kind: ErrClosed}
 	}
 	fi, err := r.f.Stat()
 	if err != nil {
-		return &Error{Op: "check", Path: r.path, Err: err}
+		return &Error{Op: op, Path: r.path, Err: err}
 	}
 	if fi.Size() < int64(len(r.m)) {
-		return &Error{Op: "check", Path: r.path, Kind: ErrTruncated,
+		return &Error{Op: op, Path: r.path, Kind: ErrTruncated,
 			Detail: fmt.Sprintf("file is %d bytes, the mapping needs %d", fi.Size(), len(r.m))}
 	}
 	return nil
@@ -850,9 +850,9 @@ func (r *Region) release() error {
 	return err
 }
 
-// Remove deletes the region file at name (see Path).
+// Remove deletes the region file at name (see Open).
 func Remove(name string) error {
-	path, err := Path(name)
+	path, err := resolve(name)
 	if err != nil {
 		return err
 	}

@@ -77,16 +77,20 @@ func runChild(role, arg string) int {
 			fmt.Println("open:", err)
 			return 1
 		}
+		b, err := r.Bytes(r.Size()-1, 1)
+		if err != nil {
+			fmt.Println("bytes:", err)
+			return 1
+		}
 		fmt.Println("mapped")
-		for r.Check() == nil {
+		for r.check("check") == nil {
 			time.Sleep(time.Millisecond)
 		}
-		fmt.Println("check:", r.Check())
+		fmt.Println("check:", r.check("check"))
 		if mode == "panic" {
 			debug.SetPanicOnFault(true)
 			defer func() { fmt.Println("recovered:", recover()) }()
 		}
-		b, _ := r.Bytes(r.Size()-1, 1)
 		b[0] = 1
 		return 0
 	case "attach":
@@ -157,7 +161,7 @@ func runChild(role, arg string) int {
 		r.ownerFor(pageSize)
 		fi, _ := os.Stat(arg)
 		os.Truncate(arg, fi.Size()-pageSize)
-		fmt.Println("check:", r.Check())
+		fmt.Println("check:", r.check("check"))
 		fmt.Println("closed:", r.Close())
 		return 0
 	case "write-read-only":
@@ -215,7 +219,7 @@ func TestCreateOpen(t *testing.T) {
 	slot, id := slotOf(b.ownerID()), b.ownerID()
 	require.NoError(t, b.Close())
 	require.NoError(t, b.Close(), "Close is idempotent")
-	h := a.Probe(id)
+	h := a.probe(id)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "liveness lock is free")
 	c, err := Open(path, Options{})
@@ -231,14 +235,14 @@ func TestCreateOpen(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assert.NotEqual(t, id, c2.ownerID(), "same slot, another incarnation")
-	h = a.Probe(id)
+	h = a.probe(id)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "claimed again")
 
-	h = a.Probe(c.ownerID())
+	h = a.probe(c.ownerID())
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.EqualValues(t, os.Getpid(), h.PID)
-	assert.Equal(t, Alive, a.Probe(a.ownerID()).State)
+	assert.Equal(t, Alive, a.probe(a.ownerID()).State)
 }
 
 // The path is removed and created anew while an opener waits for the
@@ -455,7 +459,7 @@ func TestBadPaths(t *testing.T) {
 	_, err = Open(filepath.Join(dir, "new"), Options{Size: 64, Slots: MaxSlots + 1})
 	assert.ErrorIs(t, err, ErrInvalid)
 
-	p, err := Path("cache")
+	p, err := resolve("cache")
 	require.NoError(t, err)
 	assert.Equal(t, "/dev/shm/cache", p, "a bare name lives in /dev/shm")
 }
@@ -524,7 +528,9 @@ func TestTruncatedWhileMapped(t *testing.T) {
 				return strings.Contains(c.Output(), "mapped")
 			})
 			require.NoError(t, os.Truncate(path, pageSize))
-			assert.ErrorIs(t, r.Check(), ErrTruncated)
+			assert.ErrorIs(t, r.check("check"), ErrTruncated)
+			_, err = r.Bytes(0, 8)
+			assert.ErrorIs(t, err, ErrTruncated, "Bytes handed out bytes of a truncated file")
 			got := c.Wait(t, 30*time.Second)
 			err = c.Err
 			assert.Contains(t, got, "check: shm: check "+path+": region file is truncated")

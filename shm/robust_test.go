@@ -68,22 +68,22 @@ func TestRobustRecordsTIDs(t *testing.T) {
 	assert.NotEqual(t, r.ownerID(), a, "a thread ID, not the owner ID")
 	assert.NoError(t, syscall.Tgkill(os.Getpid(), int(a), 0), "the ID of a live thread of ours")
 	assert.Equal(t, []uint32{a}, recorded(t, path, slotOf(r.ownerID())))
-	h := r.Probe(a)
+	h := r.probe(a)
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.Equal(t, "this process", h.Reason)
 
 	child, tid := attachedTID(t, path)
 	assert.NotEqual(t, a, tid)
-	h = r.Probe(tid)
+	h = r.probe(tid)
 	assert.Equal(t, Alive, h.State, h.String())
 	assert.EqualValues(t, child.Pid(), h.PID, "the table maps the thread ID to its process")
 	assert.EqualValues(t, tid, h.TID)
 	child.Kill()
-	h = r.Probe(tid)
+	h = r.probe(tid)
 	assert.Equal(t, Dead, h.State, h.String())
 	assert.Contains(t, h.Reason, "liveness lock is free")
 
-	h = r.Probe(4_000_000)
+	h = r.probe(4_000_000)
 	assert.Equal(t, Dead, h.State, "a thread ID nobody records: its holder is gone, or the word corrupt")
 	assert.Contains(t, h.Reason, "no attached process records thread 4000000")
 
@@ -310,7 +310,7 @@ func TestRobustProbeDoesNotWaitForNew(t *testing.T) {
 	go func() { _, err := r.ownerFor(robust.Limit * LineSize); done <- err }()
 	time.Sleep(50 * time.Millisecond) // it waits for byte 0, holding its lists' lock
 	start := time.Now()
-	h := r.Probe(mine)
+	h := r.probe(mine)
 	assert.Less(t, time.Since(start), 100*time.Millisecond, "the probe waited")
 	assert.Equal(t, "this process", h.Reason)
 	unlockByte(int(f.Fd()), 0)
@@ -463,7 +463,7 @@ func TestRobustSweepKeepsTheSlot(t *testing.T) {
 	require.NoError(t, err)
 	defer f.Close()
 	assert.ErrorIs(t, tryLockByte(int(f.Fd()), int64(other*entryBytes)), errLocked, "the slot being retired can be claimed")
-	h := r.Probe(uint32(4_000_000 + other - 1))
+	h := r.probe(uint32(4_000_000 + other - 1))
 	assert.Equal(t, Dead, h.State, "a probe took the retirement's shared lock for a live claimant: %v", h)
 	// An Open, whose only free slot this is, waits for the retirement
 	// rather than call the table full.

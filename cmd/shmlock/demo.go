@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/owner"
@@ -51,9 +50,11 @@ func demoLayout() *shm.Layout {
 }
 
 type demoRegion struct {
-	r   *shm.Region
-	mu  *shmlock.Mutex
-	rec *seqlock.Record
+	r    *shm.Region
+	mu   *shmlock.Mutex
+	rec  *seqlock.Record
+	head []uint64 // dCounter..dMine
+	mine []uint64 // dMine..: per worker
 }
 
 func openDemo(path string, mode shm.Mode) (*demoRegion, error) {
@@ -66,12 +67,17 @@ func openDemo(path string, mode shm.Mode) (*demoRegion, error) {
 		r.Close()
 		return nil, err
 	}
-	rec, err := seqlock.NewRecord(r, dRecord, dRecBytes)
+	d := &demoRegion{r: r, mu: mu}
+	if d.rec, err = seqlock.NewRecord(r, dRecord, dRecBytes); err == nil {
+		if d.head, err = words(r, dCounter, (dMine-dCounter)/8); err == nil {
+			d.mine, err = words(r, dMine, dMaxWork)
+		}
+	}
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
-	return &demoRegion{r: r, mu: mu, rec: rec}, nil
+	return d, nil
 }
 
 // recordValue reads the record and checks it: every word must hold the same
@@ -89,8 +95,10 @@ func (d *demoRegion) recordValue(buf []byte) (uint64, bool) {
 }
 
 func (d *demoRegion) word(off int) *uint64 {
-	b, _ := d.r.Bytes(off, 8)
-	return (*uint64)(unsafe.Pointer(&b[0]))
+	if off >= dMine {
+		return &d.mine[(off-dMine)/8]
+	}
+	return &d.head[(off-dCounter)/8]
 }
 
 func (d *demoRegion) load(off int) uint64 { return atomic.LoadUint64(d.word(off)) }
@@ -121,17 +129,14 @@ func demo(args []string) error {
 	if err != nil {
 		return err
 	}
-	path, err := shm.Path(*region)
+	shm.Remove(*region)
+	d, err := openDemo(*region, mode)
 	if err != nil {
 		return err
 	}
-	os.Remove(path)
-	d, err := openDemo(path, mode)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(path)
+	defer shm.Remove(*region)
 	defer d.r.Close()
+	path := d.r.Path()
 	say := func(format string, a ...any) { fmt.Printf("demo: "+format+"\n", a...) }
 	say("region %s (%v mode: %s): one robust lock, a counter, a journal for half-done increments,", path, d.r.Mode(), modeSays[d.r.Mode()])
 	say("  and a %d-byte record that holders rewrite word by word with the counter's value", dRecBytes)

@@ -83,7 +83,7 @@ func inspectRegion(path string) (*report, error) {
 		return nil, err
 	}
 	defer r.Close()
-	if err := r.Check(); err != nil {
+	if err := region.Of(r).Check(); err != nil {
 		return nil, err
 	}
 	return describe(r)
@@ -100,7 +100,7 @@ func describe(r *shm.Region) (rep *report, err error) {
 				panic(e)
 			}
 			rep, err = nil, fmt.Errorf("reading %s failed (%v): was the region file truncated while it was read? (%v)",
-				r.Path(), e, r.Check())
+				r.Path(), e, region.Of(r).Check())
 		}
 	}()
 	created, creator := region.Of(r).Created()

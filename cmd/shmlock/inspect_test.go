@@ -375,5 +375,5 @@ func TestInspectTruncatedUnderIt(t *testing.T) {
 	_, err = describe(r)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "truncated")
-	assert.ErrorIs(t, r.Check(), shm.ErrTruncated)
+	assert.ErrorIs(t, region.Of(r).Check(), shm.ErrTruncated)
 }

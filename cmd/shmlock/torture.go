@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -68,6 +69,7 @@ type torture struct {
 	stats []uint64
 	lat   []uint64
 	mine  []uint64
+	cj    []uint64 // the counter and the journal
 }
 
 // recoveries returns the recoveries counted by the writers' Mutex at off.
@@ -91,22 +93,33 @@ func openTorture(path string, size int, mode shm.Mode) (*torture, error) {
 			t.rec, err = seqlock.NewRecord(r, l.rec, size)
 		}
 	}
+	for _, w := range []struct {
+		s        *[]uint64
+		off, len int
+	}{{&t.stats, l.stats, nStats}, {&t.lat, l.lat, tLatencies}, {&t.mine, l.mine, tMaxWorkers}, {&t.cj, l.counter, 2}} {
+		if err == nil {
+			*w.s, err = words(r, w.off, w.len)
+		}
+	}
 	if err != nil {
 		r.Close()
 		return nil, err
 	}
-	t.stats = t.words(l.stats, nStats)
-	t.lat = t.words(l.lat, tLatencies)
-	t.mine = t.words(l.mine, tMaxWorkers)
 	return t, nil
 }
 
-func (t *torture) words(off, n int) []uint64 {
-	b, _ := t.r.Bytes(off, 8*n)
-	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n)
+// words returns the n words at off, taken once: Region.Bytes makes system
+// calls.
+func words(r *shm.Region, off, n int) ([]uint64, error) {
+	b, err := r.Bytes(off, 8*n)
+	if err != nil {
+		return nil, err
+	}
+	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n), nil
 }
 
-func (t *torture) word(off int) *uint64 { return &t.words(off, 1)[0] }
+func (t *torture) counter() *uint64 { return &t.cj[0] }
+func (t *torture) journal() *uint64 { return &t.cj[1] }
 
 func (t *torture) stat(i int) uint64 { return atomic.LoadUint64(&t.stats[i]) }
 
@@ -179,7 +192,7 @@ func tortureCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	path, _ := shm.Path(fmt.Sprintf("shmlock-torture-%d", os.Getpid()))
+	path := filepath.Join(shm.Dir, fmt.Sprintf("shmlock-torture-%d", os.Getpid()))
 	os.Remove(path)
 	t, err := openTorture(path, *size, mode)
 	if err != nil {
@@ -239,7 +252,7 @@ func tortureCmd(args []string) error {
 		case <-progress.C:
 			if !*asJSON {
 				fmt.Fprintf(os.Stderr, "\r%4.0fs  increments %-9d kills %-5d recoveries %-5d reads verified %-10d torn %d   ",
-					time.Since(begin).Seconds(), atomic.LoadUint64(t.word(t.l.counter)), rep.Kills, t.mu.Inspect().Recoveries, t.stat(sVerified), t.stat(sTornSeq)+t.stat(sTornRec))
+					time.Since(begin).Seconds(), atomic.LoadUint64(t.counter()), rep.Kills, t.mu.Inspect().Recoveries, t.stat(sVerified), t.stat(sTornSeq)+t.stat(sTornRec))
 			}
 		default:
 		}
@@ -265,7 +278,7 @@ func tortureCmd(args []string) error {
 		g.Release()
 	}
 	rep.Seconds = time.Since(begin).Seconds()
-	rep.Increments = atomic.LoadUint64(t.word(t.l.counter))
+	rep.Increments = atomic.LoadUint64(t.counter())
 	rep.Recoveries = t.mu.Inspect().Recoveries + t.recoveries(t.l.seq) + t.recoveries(t.l.rec)
 	rep.ReadsVerified = t.stat(sVerified)
 	rep.DirtyReadsTold = t.stat(sDirty)
@@ -310,11 +323,11 @@ func tortureCmd(args []string) error {
 // repair completes the increment of a worker that died between the counter
 // and its own count.
 func (t *torture) repair() {
-	j := atomic.LoadUint64(t.word(t.l.journal))
-	if j != 0 && atomic.LoadUint64(t.word(t.l.counter)) == t.committed()+1 {
+	j := atomic.LoadUint64(t.journal())
+	if j != 0 && atomic.LoadUint64(t.counter()) == t.committed()+1 {
 		atomic.AddUint64(&t.mine[j-1], 1)
 	}
-	atomic.StoreUint64(t.word(t.l.journal), 0)
+	atomic.StoreUint64(t.journal(), 0)
 }
 
 func tortureWorker(args []string) error {
@@ -330,7 +343,7 @@ func tortureWorker(args []string) error {
 	defer t.r.Close()
 	ctx := context.Background()
 	buf := make([]byte, size)
-	counter, journal := t.word(t.l.counter), t.word(t.l.journal)
+	counter, journal := t.counter(), t.journal()
 	for v := uint64(os.Getpid()) << 32; atomic.LoadUint64(&t.stats[sStop]) == 0; v++ {
 		// An increment under the robust lock, journaled.
 		g, err := t.mu.Acquire(ctx)

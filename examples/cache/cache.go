@@ -97,7 +97,7 @@ func (o Options) Size() int {
 
 func (o Options) slotBytes() int { return (entryHead + o.MaxKey + o.MaxValue + 7) / 8 * 8 }
 
-// Open opens the cache in the region at name (see shm.Path), creating it if
+// Open opens the cache in the region at name (see shm.Open), creating it if
 // need be.
 func Open(name string, opt Options) (*Cache, error) {
 	if opt.Capacity < 1 || opt.MaxKey < 1 || opt.MaxValue < 0 || int64(opt.MaxKey) > math.MaxUint32 || int64(opt.MaxValue) > math.MaxUint32 {

@@ -71,6 +71,15 @@ type Plumbing interface {
 	// Span is shm.Region.Bytes without the check of the region's Layout:
 	// a lock's own bytes, for its package.
 	Span(off, n int) ([]byte, error)
+	// Probe judges whether the holder that owner, the owner field of a
+	// lock word, names is still alive, and returns a shm.Holder (this
+	// package cannot name shm's types). It reads only: recovering a lock
+	// whose holder is Dead is the caller's step, a CAS from the exact
+	// owner word it probed. After Close it says Unverifiable.
+	Probe(owner uint32) any
+	// Check reports whether the region file still has the size its
+	// mapping needs (shm.ErrTruncated if something shrank it).
+	Check() error
 }
 
 // Of returns the plumbing of r, a *shm.Region. Package shm sets it when it
