@@ -25,11 +25,15 @@ func lockName(path string, off int) string { return path + "@" + strconv.Itoa(of
 // while another process holds it. It wraps the context's error, so
 // errors.Is(err, context.DeadlineExceeded) works.
 type HeldError struct {
-	Lock    string        // region path @ offset
-	Path    string        // the region file
-	Off     int           // the lock's offset in the region's data area
-	Owner   uint64        // the holder's exact owner word: what Break takes
-	Holder  shm.Holder    // who holds it and whether it is alive, and why
+	Lock   string     // region path @ offset
+	Path   string     // the region file
+	Off    int        // the lock's offset in the region's data area
+	Owner  uint64     // the holder's exact owner word: what Break takes
+	Holder shm.Holder // who holds it and whether it is alive, and why
+	// Reader says that Holder holds read shares of an RWMutex, not its
+	// writers' lock: Owner is then its reader word, what
+	// RWMutex.BreakReader takes.
+	Reader  bool
 	HeldFor time.Duration // the lock has been held at least this long
 	Waited  time.Duration // how long this call waited
 	Err     error         // the context's error
@@ -42,6 +46,10 @@ func (e *HeldError) Unwrap() error { return e.Err }
 // operator can do about it is Advice.
 func (e *HeldError) Error() string {
 	h := e.Holder
+	if e.Reader {
+		return fmt.Sprintf("shmlock: lock %s: gave up after %v (%v): read shares held by pid %d, %s (%s)",
+			e.Lock, e.Waited.Round(time.Millisecond), e.Err, h.PID, h.State, h.Reason)
+	}
 	return fmt.Sprintf("shmlock: lock %s: gave up after %v (%v): held for at least %v by pid %d, %s (%s)",
 		e.Lock, e.Waited.Round(time.Millisecond), e.Err, e.HeldFor.Round(time.Millisecond), h.PID, h.State, h.Reason)
 }
@@ -54,12 +62,19 @@ func (e *HeldError) Error() string {
 func (e *HeldError) Advice() string {
 	h := e.Holder
 	switch {
+	case h.Self && e.Reader:
+		return "Goroutines of this process hold read shares: a writer waits for them to RUnlock, and for ever if it holds one itself."
 	case h.Self:
 		return "A process that locks a Mutex it already holds waits for itself: unlock it first."
 	case h.State == shm.Alive:
 		return fmt.Sprintf("A live holder is never robbed: find out why pid %d does not unlock"+
 			" (ps -o pid,stat,wchan -p %d; a Go process prints its goroutines on SIGQUIT;"+
 			" 'shmlock inspect %s' shows every lock of the region and its holder).", h.PID, h.PID, e.Path)
+	case h.State == shm.Unverifiable && e.Reader:
+		return fmt.Sprintf("Its death cannot be verified from here, so its read shares are not freed automatically;"+
+			" if that process is known to be gone, free them with 'shmlock break %s %d --reader %#x'"+
+			" (or RWMutex.BreakReader(%#x)); 'shmlock inspect %s' shows every lock of the region and its holders.",
+			e.Path, e.Off, e.Owner, e.Owner, e.Path)
 	case h.State == shm.Unverifiable:
 		return fmt.Sprintf("Its death cannot be verified from here, so it is not taken over automatically;"+
 			" if that process is known to be gone, free the lock with 'shmlock break %s %d --owner %#x'"+

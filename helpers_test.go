@@ -64,8 +64,9 @@ func TestMain(m *testing.M) {
 
 // env is one process's view of the test region.
 type env struct {
-	r  *shm.Region
-	mu *shmlock.Mutex
+	r     *shm.Region
+	mu    *shmlock.Mutex
+	words []uint64 // the data area, taken once (Bytes makes system calls)
 }
 
 func openEnv(path string) (*env, error) { return openEnvIn(path, shm.ModeAuto) }
@@ -81,16 +82,14 @@ func openEnvIn(path string, mode shm.Mode) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &env{r: r, mu: mu}, nil
+	b, err := r.Bytes(0, regionSize)
+	if err != nil {
+		return nil, err
+	}
+	return &env{r: r, mu: mu, words: unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), regionSize/8)}, nil
 }
 
-func (e *env) word(off int) *uint64 {
-	b, err := e.r.Bytes(off, 8)
-	if err != nil {
-		panic(err)
-	}
-	return (*uint64)(unsafe.Pointer(&b[0]))
-}
+func (e *env) word(off int) *uint64 { return &e.words[off/8] }
 
 // enter and leave bracket a critical section. enter swaps our owner ID into
 // the "inside" word: finding another there means two holders at once, unless

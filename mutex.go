@@ -173,6 +173,21 @@ func (m *Mutex) lockWait() {
 	fault.Hit(fault.MutexAcquired)
 }
 
+// lockQuiet is Lock with a context: it is not told of a death, which stays
+// news for the next Acquire.
+func (m *Mutex) lockQuiet(ctx context.Context) error {
+	w := atomic.LoadUint64(m.word)
+	if w&line.LowHalf != 0 || !atomic.CompareAndSwapUint64(m.word, w, w+line.GenOne|m.self) {
+		if _, _, err := m.lockSlow(ctx, false); err != nil {
+			return err
+		}
+	} else {
+		m.took(w + line.GenOne | m.self)
+	}
+	fault.Hit(fault.MutexAcquired)
+	return nil
+}
+
 // TryLock locks m if it is free and reports whether it did. It never waits
 // and never probes the holder. A lock reserved for its sleepers (wait.go)
 // counts as held, so that polling cannot starve them; TryLock wakes one of

@@ -14,7 +14,7 @@ import (
 // 3, which no lock uses otherwise:
 //
 //	bits 48..63  tagMagic, 0x534c ("SL")
-//	bits 40..47  kind: region.KindMutex, region.KindSeqLock or region.KindRecord
+//	bits 40..47  kind: region.KindMutex, KindSeqLock, KindRecord or KindRWMutex
 //	bits 16..39  the protected data's size in 8-byte words (0 for a Mutex)
 //	bits  0..15  check: a hash of the line's offset and the bits above, so
 //	             that the image of a tagged line stored at another offset
@@ -43,7 +43,7 @@ func tagCheck(off int, t uint64) uint64 {
 // parseTag reads the tag word t of the line at off.
 func parseTag(off int, t uint64) (region.Placement, bool) {
 	k := region.Kind(t >> 40)
-	if t>>48 != tagMagic || k < region.KindMutex || k > region.KindRecord || t&0xffff != tagCheck(off, t&^0xffff) {
+	if t>>48 != tagMagic || k < region.KindMutex || k > region.KindRWMutex || t&0xffff != tagCheck(off, t&^0xffff) {
 		return region.Placement{}, false
 	}
 	p := region.Placement{Off: off, Kind: k, Size: int(t>>16&tagWords) * 8}
@@ -65,7 +65,7 @@ func (r *Region) place(off int, k region.Kind, size int) error {
 	fail := func(format string, args ...any) error {
 		return &Error{Op: "place", Path: r.path, Kind: ErrInvalid, Detail: fmt.Sprintf(format, args...)}
 	}
-	if k < region.KindMutex || k > region.KindRecord || size < 0 || size%8 != 0 || size/8 > tagWords || (k == region.KindMutex) != (size == 0) {
+	if k < region.KindMutex || k > region.KindRWMutex || size < 0 || size%8 != 0 || size/8 > tagWords || (k == region.KindMutex) != (size == 0) {
 		return fail("no %v of %d bytes can be placed", k, size)
 	}
 	l, err := r.lockLine(off)

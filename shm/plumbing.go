@@ -32,3 +32,6 @@ func (p plumbing) ReadOnly() bool                             { return p.r.isRea
 func (p plumbing) Span(off, n int) ([]byte, error)            { return p.r.span(off, n) }
 func (p plumbing) Probe(owner uint32) any                     { return p.r.probe(owner) }
 func (p plumbing) Check() error                               { return p.r.check("check") }
+func (p plumbing) ProbeAttachment(id uint32) any              { return p.r.probeID(id) }
+func (p plumbing) Slot() int                                  { return slotOf(p.r.ownerID()) }
+func (p plumbing) WatchAttachment(id uint32, f func()) func() { return p.r.watchAttachment(id, f) }

@@ -81,6 +81,12 @@ func (r *Region) watchID(id uint32, f func()) (stop func()) {
 		// waiter itself: no watch needed.
 		return func() {}
 	}
+	return r.watchAttachment(id, f)
+}
+
+// watchAttachment is watchID in either mode: for what the kernel does not
+// mark, such as a reader's shares.
+func (r *Region) watchAttachment(id uint32, f func()) (stop func()) {
 	c := &watchCall{f: f}
 	stop = func() { r.unwatch(id, c) }
 	ws := &r.watches

@@ -44,6 +44,15 @@ const (
 	RecordPublished // the index names the new copy; the lock is still held
 	RecordReadIndex // a reader loaded the index (a hook point for slow readers)
 
+	// RWMutex
+	RWReaderAdded         // a reader added its share; the writers' word not yet loaded
+	RWReaderDropped       // a reader that found a writer took its share back; not yet queued
+	RWReaderShared        // a queued reader added its share under the writers' lock; lock not released
+	RWReaderBeforeRelease // a reader is about to drop its share
+	RWWriterDraining      // a writer holds the writers' lock; readers not yet drained
+	RWReaderProbedDead    // a draining writer probed a reader dead; no CAS yet
+	RWReaderFreed         // a dead reader's shares were freed; not yet counted
+
 	// Region
 	RegionHeaderWritten // a creator wrote the header, layout included; not yet the ready magic
 
@@ -62,6 +71,8 @@ var names = [numPoints]string{
 	"seq-write-odd", "seq-write-mid-data", "seq-release-state", "seq-release-even",
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
+	"rw-reader-added", "rw-reader-dropped", "rw-reader-shared", "rw-reader-before-release",
+	"rw-writer-draining", "rw-reader-probed-dead", "rw-reader-freed",
 	"region-header-written", "region-close-marked", "region-retire-swept",
 }
 

@@ -80,6 +80,15 @@ type Plumbing interface {
 	// Check reports whether the region file still has the size its
 	// mapping needs (shm.ErrTruncated if something shrank it).
 	Check() error
+	// ProbeAttachment is Probe of an attachment named by its owner ID (ID),
+	// in either mode: a shm.Holder.
+	ProbeAttachment(id uint32) any
+	// Slot returns this attachment's slot of the process table, 1..Slots.
+	Slot() int
+	// WatchAttachment is Watch in either mode (Watch does nothing in
+	// shm.ModeRobust, where the kernel marks a dead holder's lock word):
+	// for what the kernel does not mark, such as a reader's shares.
+	WatchAttachment(id uint32, f func()) (stop func())
 }
 
 // Of returns the plumbing of r, a *shm.Region. Package shm sets it when it
@@ -101,6 +110,7 @@ const (
 	KindMutex   Kind = 1 + iota // shmlock.Mutex
 	KindSeqLock                 // seqlock.SeqLock: one copy of the data after the line
 	KindRecord                  // seqlock.Record: two copies of the data after the line
+	KindRWMutex                 // shmlock.RWMutex: its claims and reader lines after the line
 )
 
 func (k Kind) String() string {
@@ -111,6 +121,8 @@ func (k Kind) String() string {
 		return "seqlock"
 	case KindRecord:
 		return "record"
+	case KindRWMutex:
+		return "rwmutex"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
@@ -128,7 +140,7 @@ type Placement struct {
 func (p Placement) Bytes() int {
 	data := (p.Size + LineSize - 1) / LineSize * LineSize
 	switch p.Kind {
-	case KindSeqLock:
+	case KindSeqLock, KindRWMutex:
 		return LineSize + data
 	case KindRecord:
 		return LineSize + 2*data
