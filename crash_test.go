@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/shmlock/shmlock"
 	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/proctest"
 	"github.com/shmlock/shmlock/seqlock"
 	"github.com/shmlock/shmlock/shm"
 )
@@ -563,6 +565,13 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.RecordEven:               writerUnderLoad("rec", 10),
 		fault.RecordPublished:          writerUnderLoad("rec", 10),
 		fault.RecordReadIndex:          readerUnderLoad(1000),
+		fault.RWReaderAdded:            rwUnderLoad(50),
+		fault.RWReaderDropped:          rwUnderLoad(3),
+		fault.RWReaderShared:           rwUnderLoad(3),
+		fault.RWReaderBeforeRelease:    rwUnderLoad(50),
+		fault.RWWriterDraining:         rwUnderLoad(5),
+		fault.RWReaderProbedDead:       rwFreer,
+		fault.RWReaderFreed:            rwFreer,
 		fault.RegionCloseMarked:        closerDies,
 		fault.RegionRetireSwept:        retirerDies,
 		fault.RegionHeaderWritten:      creatorDies,
@@ -575,4 +584,70 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		}
 		t.Run(p.String(), func(t *testing.T) { row(t, p, mode) })
 	}
+}
+
+// rwUnderLoad: the victim is one of three workers on an RWMutex, one write
+// in four operations, and dies on its n-th pass through the point; the
+// other two go on, and the counts stay exact.
+func rwUnderLoad(n int) crashRow {
+	return func(t *testing.T, p fault.Point, mode shm.Mode) {
+		h := newRWHarness(t, 60*time.Second, mode)
+		victim := h.Start(rwCommand(h, faultEnv(p, n), "0", "4"))
+		a := h.spawn("rw-worker", "1", "4")
+		b := h.spawn("rw-worker", "2", "4")
+		diedAt(t, victim, p)
+		h.rwGetThrough(t, a, b)
+	}
+}
+
+// rwFreer: a reader dies holding a share; the victim, a writer, dies as it
+// frees it (before or after its CAS); two workers must still get through,
+// and the share is freed once: by the next writer, counted, or by the victim
+// before it could count it.
+func rwFreer(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newRWHarness(t, 60*time.Second, mode)
+	reader := h.spawn("rw-read-hold")
+	h.waitHeld()
+	reader.Kill()
+	victim := h.Start(rwCommand(h, faultEnv(p, 1), "0", "1"))
+	diedAt(t, victim, p)
+	a := h.spawn("rw-worker", "1", "4")
+	b := h.spawn("rw-worker", "2", "4")
+	h.rwGetThrough(t, a, b)
+	want := 1
+	if p == fault.RWReaderFreed {
+		want = 0
+	}
+	assert.EqualValues(t, want, h.rw.Inspect().ReadersFreed, "the dead reader's share was freed twice, or never")
+}
+
+func rwCommand(h *rwHarness, env []string, args ...string) *exec.Cmd {
+	cmd := proctest.Command("rw-worker", append([]string{h.path}, args...)...)
+	cmd.Env = append(cmd.Env, env...)
+	return cmd
+}
+
+// rwGetThrough checks that the workers make progress, stops them, and checks
+// the counts, after a last write by this process (which repairs).
+func (h *rwHarness) rwGetThrough(t *testing.T, workers ...*child) {
+	t.Helper()
+	a0 := h.load(rwA)
+	proctest.Eventually(t, 10*time.Second, "no progress after the death", func() bool { return h.load(rwA) >= a0+100 })
+	atomic.StoreUint64(&h.w[rwStop], 1)
+	for _, c := range workers {
+		c.Wait(t, 20*time.Second)
+		require.NoError(t, c.Err, c.Output())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), recoveryBound)
+	defer cancel()
+	g, err := h.rw.Acquire(ctx)
+	require.NoError(t, err, "the lock is wedged")
+	if g.Recovered() {
+		h.repair()
+	}
+	g.Commit()
+	g.Release()
+	assert.Zero(t, h.load(rwBad), "a reader beside a writer, or two writers")
+	assert.Equal(t, h.load(rwA), h.load(rwB), "a write left half done")
+	assert.Equal(t, h.sumMine(), h.load(rwA), "lost or double-counted writes")
 }

@@ -460,7 +460,7 @@ func (rw *RWMutex) Break(owner uint64) error { return rw.w.Break(owner) }
 type RWState struct {
 	Writer       State    // the writers' lock
 	Readers      []Reader // the attachments that hold shares, in slot order
-	ReadersFreed uint64   // attachments gone whose shares were freed so far
+	ReadersFreed uint64   // attachments gone whose shares were freed so far (not one whose freer died before counting it)
 }
 
 // Reader is an attachment that holds shares of an RWMutex.
