@@ -3,6 +3,7 @@ package shmlock
 import (
 	"context"
 	"math/bits"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -229,14 +230,35 @@ func (rw *RWMutex) RAcquire(ctx context.Context) (guard.Guard, error) {
 }
 
 // rlockSlow takes a share for a reader that found the writers' word held: it
-// drops the share it added, queues for the writers' lock as a writer does
-// (without being told, so a writer's death stays news for the next writer),
-// and adds its share under it, when no writer can be draining.
+// drops the share it added, and spins while the word stays held, as a Mutex
+// waiter does, adding its share again when it is free. Past that, it queues
+// for the writers' lock as a writer does (without being told, so a writer's
+// death stays news for the next writer), and adds its share under it, when
+// no writer can be draining. Queueing at once would make every reader that
+// meets a write hold the writers' lock in turn, and the readers that come
+// after meet those holds: a convoy of readers that excludes each other.
 func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err error) {
 	rw.drop()
 	fault.Hit(fault.RWReaderDropped)
 	if rw.life.Closed() {
 		return false, 0, rw.w.closedError("rlock")
+	}
+	for i := 1; multicore && i <= spinLoads; i++ {
+		w := atomic.LoadUint64(rw.w.word)
+		if w&line.OwnerMask == 0 {
+			atomic.AddUint32(rw.mine, 1)
+			fault.Hit(fault.RWReaderAdded)
+			if w = atomic.LoadUint64(rw.w.word); w&line.OwnerMask == 0 {
+				told := w&line.OwnerDied != 0 || atomic.LoadUint64(&rw.w.line[line.Recoveries])&line.Untold != 0
+				return told, w >> 32, nil
+			}
+			rw.drop()
+		} else if w&line.Waiters != 0 {
+			break // others sleep on the writers' lock: queue behind them
+		}
+		if i%spinYield == 0 {
+			runtime.Gosched()
+		}
 	}
 	if err := rw.w.lockQuiet(ctx); err != nil {
 		return false, 0, err
@@ -354,13 +376,16 @@ func (rw *RWMutex) Acquire(ctx context.Context) (guard.Guard, error) {
 // first live share.
 func (rw *RWMutex) drain(ctx context.Context, wait bool) error {
 	fault.Hit(fault.RWWriterDraining)
-	var err error
-	rw.claimed(func(s int) bool {
-		err = rw.drainSlot(ctx, s, wait)
-		return err == nil
-	})
-	if err != nil {
-		return err
+	for i := range rw.claims {
+		for c := atomic.LoadUint64(&rw.claims[i]); c != 0; c &= c - 1 {
+			s := 64*i + bits.TrailingZeros64(c)
+			if s < 1 || s > rw.slots || atomic.LoadUint64(rw.reader(s))&readerShares == 0 {
+				continue // a bit past the table (a corrupt line) names no slot
+			}
+			if err := rw.drainSlot(ctx, s, wait); err != nil {
+				return err
+			}
+		}
 	}
 	if rw.life.Closed() {
 		return rw.w.closedError("lock")
@@ -371,6 +396,16 @@ func (rw *RWMutex) drain(ctx context.Context, wait bool) error {
 // drainSlot waits until slot's reader line holds no share.
 func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
 	p := rw.reader(slot)
+	// Shares are mostly held briefly: spin before the probe, the watch and
+	// the sleep, which cost system calls.
+	for i := 1; wait && multicore && i <= spinLoads; i++ {
+		if atomic.LoadUint64(p)&readerShares == 0 {
+			return nil
+		}
+		if i%spinYield == 0 {
+			runtime.Gosched()
+		}
+	}
 	low := line.Low(p)
 	var watched uint32
 	stop := func() {}

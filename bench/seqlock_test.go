@@ -202,6 +202,10 @@ func runChild(args []string) int {
 		return contendChild(args[0], args[1:])
 	case "grid":
 		return gridLoop(args[1:])
+	case "rw":
+		return rwChild(args[1:])
+	case "rw-hold":
+		return rwHold(args[1:])
 	case "recover-hold", "recover-hold-unmap", "recover-wait", "recover-waitn":
 		return recoverChild(args[0], args[1:])
 	}
