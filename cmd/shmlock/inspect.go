@@ -65,6 +65,15 @@ type lockInfo struct {
 	// Record
 	Published *int       `json:"published,omitempty"`
 	CopySeqs  *[2]uint64 `json:"copy_seqs,omitempty"`
+	// RWMutex: the attachments that hold read shares
+	Readers      []readerInfo `json:"readers,omitempty"`
+	ReadersFreed *uint64      `json:"readers_freed,omitempty"`
+}
+
+type readerInfo struct {
+	Word   string     `json:"word"` // the reader word, what break --reader takes
+	Shares uint32     `json:"shares"`
+	Holder holderInfo `json:"holder"`
 }
 
 func holder(h shm.Holder) *holderInfo {
@@ -114,11 +123,21 @@ func describe(r *shm.Region) (rep *report, err error) {
 	for _, p := range region.Of(r).Placements() {
 		li := lockInfo{Placement: p, Kind: p.Kind.String()}
 		var s shmlock.State
-		if p.Kind == region.KindMutex {
+		switch p.Kind {
+		case region.KindMutex:
 			if s, err = shmlock.Inspect(r, p.Off); err != nil {
 				return nil, err
 			}
-		} else {
+		case region.KindRWMutex:
+			st, err := shmlock.InspectRW(r, p.Off)
+			if err != nil {
+				return nil, err
+			}
+			s, li.ReadersFreed = st.Writer, &st.ReadersFreed
+			for _, rd := range st.Readers {
+				li.Readers = append(li.Readers, readerInfo{Word: fmt.Sprintf("%#x", rd.Word), Shares: rd.Shares, Holder: *holder(rd.Holder)})
+			}
+		default:
 			st, err := seqlock.Inspect(r, p.Off)
 			if err != nil {
 				return nil, err
@@ -150,8 +169,9 @@ func inspectCmd(args []string) error {
 Shows a region's header, the processes attached to it, and every lock and
 seqlock in it: free or held, the holder's pid and whether it is alive, dead or
 unverifiable (and why), how long it has held, the fencing generation,
-recoveries so far, whether waiters sleep, and a seqlock's sequence and dirty
-state. It opens the region read-only: inspecting never changes it.`)
+recoveries so far, whether waiters sleep, a seqlock's sequence and dirty
+state, and the processes that hold read shares of an rwmutex. It opens the
+region read-only: inspecting never changes it.`)
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -212,6 +232,9 @@ func printReport(out io.Writer, rep *report) {
 			}
 			notes = append(notes, holderNote(g.Path, l))
 		}
+		for _, rd := range l.Readers {
+			notes = append(notes, readerNote(g.Path, l, rd))
+		}
 		if l.OwnerDied {
 			state += ", owner died"
 		}
@@ -249,8 +272,30 @@ func holderNote(path string, l lockInfo) string {
 	return s
 }
 
+// readerNote says who holds read shares, the verdict, and what to do.
+func readerNote(path string, l lockInfo, rd readerInfo) string {
+	h := rd.Holder
+	s := fmt.Sprintf("\n  @%d reader %s: pid %d holds %d read shares, and is %s: %s.", l.Off, rd.Word, h.PID, rd.Shares, h.State, h.Reason)
+	switch h.State {
+	case "dead":
+		s += "\n    The next writer frees its shares."
+	case "unverifiable":
+		s += fmt.Sprintf("\n    Not freed automatically. If that process is known to be gone:\n"+
+			"    shmlock break %s %d --reader %s", path, l.Off, rd.Word)
+	default:
+		s += fmt.Sprintf("\n    A live reader is never robbed: writers wait until pid %d unlocks.", h.PID)
+	}
+	return s
+}
+
 func dataState(l lockInfo) string {
 	switch {
+	case l.ReadersFreed != nil:
+		n := 0
+		for _, rd := range l.Readers {
+			n += int(rd.Shares)
+		}
+		return fmt.Sprintf("%d read shares in %d processes, %d dead readers freed", n, len(l.Readers), *l.ReadersFreed)
 	case l.Seq != nil:
 		s := fmt.Sprintf("seq %d", *l.Seq)
 		if *l.Seq&1 != 0 {
@@ -278,22 +323,26 @@ func yesNo(b bool) string {
 func breakCmd(args []string) error {
 	fs := flag.NewFlagSet("break", flag.ContinueOnError)
 	ownerFlag := fs.String("owner", "", "the exact owner word to break (from shmlock inspect or a lock-wait error)")
+	readerFlag := fs.String("reader", "", "an RWMutex: the exact reader word whose read shares to free (from shmlock inspect or a lock-wait error)")
 	force := fs.Bool("force", false, "break even a holder that probes as alive (breaks mutual exclusion if it is)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), `usage: shmlock break <region> <offset> --owner <value> [-force]
+       shmlock break <region> <offset> --reader <value> [-force]
 
 The administrator's way out for a lock whose holder cannot be verified dead
 (a process in another PID namespace, say) but is known to be gone. It replaces
 exactly that owner word by a free one, in one compare-and-swap, and refuses if
 the lock changed hands meanwhile. The next Acquire is told it recovered. A
-holder that probes as alive is refused unless -force.`)
+holder that probes as alive is refused unless -force. With --reader, it frees
+the read shares of one process of an RWMutex, if its reader word is exactly
+that value.`)
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 2 || *ownerFlag == "" {
+	if len(pos) != 2 || (*ownerFlag == "") == (*readerFlag == "") {
 		fs.Usage()
 		return errUsage
 	}
@@ -303,9 +352,13 @@ holder that probes as alive is refused unless -force.`)
 		fs.Usage()
 		return errUsage
 	}
-	owner, err := strconv.ParseUint(*ownerFlag, 0, 64)
+	word := *ownerFlag
+	if word == "" {
+		word = *readerFlag
+	}
+	owner, err := strconv.ParseUint(word, 0, 64)
 	if err != nil {
-		return fmt.Errorf("--owner %q: not a number (give it as inspect prints it, e.g. 0x2a00000401)", *ownerFlag)
+		return fmt.Errorf("%q: not a number (give it as inspect prints it, e.g. 0x2a00000401)", word)
 	}
 	r, err := shm.Open(pos[0], shm.Options{NoCreate: true})
 	if err != nil {
@@ -315,6 +368,9 @@ holder that probes as alive is refused unless -force.`)
 	p, ok := region.Of(r).Placement(off)
 	if !ok {
 		return fmt.Errorf("no lock at offset %d of %s ('shmlock inspect %s' lists them)", off, r.Path(), r.Path())
+	}
+	if *readerFlag != "" {
+		return breakReader(r, p, owner, *force)
 	}
 	mu, err := shmlock.New(r, off)
 	if err != nil {
@@ -333,6 +389,33 @@ holder that probes as alive is refused unless -force.`)
 	if p.Kind == region.KindSeqLock {
 		fmt.Println("a write the holder left open is closed, and the record marked dirty, by the next writer or reader")
 	}
+	return nil
+}
+
+// breakReader frees the read shares whose reader word is word, of the
+// RWMutex placed at p.
+func breakReader(r *shm.Region, p region.Placement, word uint64, force bool) error {
+	if p.Kind != region.KindRWMutex {
+		return fmt.Errorf("the lock at %s@%d is a %v, not an rwmutex: --reader applies to an rwmutex", r.Path(), p.Off, p.Kind)
+	}
+	rw, err := shmlock.NewRWMutex(r, p.Off)
+	if err != nil {
+		return err
+	}
+	var who shmlock.Reader
+	for _, rd := range rw.Inspect().Readers {
+		if rd.Word == word {
+			who = rd
+		}
+	}
+	if who.Word == word && who.Holder.State == shm.Alive && !force {
+		return fmt.Errorf("refused: the reader of %s@%d, pid %d, is alive (%s); freeing its shares would let a writer in beside it."+
+			" Find out why it does not unlock, or use -force if you know better", r.Path(), p.Off, who.Holder.PID, who.Holder.Reason)
+	}
+	if err := rw.BreakReader(word); err != nil {
+		return err
+	}
+	fmt.Printf("freed the read shares %#x at %s@%d (pid %d, %s: %s)\n", word, r.Path(), p.Off, who.Holder.PID, who.Holder.State, who.Holder.Reason)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -37,6 +38,7 @@ const (
 	iRecord  = 192
 	iSize    = 4096
 	iSlots   = 8
+	iRW      = 1024 // an RWMutex, in the tests that make one
 	iDataOff = 4096 // the data area's offset in the file: the header, 64 + 8*64 bytes, rounded to a page
 )
 
@@ -92,6 +94,13 @@ func runRole(role, path string) int {
 	switch role {
 	case "hold":
 		o.mu.Lock()
+	case "rw-read":
+		rw, err := shmlock.NewRWMutex(o.r, iRW)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		rw.RLock()
 	case "write-open":
 		w, err := o.seq.Write(context.Background())
 		if err != nil {
@@ -376,4 +385,49 @@ func TestInspectTruncatedUnderIt(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "truncated")
 	assert.ErrorIs(t, region.Of(r).Check(), shm.ErrTruncated)
+}
+
+// inspect shows the processes that hold read shares of an RWMutex, with
+// their verdicts; break --reader frees the shares of one, refusing a live
+// one unless -force.
+func TestInspectRWReaders(t *testing.T) {
+	proctest.New(t, 60*time.Second) // the watchdog
+	path, o := newRegion(t)
+	rw, err := shmlock.NewRWMutex(o.r, iRW)
+	require.NoError(t, err)
+	reader := startHolder(t, "rw-read", path)
+	res := cli(t, "inspect", path)
+	require.Zero(t, res.code, res.errOut)
+	assert.Contains(t, res.out, "rwmutex")
+	assert.Contains(t, res.out, fmt.Sprintf("pid %d holds 1 read shares, and is alive", reader.Pid()))
+	assert.Contains(t, res.out, "1 read shares in 1 processes, 0 dead readers freed")
+
+	res = cli(t, "inspect", "-json", path)
+	require.Zero(t, res.code, res.errOut)
+	var rep report
+	require.NoError(t, json.Unmarshal([]byte(res.out), &rep))
+	var word string
+	for _, l := range rep.Locks {
+		if l.Off == iRW {
+			require.Len(t, l.Readers, 1)
+			assert.EqualValues(t, 1, l.Readers[0].Shares)
+			assert.EqualValues(t, reader.Pid(), l.Readers[0].Holder.PID)
+			word = l.Readers[0].Word
+		}
+	}
+	require.NotEmpty(t, word, "no rwmutex in the JSON")
+
+	res = cli(t, "break", path, strconv.Itoa(iRW), "--reader", word)
+	assert.Equal(t, 1, res.code)
+	assert.Contains(t, res.errOut, "is alive")
+	require.Len(t, rw.Inspect().Readers, 1, "refused, and changed nothing")
+	res = cli(t, "break", path, strconv.Itoa(iMutex), "--reader", word)
+	assert.Equal(t, 1, res.code)
+	assert.Contains(t, res.errOut, "not an rwmutex")
+	res = cli(t, "break", path, strconv.Itoa(iRW), "--reader", word, "-force")
+	require.Zero(t, res.code, res.errOut)
+	assert.Empty(t, rw.Inspect().Readers)
+	assert.EqualValues(t, 1, rw.Inspect().ReadersFreed)
+	require.True(t, rw.TryLock(), "the freed shares still hold writers off")
+	rw.Unlock()
 }
