@@ -161,3 +161,33 @@ func skipUnlessModels(t *testing.T) {
 		t.Skip("the model is C: checking it again under the race detector proves nothing new")
 	}
 }
+
+// TestRWModel checks the RWMutex's model (rwmutex.pml) with SPIN: with up to
+// two crashes at every step, never a live writer beside a live reader or
+// another writer, and no live process blocked for ever. The model must catch
+// readers counted anonymously (a dead reader's share wedges the writers),
+// a reader that does not look at the writers' word after its add, and a
+// writer that frees the shares of a reader that is alive.
+func TestRWModel(t *testing.T) {
+	skipUnlessModels(t)
+	safety := []string{"-DSAFETY"}
+	for _, c := range []struct {
+		name    string
+		mutate  func(string) string
+		defines []string
+		want    string // in pan's output
+	}{
+		{"as built", nil, nil, "errors: 0"},
+		{"readers counted anonymously", nil, []string{"-DANON"}, "invalid end state"},
+		{"no look after the add", nil, []string{"-DNO_LOOK"}, "assertion violated (win==0)"},
+		{"a live reader's shares freed", func(m string) string {
+			return strings.Replace(m, "shares[s] != 0 && !alive[s] -> v = shares[s]", "shares[s] != 0 -> v = shares[s]", 1)
+		}, nil, "assertion violated"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out := panFile(t, "rwmutex.pml", c.mutate, c.defines, safety, "-m1000000")
+			assert.Contains(t, out, c.want, out)
+			t.Log(regexp.MustCompile(`(?m)^\s*[0-9.e+]+ states, stored.*$|pan:1: .*`).FindString(out))
+		})
+	}
+}
