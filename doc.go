@@ -1,6 +1,6 @@
-// Package shmlock provides a mutual exclusion lock that lives in shared
-// memory, is shared by every process that maps the same region (see package
-// shm), and survives the death of its holder.
+// Package shmlock provides mutual exclusion locks that live in shared
+// memory, are shared by every process that maps the same region (see package
+// shm), and survive the death of their holders.
 //
 // A Mutex is one 64-bit owner word in the region. Locking an uncontended Mutex
 // is one compare-and-swap, unlocking one more; everything that makes it
@@ -18,4 +18,11 @@
 // A holder that is alive, however slow or stopped, is never robbed; one whose
 // death cannot be verified is not either, and an administrator can free its
 // lock with Mutex.Break, naming its exact owner word.
+//
+// An RWMutex adds shared holds: readers in any number of processes, or one
+// writer. Its writers take a Mutex; its readers count their shares on lines
+// of their own, each under its process's owner ID, so a writer that waits
+// for the shares of a reader that died frees them, on the same evidence of
+// death, and RWMutex.BreakReader frees those of a reader whose death cannot
+// be verified.
 package shmlock

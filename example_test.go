@@ -90,3 +90,44 @@ func ExampleHeldError() {
 	}
 	// Output: alive true true
 }
+
+// Readers share an RWMutex, a writer excludes them; a reader is told when a
+// writer died and nobody has repaired its half-done write yet. Each process
+// counts its own shares on a line of its own, so a writer frees the shares
+// of a reader that died holding them.
+func ExampleRWMutex() {
+	name := fmt.Sprintf("shmlock-example-rw-%d", os.Getpid())
+	defer shm.Remove(name)
+	var l shm.Layout
+	lock := l.Lock("table", shmlock.RWMutexSize(16)) // its size follows the process table's
+	r, err := shm.Open(name, shm.Options{Layout: &l, Slots: 16})
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	rw, err := shmlock.NewRWMutex(r, lock)
+	if err != nil {
+		panic(err)
+	}
+
+	ctx := context.Background()
+	g, err := rw.RAcquire(ctx)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("reading; half-written data to repair:", g.Recovered())
+	fmt.Println("a writer may enter beside a reader:", rw.TryLock())
+	g.Release()
+
+	w, err := rw.Acquire(ctx)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("writing; a writer died before:", w.Recovered())
+	w.Commit()
+	w.Release()
+	// Output:
+	// reading; half-written data to repair: false
+	// a writer may enter beside a reader: false
+	// writing; a writer died before: false
+}
