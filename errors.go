@@ -89,7 +89,7 @@ func (e *HeldError) Advice() string {
 // hold the Mutex. It matches ErrNotHeld.
 type NotHeldError struct {
 	Lock  string
-	Owner uint64 // the owner word found
+	Owner uint64 // the owner word found (an RWMutex's RUnlock: its reader word)
 }
 
 func (e *NotHeldError) Error() string {

@@ -338,6 +338,16 @@ func (m *Mutex) unlockSlow(want, mask uint64) {
 	if m.life.Closed() {
 		panic(m.closedError("unlock"))
 	}
+	m.release(want, mask)
+}
+
+// releaseHeld ends the hold this Mutex installed last, even once Close has
+// begun: for a caller that Close waits for (closing.Enter), whose words are
+// still mapped.
+func (m *Mutex) releaseHeld() { m.release(m.held, ^uint64(line.Waiters)) }
+
+// release is unlockSlow's step once the region is known to be mapped.
+func (m *Mutex) release(want, mask uint64) {
 	for {
 		w := atomic.LoadUint64(m.word)
 		if w&line.OwnerMask == 0 || w&mask != want&mask {

@@ -2,6 +2,7 @@ package shmlock
 
 import (
 	"context"
+	"errors"
 	"math/bits"
 	"runtime"
 	"strconv"
@@ -208,18 +209,19 @@ func (rw *RWMutex) TryRLock() bool {
 }
 
 // RAcquire locks rw for reading, waiting until ctx is done, and returns a
-// guard whose Release drops the share. The guard is Recovered when a writer
-// died (or was broken) holding the lock and no writer has been told since:
-// the data may be half written and not yet repaired. A reader is not told of
-// readers' deaths (a reader writes nothing). Its Fence is the writers'
+// guard whose Release drops the share. The guard is Recovered when a holder
+// of the writers' lock died (or was broken) and no writer has been told
+// since: the data may be half written and not yet repaired. That holder may
+// have been a reader that died while it queued through the writers' lock,
+// which wrote nothing: the news is then a false alarm, told until a writer
+// takes it. A reader is not told of other readers' deaths (a reader writes
+// nothing). Its Fence is the writers'
 // generation it read under. A copy of a reader's guard is a second handle on
 // the same share: releasing both drops two shares of this process.
 func (rw *RWMutex) RAcquire(ctx context.Context) (guard.Guard, error) {
 	atomic.AddUint32(rw.mine, 1)
 	fault.Hit(fault.RWReaderAdded)
-	w := atomic.LoadUint64(rw.w.word)
-	if w&line.OwnerMask == 0 {
-		told := w&line.OwnerDied != 0 || atomic.LoadUint64(&rw.w.line[line.Recoveries])&line.Untold != 0
+	if told, w := rw.look(); w&line.OwnerMask == 0 {
 		return guard.New(readReleaser{rw}, told, w>>32), nil
 	}
 	told, gen, err := rw.rlockSlow(ctx)
@@ -227,6 +229,18 @@ func (rw *RWMutex) RAcquire(ctx context.Context) (guard.Guard, error) {
 		return guard.Guard{}, err
 	}
 	return guard.New(readReleaser{rw}, told, gen), nil
+}
+
+// look is a reader's look, after its add, at the writers' word w, and whether
+// it is told. The news is loaded first: a writer told of it clears it while
+// it holds the writers' word, so a reader that then finds the word free saw
+// either the news or a writer that had repaired and released. (Loaded after
+// the word, the news could be cleared by a writer that took the word since
+// and now waits for this reader's share, its repair not begun.)
+func (rw *RWMutex) look() (told bool, w uint64) {
+	news := atomic.LoadUint64(&rw.w.line[line.Recoveries]) & line.Untold
+	w = atomic.LoadUint64(rw.w.word)
+	return news != 0 || w&line.OwnerDied != 0, w
 }
 
 // rlockSlow takes a share for a reader that found the writers' word held: it
@@ -248,8 +262,7 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 		if w&line.OwnerMask == 0 {
 			atomic.AddUint32(rw.mine, 1)
 			fault.Hit(fault.RWReaderAdded)
-			if w = atomic.LoadUint64(rw.w.word); w&line.OwnerMask == 0 {
-				told := w&line.OwnerDied != 0 || atomic.LoadUint64(&rw.w.line[line.Recoveries])&line.Untold != 0
+			if told, w := rw.look(); w&line.OwnerMask == 0 {
 				return told, w >> 32, nil
 			}
 			rw.drop()
@@ -283,26 +296,47 @@ func (rw *RWMutex) drop() {
 // NotHeldError if it holds none.
 func (rw *RWMutex) RUnlock() {
 	fault.Hit(fault.RWReaderBeforeRelease)
-	n := atomic.AddUint32(rw.mine, ^uint32(0))
+	// A CAS, not an add: an RUnlock without a share must not take the
+	// count through -1, where another goroutine's RLock would hold a share
+	// counted as none.
+	n := atomic.LoadUint32(rw.mine)
+	if n == 0 || !atomic.CompareAndSwapUint32(rw.mine, n, n-1) {
+		n = rw.runlockSlow()
+	} else {
+		n--
+	}
 	// Shares dropped while no writer waits wake nobody; the writer that
 	// comes later reads the shares after taking the writers' word.
-	if atomic.LoadUint64(rw.w.word)&line.OwnerMask != 0 || n == readerShares {
-		rw.runlockSlow(n)
+	if n == 0 && atomic.LoadUint64(rw.w.word)&line.OwnerMask != 0 {
+		rw.wakeWriter()
+	}
+}
+
+// runlockSlow is RUnlock's drop when the count was 0 (no share, or a closed
+// region) or changed under its CAS; it returns the count left.
+//
+//go:noinline
+func (rw *RWMutex) runlockSlow() uint32 {
+	for {
+		if rw.life.Closed() {
+			panic(rw.w.closedError("runlock"))
+		}
+		n := atomic.LoadUint32(rw.mine)
+		if n == 0 {
+			panic(&NotHeldError{Lock: rw.w.name(), Owner: uint64(rw.id) << readerID})
+		}
+		if atomic.CompareAndSwapUint32(rw.mine, n, n-1) {
+			return n - 1
+		}
 	}
 }
 
 //go:noinline
-func (rw *RWMutex) runlockSlow(n uint32) {
+func (rw *RWMutex) wakeWriter() {
 	if rw.life.Closed() {
 		panic(rw.w.closedError("runlock"))
 	}
-	if n == readerShares {
-		atomic.AddUint32(rw.mine, 1)
-		panic(&NotHeldError{Lock: rw.w.name(), Owner: uint64(rw.id) << readerID})
-	}
-	if n == 0 {
-		futex.Wake(rw.mine, 1)
-	}
+	futex.Wake(rw.mine, 1)
 }
 
 type readReleaser struct{ rw *RWMutex }
@@ -324,7 +358,7 @@ func (r *rlocker) Unlock() { (*RWMutex)(r).RUnlock() }
 // those of readers found dead.
 func (rw *RWMutex) Lock() {
 	rw.w.Lock()
-	if err := rw.drain(context.Background(), true); err != nil {
+	if err := rw.drain(context.Background(), true, false); err != nil {
 		panic(err) // the region was closed
 	}
 }
@@ -339,8 +373,10 @@ func (rw *RWMutex) TryLock() bool {
 	if !rw.w.TryLock() {
 		return false
 	}
-	if rw.drain(context.Background(), false) != nil {
-		rw.w.Unlock()
+	if err := rw.drain(context.Background(), false, false); err != nil {
+		if errors.Is(err, shm.ErrClosed) {
+			panic(err)
+		}
 		return false
 	}
 	return true
@@ -359,13 +395,7 @@ func (rw *RWMutex) Acquire(ctx context.Context) (guard.Guard, error) {
 	if err != nil {
 		return g, err
 	}
-	if err := rw.drain(ctx, true); err != nil {
-		if g.Recovered() {
-			// Not told after all: the next writer is.
-			atomic.OrUint64(&rw.w.line[line.Recoveries], line.Untold)
-		}
-		g.Commit()
-		g.Release()
+	if err := rw.drain(ctx, true, g.Recovered()); err != nil {
 		return guard.Guard{}, err
 	}
 	return g, nil
@@ -373,8 +403,28 @@ func (rw *RWMutex) Acquire(ctx context.Context) (guard.Guard, error) {
 
 // drain waits, holding the writers' lock, until no attachment holds a share,
 // freeing the shares of those that are gone. Without wait it fails at the
-// first live share.
-func (rw *RWMutex) drain(ctx context.Context, wait bool) error {
+// first live share. When it fails it lets the writers' lock go, and a told
+// writer's news is put back for the next writer; if the region was closed
+// before it began, the hold is left to the others, as any holder's that
+// closes.
+func (rw *RWMutex) drain(ctx context.Context, wait, told bool) error {
+	// Close waits for this call before it unmaps the lines it reads, and
+	// the words it writes when it gives up.
+	if !rw.life.Enter(rw.mine) {
+		return rw.w.closedError("lock")
+	}
+	defer rw.life.Leave(rw.mine)
+	err := rw.drainAll(ctx, wait)
+	if err != nil {
+		if told {
+			atomic.OrUint64(&rw.w.line[line.Recoveries], line.Untold)
+		}
+		rw.w.releaseHeld()
+	}
+	return err
+}
+
+func (rw *RWMutex) drainAll(ctx context.Context, wait bool) error {
 	fault.Hit(fault.RWWriterDraining)
 	for i := range rw.claims {
 		for c := atomic.LoadUint64(&rw.claims[i]); c != 0; c &= c - 1 {
@@ -407,6 +457,10 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
 		}
 	}
 	low := line.Low(p)
+	if !rw.life.Enter(low) {
+		return rw.w.closedError("lock")
+	}
+	defer rw.life.Leave(low)
 	var watched uint32
 	stop := func() {}
 	defer func() { stop() }()
@@ -415,6 +469,9 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
 	}
 	start := time.Now()
 	for {
+		if rw.life.Closed() {
+			return rw.w.closedError("lock")
+		}
 		v := atomic.LoadUint64(p)
 		if v&readerShares == 0 {
 			return nil
@@ -476,7 +533,9 @@ func (rw *RWMutex) BreakReader(word uint64) error {
 	for s := 1; s <= rw.slots; s++ {
 		p := rw.reader(s)
 		if v := atomic.LoadUint64(p); v>>readerID == word>>readerID {
-			if !atomic.CompareAndSwapUint64(p, word, 0) {
+			// The owner ID stays: an attachment broken while alive
+			// keeps counting its later shares where writers see them.
+			if !atomic.CompareAndSwapUint64(p, word, word&^readerShares) {
 				return &BreakError{Lock: rw.w.name(), Owner: word, Now: v, Err: ErrOwnerChanged}
 			}
 			atomic.AddUint64(&rw.w.line[rwFreed], 1)

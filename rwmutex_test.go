@@ -22,7 +22,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shmlock/shmlock"
+	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/proctest"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -79,6 +81,9 @@ func init() {
 	roles["rw-read-hold"] = rwReadHold
 	roles["rw-write-hold"] = rwWriteHold
 	roles["rw-worker"] = rwWorker
+	roles["rw-close-draining"] = rwCloseDraining
+	roles["rw-told-writer"] = rwToldWriter
+	roles["rw-told-reader"] = rwToldReader
 }
 
 // rwReadHold takes a read share of the RWMutex at args[0] and holds it until
@@ -502,4 +507,163 @@ func TestRWUseAfterClose(t *testing.T) {
 	_, err = rw.RAcquire(context.Background())
 	assert.ErrorIs(t, err, shm.ErrClosed)
 	assert.True(t, errors.Is(rw.BreakReader(1), shm.ErrClosed))
+}
+
+// rwCloseDraining: a goroutine waits for the write lock (args[1]: "lock" or
+// "acquire") behind the parent's read share, and the region is closed under
+// it: it returns, or panics, with shm.ErrClosed; the process lives on.
+func rwCloseDraining(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	res := make(chan error, 1)
+	go func() {
+		if args[1] == "lock" {
+			res <- recover2(e.rw.Lock)
+			return
+		}
+		_, err := e.rw.Acquire(context.Background())
+		res <- err
+	}()
+	time.Sleep(150 * time.Millisecond) // the writer sleeps on the parent's line
+	if err := e.r.Close(); err != nil {
+		fmt.Println("close:", err)
+		return 1
+	}
+	select {
+	case err := <-res:
+		fmt.Printf("closed=%v: %v\n", errors.Is(err, shm.ErrClosed), err)
+	case <-time.After(time.Second):
+		fmt.Println("the writer still waits a second after Close")
+	}
+	return 0
+}
+
+// A writer asleep, waiting for readers, when its region is closed: Close
+// wakes it, and it reports the close, instead of a fault on unmapped memory
+// that would end the process.
+func TestRWCloseWhileDraining(t *testing.T) {
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		for _, how := range []string{"acquire", "lock"} {
+			t.Run(how, func(t *testing.T) {
+				h := newRWHarness(t, 30*time.Second, mode)
+				h.rw.RLock()
+				defer h.rw.RUnlock()
+				c := h.spawn("rw-close-draining", how)
+				out := c.Wait(t, 10*time.Second)
+				require.NoError(t, c.Err, "the process died: %s", out)
+				assert.Contains(t, out, "closed=true")
+			})
+		}
+	})
+}
+
+// rwToldWriter, until stopped: Acquire; if told, repair (the journal word
+// back to 0); then leave what a writer that died mid-write and was taken
+// over by a Lock leaves (the journal at 1, the news untold); release.
+func rwToldWriter(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	_, lock, _ := rwLayout()
+	l, _ := region.Of(e.r).Line(lock)
+	for e.load(rwStop) == 0 {
+		g, err := e.rw.Acquire(context.Background())
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		if g.Recovered() {
+			atomic.StoreUint64(&e.w[rwJournal], 0)
+		}
+		atomic.StoreUint64(&e.w[rwJournal], 1)
+		atomic.OrUint64(&l[line.Recoveries], line.Untold)
+		g.Commit()
+		g.Release()
+	}
+	return 0
+}
+
+// rwToldReader, until stopped: RAcquire, and count the reads that find the
+// journal at 1 without being told.
+func rwToldReader(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	for e.load(rwStop) == 0 {
+		for range 4096 {
+			g, _ := e.rw.RAcquire(context.Background())
+			if e.load(rwJournal) == 1 && !g.Recovered() {
+				atomic.AddUint64(&e.w[rwBad], 1)
+			}
+			g.Release()
+		}
+		atomic.AddUint64(&e.w[rwTold], 4096)
+	}
+	return 0
+}
+
+// A reader is told of a writer's death until a writer has repaired: a
+// writer that takes the lock between the reader's look at the writers' word
+// and its look at the news, and is told, must not leave the reader untold.
+// Both processes share one CPU, so that the kernel preempts the reader
+// between its loads.
+func TestRWReaderToldUntilRepaired(t *testing.T) {
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		t.Skip("taskset (util-linux) not installed")
+	}
+	inModes(t, func(t *testing.T, mode shm.Mode) {
+		h := newRWHarness(t, 60*time.Second, mode)
+		_, lock, _ := rwLayout()
+		l, _ := region.Of(h.r).Line(lock)
+		atomic.StoreUint64(&h.w[rwJournal], 1)
+		atomic.OrUint64(&l[line.Recoveries], line.Untold)
+		var cs []*child
+		for _, role := range []string{"rw-told-writer", "rw-told-reader"} {
+			cmd := proctest.Command(role, h.path)
+			cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
+			require.NoError(t, proctest.Via(cmd, taskset, "-c", "1"))
+			cs = append(cs, h.Start(cmd))
+		}
+		time.Sleep(3 * time.Second)
+		atomic.StoreUint64(&h.w[rwStop], 1)
+		for _, c := range cs {
+			c.Wait(t, 10*time.Second)
+			require.NoError(t, c.Err, c.Output())
+		}
+		t.Logf("%d reads; %d read unrepaired data untold", h.load(rwTold), h.load(rwBad))
+		assert.Zero(t, h.load(rwBad), "a reader read unrepaired data without being told")
+	})
+}
+
+// BreakReader of a reader that is in fact alive costs the shares it held
+// then, not exclusion for good: the line keeps its owner ID, so the reader's
+// later shares still hold writers off.
+func TestRWBreakReaderKeepsTheLine(t *testing.T) {
+	h := newRWHarness(t, 30*time.Second, shm.ModeProbe)
+	l, lock, _ := rwLayout()
+	r2, err := shm.Open(h.path, shm.Options{Layout: l, Slots: rwSlots})
+	require.NoError(t, err)
+	defer r2.Close()
+	admin, err := shmlock.NewRWMutex(r2, lock)
+	require.NoError(t, err)
+	h.rw.RLock()
+	st := admin.Inspect()
+	require.Len(t, st.Readers, 1)
+	require.NoError(t, admin.BreakReader(st.Readers[0].Word)) // a mistaken break
+	assert.ErrorIs(t, recover2(h.rw.RUnlock), shmlock.ErrNotHeld, "the broken share is gone")
+	h.rw.RLock()
+	defer h.rw.RUnlock()
+	ok := admin.TryLock()
+	if ok {
+		admin.Unlock()
+	}
+	assert.False(t, ok, "a writer took the lock beside a live reader broken before")
 }
