@@ -403,28 +403,8 @@ func (rw *RWMutex) Acquire(ctx context.Context) (guard.Guard, error) {
 
 // drain waits, holding the writers' lock, until no attachment holds a share,
 // freeing the shares of those that are gone. Without wait it fails at the
-// first live share. When it fails it lets the writers' lock go, and a told
-// writer's news is put back for the next writer; if the region was closed
-// before it began, the hold is left to the others, as any holder's that
-// closes.
+// first live share. told says the writer was told of a death.
 func (rw *RWMutex) drain(ctx context.Context, wait, told bool) error {
-	// Close waits for this call before it unmaps the lines it reads, and
-	// the words it writes when it gives up.
-	if !rw.life.Enter(rw.mine) {
-		return rw.w.closedError("lock")
-	}
-	defer rw.life.Leave(rw.mine)
-	err := rw.drainAll(ctx, wait)
-	if err != nil {
-		if told {
-			atomic.OrUint64(&rw.w.line[line.Recoveries], line.Untold)
-		}
-		rw.w.releaseHeld()
-	}
-	return err
-}
-
-func (rw *RWMutex) drainAll(ctx context.Context, wait bool) error {
 	fault.Hit(fault.RWWriterDraining)
 	for i := range rw.claims {
 		for c := atomic.LoadUint64(&rw.claims[i]); c != 0; c &= c - 1 {
@@ -432,19 +412,20 @@ func (rw *RWMutex) drainAll(ctx context.Context, wait bool) error {
 			if s < 1 || s > rw.slots || atomic.LoadUint64(rw.reader(s))&readerShares == 0 {
 				continue // a bit past the table (a corrupt line) names no slot
 			}
-			if err := rw.drainSlot(ctx, s, wait); err != nil {
+			if err := rw.drainSlot(ctx, s, wait, told); err != nil {
 				return err
 			}
 		}
 	}
-	if rw.life.Closed() {
-		return rw.w.closedError("lock")
-	}
 	return nil
 }
 
-// drainSlot waits until slot's reader line holds no share.
-func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
+// drainSlot waits until slot's reader line holds no share. If it gives up,
+// it lets the writers' lock go before it leaves the wait that Close waits
+// out (so the words are still mapped), and puts a told writer's news back
+// for the next writer; if the region was closed before it began to wait, it
+// leaves the hold to the others, as any holder's that closes.
+func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (err error) {
 	p := rw.reader(slot)
 	// Shares are mostly held briefly: spin before the probe, the watch and
 	// the sleep, which cost system calls.
@@ -461,6 +442,14 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
 		return rw.w.closedError("lock")
 	}
 	defer rw.life.Leave(low)
+	defer func() {
+		if err != nil {
+			if told {
+				atomic.OrUint64(&rw.w.line[line.Recoveries], line.Untold)
+			}
+			rw.w.releaseHeld()
+		}
+	}()
 	var watched uint32
 	stop := func() {}
 	defer func() { stop() }()
