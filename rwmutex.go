@@ -257,7 +257,16 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 	if rw.life.Closed() {
 		return false, 0, rw.w.closedError("rlock")
 	}
-	for i := 1; multicore && i <= spinLoads; i++ {
+	var spun time.Time
+	for i := 1; multicore; i++ {
+		if i%spinYield == 0 {
+			if now := time.Now(); spun.IsZero() {
+				spun = now
+			} else if now.Sub(spun) > shareSpin {
+				break
+			}
+			runtime.Gosched()
+		}
 		w := atomic.LoadUint64(rw.w.word)
 		if w&line.OwnerMask == 0 {
 			atomic.AddUint32(rw.mine, 1)
@@ -268,9 +277,6 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 			rw.drop()
 		} else if w&line.Waiters != 0 {
 			break // others sleep on the writers' lock: queue behind them
-		}
-		if i%spinYield == 0 {
-			runtime.Gosched()
 		}
 	}
 	if err := rw.w.lockQuiet(ctx); err != nil {
@@ -429,11 +435,17 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 	p := rw.reader(slot)
 	// Shares are mostly held briefly: spin before the probe, the watch and
 	// the sleep, which cost system calls.
-	for i := 1; wait && multicore && i <= spinLoads; i++ {
+	var spun time.Time
+	for i := 1; wait && multicore; i++ {
 		if atomic.LoadUint64(p)&readerShares == 0 {
 			return nil
 		}
 		if i%spinYield == 0 {
+			if now := time.Now(); spun.IsZero() {
+				spun = now
+			} else if now.Sub(spun) > shareSpin {
+				break
+			}
 			runtime.Gosched()
 		}
 	}
@@ -490,6 +502,13 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 		futex.Wait(low, uint32(v), drainSleep)
 	}
 }
+
+// shareSpin bounds how long a reader that meets a writer, and a writer that
+// meets a reader's share, spin before they sleep: longer than a Mutex
+// waiter's few loads, because each waits out the other's critical section
+// and the one it meets in turn (a writer waits for a share, then writes),
+// and a sleep and a wake cost tens of microseconds.
+var shareSpin = 50 * time.Microsecond
 
 // drainSleep bounds a writer's sleep on a reader line: the wake of a
 // reader's last drop, or of the reader's death watch, usually comes first.
