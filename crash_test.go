@@ -570,6 +570,7 @@ func crashPoints(t *testing.T, mode shm.Mode) {
 		fault.RWReaderShared:           rwUnderLoad(3),
 		fault.RWReaderBeforeRelease:    rwUnderLoad(50),
 		fault.RWWriterDraining:         rwUnderLoad(5),
+		fault.RWWriterWaiting:          rwWaiter,
 		fault.RWReaderProbedDead:       rwFreer,
 		fault.RWReaderFreed:            rwFreer,
 		fault.RegionCloseMarked:        closerDies,
@@ -619,6 +620,23 @@ func rwFreer(t *testing.T, p fault.Point, mode shm.Mode) {
 		want = 0
 	}
 	assert.EqualValues(t, want, h.rw.Inspect().ReadersFreed, "the dead reader's share was freed twice, or never")
+}
+
+// rwWaiter: the victim, a writer, dies as it is about to sleep until a live
+// reader drops its share; the reader is then killed too, and two workers
+// must get through: the writers' lock of the dead writer is taken over, and
+// the dead reader's share freed.
+func rwWaiter(t *testing.T, p fault.Point, mode shm.Mode) {
+	h := newRWHarness(t, 60*time.Second, mode)
+	reader := h.spawn("rw-read-hold")
+	h.waitHeld()
+	victim := h.Start(rwCommand(h, faultEnv(p, 1), "0", "1"))
+	diedAt(t, victim, p)
+	reader.Kill()
+	a := h.spawn("rw-worker", "1", "4")
+	b := h.spawn("rw-worker", "2", "4")
+	h.rwGetThrough(t, a, b)
+	assert.EqualValues(t, 1, h.rw.Inspect().ReadersFreed)
 }
 
 func rwCommand(h *rwHarness, env []string, args ...string) *exec.Cmd {

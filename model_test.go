@@ -164,10 +164,13 @@ func skipUnlessModels(t *testing.T) {
 
 // TestRWModel checks the RWMutex's model (rwmutex.pml) with SPIN: with up to
 // two crashes at every step, never a live writer beside a live reader or
-// another writer, and no live process blocked for ever. The model must catch
-// readers counted anonymously (a dead reader's share wedges the writers),
-// a reader that does not look at the writers' word after its add, and a
-// writer that frees the shares of a reader that is alive.
+// another writer, and no live process blocked for ever, asleep without a
+// wake (the model has no timers) included. The model must catch readers
+// counted anonymously (a dead reader's share wedges the writers), a reader
+// that does not look at the writers' word after its add, a writer that
+// frees the shares of a reader that is alive, and two lost wake-ups: a last
+// drop that does not signal, and a writer that reads the events' word after
+// its look at the share.
 func TestRWModel(t *testing.T) {
 	skipUnlessModels(t)
 	safety := []string{"-DSAFETY"}
@@ -182,7 +185,9 @@ func TestRWModel(t *testing.T) {
 		{"no look after the add", nil, []string{"-DNO_LOOK"}, "assertion violated (win==0)"},
 		{"a live reader's shares freed", func(m string) string {
 			return strings.Replace(m, "shares[s] != 0 && !alive[s] -> v = shares[s]", "shares[s] != 0 -> v = shares[s]", 1)
-		}, nil, "assertion violated"},
+		}, nil, "errors: 1"},
+		{"a last drop without a signal", nil, []string{"-DNO_WAKE"}, "invalid end state"},
+		{"the events read after the look", nil, []string{"-DLATE_READ"}, "invalid end state"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := panFile(t, "rwmutex.pml", c.mutate, c.defines, safety, "-m1000000")

@@ -47,6 +47,11 @@ import (
 // Words 4 and 5 of the first line are the RWMutex's own:
 //
 //	word 4  readers freed: attachments gone whose shares were freed
+//	word 5  drain events, in its low half: a draining writer sleeps on it.
+//	        A reader's last drop while the writers' word is held, the death
+//	        watch on a reader, the writer's context's end and Close add one
+//	        and wake it, so that the writer, which reads it before it looks
+//	        at a share, never sleeps through the event (an eventcount)
 //
 // A reader adds its share and then loads the writers' word; a writer takes
 // the writers' word and then loads the shares. Both orders are sequentially
@@ -55,7 +60,8 @@ import (
 const (
 	readerShares = 1<<32 - 1
 	readerID     = 32
-	rwFreed      = line.Object // word 4 of the first line
+	rwFreed      = line.Object     // word 4 of the first line
+	rwEvent      = line.Object + 1 // word 5
 	claimBits    = 8 * line.Words * 8
 )
 
@@ -294,7 +300,27 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 // one.
 func (rw *RWMutex) drop() {
 	if atomic.AddUint32(rw.mine, ^uint32(0)) == 0 {
-		futex.Wake(rw.mine, 1)
+		rw.signal()
+	}
+}
+
+// event is the drain events' futex word (word 5's low half).
+func (rw *RWMutex) event() *uint32 { return line.Low(&rw.w.line[rwEvent]) }
+
+// signal records a drain event and wakes the draining writer.
+func (rw *RWMutex) signal() {
+	ev := rw.event()
+	atomic.AddUint32(ev, 1)
+	futex.Wake(ev, 1<<30)
+}
+
+// signalOpen is signal for a goroutine that Close does not wait for (a
+// death watch's, a context's): it touches the line only while the region is
+// open, and Close waits for it meanwhile.
+func (rw *RWMutex) signalOpen() {
+	if ev := rw.event(); rw.life.Enter(ev) {
+		rw.signal()
+		rw.life.Leave(ev)
 	}
 }
 
@@ -342,7 +368,7 @@ func (rw *RWMutex) wakeWriter() {
 	if rw.life.Closed() {
 		panic(rw.w.closedError("runlock"))
 	}
-	futex.Wake(rw.mine, 1)
+	rw.signal()
 }
 
 type readReleaser struct{ rw *RWMutex }
@@ -449,11 +475,11 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 			runtime.Gosched()
 		}
 	}
-	low := line.Low(p)
-	if !rw.life.Enter(low) {
+	ev := rw.event()
+	if !rw.life.Enter(ev) {
 		return rw.w.closedError("lock")
 	}
-	defer rw.life.Leave(low)
+	defer rw.life.Leave(ev)
 	defer func() {
 		if err != nil {
 			if told {
@@ -466,10 +492,11 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 	stop := func() {}
 	defer func() { stop() }()
 	if ctx.Done() != nil {
-		defer context.AfterFunc(ctx, func() { futex.Wake(low, 1) })()
+		defer context.AfterFunc(ctx, rw.signalOpen)()
 	}
 	start := time.Now()
 	for {
+		seq := atomic.LoadUint32(ev)
 		if rw.life.Closed() {
 			return rw.w.closedError("lock")
 		}
@@ -482,7 +509,7 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 			// Watch before the probe whose verdict is acted on: a death
 			// after the probe then wakes this wait.
 			stop()
-			stop = region.Of(rw.w.r).WatchAttachment(id, func() { futex.Wake(low, 1) })
+			stop = region.Of(rw.w.r).WatchAttachment(id, rw.signalOpen)
 			watched = id
 		}
 		h := region.Of(rw.w.r).ProbeAttachment(id).(shm.Holder)
@@ -499,7 +526,8 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 		if !wait || ctx.Err() != nil {
 			return rw.sharedError(ctx, v, start, h)
 		}
-		futex.Wait(low, uint32(v), drainSleep)
+		fault.Hit(fault.RWWriterWaiting)
+		futex.Wait(ev, seq, drainSleep)
 	}
 }
 
@@ -547,7 +575,7 @@ func (rw *RWMutex) BreakReader(word uint64) error {
 				return &BreakError{Lock: rw.w.name(), Owner: word, Now: v, Err: ErrOwnerChanged}
 			}
 			atomic.AddUint64(&rw.w.line[rwFreed], 1)
-			futex.Wake(line.Low(p), 1)
+			rw.signal()
 			return nil
 		}
 	}

@@ -10,17 +10,27 @@
  * Each step is labelled with the name the Go code uses at it (its
  * fault.Point, or the function).
  *
+ * A writer that finds a live reader's share sleeps on the drain events' word
+ * (FUTEX_WAIT: only if the word is still the one it read before it looked
+ * at the share), which a reader's last drop while the writers' word is
+ * held, and the reader's death (the death watch), change and wake. The
+ * model has no timers: the 50 ms sleep bound of the code is a safety net
+ * that the wake-ups must not need.
+ *
  * Properties:
  *   exclusion  never a live writer beside a live reader or another live
  *              writer (asserted by each on entering)
  *   no wedge   every process is bounded (WRITES writes, READS reads), so a
  *              live process blocked for ever (a writer waiting on the shares
- *              of a dead reader, say) is an invalid end state, which the
- *              safety run reports
+ *              of a dead reader, or asleep with nobody to wake it) is an
+ *              invalid end state, which the safety run reports
  *
  * -DANON counts the readers anonymously, in one word, as pthread rwlocks do:
  * a writer cannot tell a dead reader's share from a live one's, and waits.
  * -DNO_LOOK drops the reader's look at the writers' word after its add.
+ * -DNO_WAKE drops the wake of a reader's last drop (a lost wake-up).
+ * -DLATE_READ reads the events' word after the look at the share, not
+ * before (a lost wake-up).
  */
 
 #define NR 2          /* readers: _pid 1 and 2 */
@@ -28,7 +38,9 @@
 #define N (1 + NR + NW)
 #define NONE 255
 #define WRITES 1
-#define READS 2
+#ifndef READS
+#define READS 1       /* -DREADS=2: 64 M states, 5.5 GB, 2 minutes */
+#endif
 
 byte owner = NONE;    /* the writers' owner word: holder ... */
 byte gen = 0;         /* ... and generation */
@@ -41,13 +53,18 @@ byte crashes = 0;
 #define LINE(p) p
 #endif
 byte shares[N];       /* the reader word of each process's line: its shares */
+byte events = 0;      /* the drain events' word */
+bool asleep = false;  /* a writer sleeps on it */
 bool claimed[N];      /* the claim bits */
 
 byte rin = 0;         /* live readers inside */
 byte win = 0;         /* live writers inside */
 
-#define CRASH_POINT if :: crashes < 2 -> crashes++; alive[_pid] = false; goto dead :: true -> skip fi
-#define CRASH_READING if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; rin-- }; goto dead :: true -> skip fi
+/* A death drops the liveness lock, and the death watch wakes a writer
+ * asleep on the dead process's line. */
+#define SIGNAL atomic { events++; asleep = false }
+#define CRASH_POINT if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; events++; asleep = false }; goto dead :: true -> skip fi
+#define CRASH_READING if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; events++; asleep = false; rin-- }; goto dead :: true -> skip fi
 #define CRASH_WRITING if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; win-- }; goto dead :: true -> skip fi
 
 /* The writers' lock, taken as Mutex.Lock takes it: a CAS from free, or the
@@ -66,22 +83,36 @@ inline wlock() {
 }
 
 /* drain: for each claimed line, wait until it holds no share, freeing, by a
- * CAS from the exact word probed, the shares of a process found dead. */
+ * CAS from the exact word probed, the shares of a process found dead; a
+ * live one's are waited for asleep on the events' word, read before the
+ * look at the share. */
 inline drain() {
-	byte s, v;
+	byte s, v, seq;
 	for (s : 1 .. N - 1) {
 		if
 		:: claimed[s] ->
 			do
-			:: atomic { shares[LINE(s)] == 0 -> break }
-#ifndef ANON
-			:: atomic { shares[s] != 0 && !alive[s] -> v = shares[s] } /* probed dead */
-			   CRASH_POINT;                                           /* fault.RWReaderProbedDead */
-			   if
-			   :: atomic { shares[s] == v -> shares[s] = 0 }          /* fault.RWReaderFreed */
-			   :: else -> skip
-			   fi
+			:: seq = events;
+#ifdef LATE_READ
+			   skip;
 #endif
+			   if
+			   :: atomic { shares[LINE(s)] == 0 } -> break
+			   :: atomic { shares[LINE(s)] != 0 && alive[s] } -> /* probed alive */
+#ifdef LATE_READ
+			      seq = events;
+#endif
+			      atomic { if :: events == seq -> asleep = true :: else -> skip fi }; /* FUTEX_WAIT */
+			      !asleep                                                              /* woken */
+#ifndef ANON
+			   :: atomic { shares[s] != 0 && !alive[s] -> v = shares[s] } ->          /* probed dead */
+			      CRASH_POINT;                                                         /* fault.RWReaderProbedDead */
+			      if
+			      :: atomic { shares[s] == v -> shares[s] = 0 }                        /* fault.RWReaderFreed */
+			      :: else -> skip
+			      fi
+#endif
+			   fi
 			od
 		:: else -> skip
 		fi
@@ -89,7 +120,7 @@ inline drain() {
 }
 
 proctype Reader() {
-	byte k;
+	byte k, v;
 	claimed[_pid] = true;                     /* NewRWMutex: the claim, before any share */
 	CRASH_POINT;
 	for (k : 1 .. READS) {
@@ -102,7 +133,13 @@ proctype Reader() {
 		   if
 		   :: atomic { owner == NONE -> rin++; assert(win == 0) }; break
 		   :: else ->
-			shares[LINE(_pid)]--;              /* drop */
+			atomic { shares[LINE(_pid)]--; v = shares[LINE(_pid)] } /* drop */
+#ifndef NO_WAKE
+			if
+			:: v == 0 -> SIGNAL                /* drop's signal of the last share */
+			:: else -> skip
+			fi;
+#endif
 			CRASH_POINT;                       /* fault.RWReaderDropped */
 			wlock();                           /* queue on the writers' lock */
 			atomic { shares[LINE(_pid)]++; rin++; assert(win == 0) }
@@ -113,8 +150,14 @@ proctype Reader() {
 #endif
 		od;
 		CRASH_READING;                         /* fault.RWReaderBeforeRelease */
-		atomic { shares[LINE(_pid)]--; rin-- } /* RUnlock */
-		CRASH_POINT
+		atomic { shares[LINE(_pid)]--; rin--; v = shares[LINE(_pid)] } /* RUnlock */
+		CRASH_POINT;
+#ifndef NO_WAKE
+		if
+		:: v == 0 && owner != NONE -> SIGNAL   /* wakeWriter */
+		:: else -> skip
+		fi
+#endif
 	}
 dead:
 	skip

@@ -50,6 +50,7 @@ const (
 	RWReaderShared        // a queued reader added its share under the writers' lock; lock not released
 	RWReaderBeforeRelease // a reader is about to drop its share
 	RWWriterDraining      // a writer holds the writers' lock; readers not yet drained
+	RWWriterWaiting       // a draining writer found a live reader's share; not yet asleep
 	RWReaderProbedDead    // a draining writer probed a reader dead; no CAS yet
 	RWReaderFreed         // a dead reader's shares were freed; not yet counted
 
@@ -72,7 +73,7 @@ var names = [numPoints]string{
 	"seq-reader-took-over", "seq-repair-dirty",
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
 	"rw-reader-added", "rw-reader-dropped", "rw-reader-shared", "rw-reader-before-release",
-	"rw-writer-draining", "rw-reader-probed-dead", "rw-reader-freed",
+	"rw-writer-draining", "rw-writer-waiting", "rw-reader-probed-dead", "rw-reader-freed",
 	"region-header-written", "region-close-marked", "region-retire-swept",
 }
 
