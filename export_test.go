@@ -40,3 +40,7 @@ const (
 	Probing  = probing
 	Starving = starving
 )
+
+// Shares returns this attachment's share count of rw, for tests that set it
+// near its limit.
+func Shares(rw *RWMutex) *uint32 { return rw.mine }

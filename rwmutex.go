@@ -184,9 +184,28 @@ func (rw *RWMutex) letGo() {
 	rw.claims, rw.readers, rw.slots = nil, nil, 0
 }
 
+// maxShares bounds the shares one attachment holds at once: a count that
+// reached 2^32 would wrap to none, and a writer would enter beside them.
+const maxShares = 1<<31 - 1
+
+// add adds a share of this attachment. Past maxShares it takes it back and
+// panics, with shm.ErrLimit, long before the count could wrap.
+func (rw *RWMutex) add() {
+	if atomic.AddUint32(rw.mine, 1) > maxShares {
+		rw.tooMany()
+	}
+}
+
+//go:noinline
+func (rw *RWMutex) tooMany() {
+	rw.drop()
+	panic(&shm.Error{Op: "rlock", Path: rw.w.r.Path(), Kind: shm.ErrLimit,
+		Detail: "this process holds 2^31-1 read shares of the RWMutex at offset " + strconv.Itoa(rw.w.off)})
+}
+
 // RLock locks rw for reading, waiting as long as it takes.
 func (rw *RWMutex) RLock() {
-	atomic.AddUint32(rw.mine, 1)
+	rw.add()
 	fault.Hit(fault.RWReaderAdded)
 	if atomic.LoadUint64(rw.w.word)&line.OwnerMask != 0 {
 		rw.rlockWait()
@@ -203,7 +222,7 @@ func (rw *RWMutex) rlockWait() {
 // TryRLock locks rw for reading if no writer holds it or waits for it, and
 // reports whether it did. It never waits.
 func (rw *RWMutex) TryRLock() bool {
-	atomic.AddUint32(rw.mine, 1)
+	rw.add()
 	if atomic.LoadUint64(rw.w.word)&line.OwnerMask == 0 {
 		return true
 	}
@@ -225,7 +244,7 @@ func (rw *RWMutex) TryRLock() bool {
 // generation it read under. A copy of a reader's guard is a second handle on
 // the same share: releasing both drops two shares of this process.
 func (rw *RWMutex) RAcquire(ctx context.Context) (guard.Guard, error) {
-	atomic.AddUint32(rw.mine, 1)
+	rw.add()
 	fault.Hit(fault.RWReaderAdded)
 	if told, w := rw.look(); w&line.OwnerMask == 0 {
 		return guard.New(readReleaser{rw}, told, w>>32), nil
@@ -275,7 +294,7 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 		}
 		w := atomic.LoadUint64(rw.w.word)
 		if w&line.OwnerMask == 0 {
-			atomic.AddUint32(rw.mine, 1)
+			rw.add()
 			fault.Hit(fault.RWReaderAdded)
 			if told, w := rw.look(); w&line.OwnerMask == 0 {
 				return told, w >> 32, nil
@@ -288,7 +307,7 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 	if err := rw.w.lockQuiet(ctx); err != nil {
 		return false, 0, err
 	}
-	atomic.AddUint32(rw.mine, 1)
+	rw.add()
 	fault.Hit(fault.RWReaderShared)
 	told = atomic.LoadUint64(&rw.w.line[line.Recoveries])&line.Untold != 0
 	gen = rw.w.held >> 32

@@ -667,3 +667,16 @@ func TestRWBreakReaderKeepsTheLine(t *testing.T) {
 	}
 	assert.False(t, ok, "a writer took the lock beside a live reader broken before")
 }
+
+// A process that holds 2^31-1 shares cannot take another: the RLock panics
+// with shm.ErrLimit and takes nothing, long before the count could wrap to
+// none and let a writer in.
+func TestRWSharesLimit(t *testing.T) {
+	h := newRWHarness(t, 30*time.Second, shm.ModeAuto)
+	atomic.StoreUint32(shmlock.Shares(h.rw), 1<<31-1)
+	err := recover2(h.rw.RLock)
+	assert.ErrorIs(t, err, shm.ErrLimit)
+	assert.EqualValues(t, 1<<31-1, atomic.LoadUint32(shmlock.Shares(h.rw)), "the refused share was kept")
+	assert.False(t, h.rw.TryLock(), "a writer beside 2^31-1 shares")
+	atomic.StoreUint32(shmlock.Shares(h.rw), 0)
+}
