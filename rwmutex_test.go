@@ -447,17 +447,22 @@ func TestRWReaderInAnotherPIDNamespace(t *testing.T) {
 }
 
 // Readers and writers SIGKILLed at random: never a writer beside a reader or
-// another writer among the living, exact counts, and nobody wedged.
+// another writer among the living, exact counts, and nobody wedged. It runs
+// 4 s in each mode; SHMLOCK_RW_KILLS_FOR=2m runs it longer.
 func TestRWNoViolationUnderKills(t *testing.T) {
+	run := 4 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("SHMLOCK_RW_KILLS_FOR")); err == nil {
+		run = d
+	}
 	inModes(t, func(t *testing.T, mode shm.Mode) {
 		const workers, every = 6, 8
-		h := newRWHarness(t, 90*time.Second, mode)
+		h := newRWHarness(t, run+90*time.Second, mode)
 		cs := make([]*child, workers)
 		for i := range cs {
 			cs[i] = h.spawn("rw-worker", strconv.Itoa(i), strconv.Itoa(every))
 		}
 		kills := 0
-		for end := time.Now().Add(4 * time.Second); time.Now().Before(end); kills++ {
+		for end := time.Now().Add(run); time.Now().Before(end); kills++ {
 			time.Sleep(time.Duration(10+rand.IntN(40)) * time.Millisecond)
 			i := rand.IntN(workers)
 			cs[i].Kill()
