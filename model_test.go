@@ -168,9 +168,9 @@ func skipUnlessModels(t *testing.T) {
 // wake (the model has no timers) included. The model must catch readers
 // counted anonymously (a dead reader's share wedges the writers), a reader
 // that does not look at the writers' word after its add, a writer that
-// frees the shares of a reader that is alive, and two lost wake-ups: a last
-// drop that does not signal, and a writer that reads the events' word after
-// its look at the share.
+// frees the shares of a reader that is alive, and three lost wake-ups: a
+// last drop that does not signal, and a writer that reads the events' word,
+// or names the slot it drains, after its look at the share.
 func TestRWModel(t *testing.T) {
 	skipUnlessModels(t)
 	safety := []string{"-DSAFETY"}
@@ -188,6 +188,7 @@ func TestRWModel(t *testing.T) {
 		}, nil, "errors: 1"},
 		{"a last drop without a signal", nil, []string{"-DNO_WAKE"}, "invalid end state"},
 		{"the events read after the look", nil, []string{"-DLATE_READ"}, "invalid end state"},
+		{"the slot drained named after the look", nil, []string{"-DLATE_SLOT"}, "invalid end state"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			out := panFile(t, "rwmutex.pml", c.mutate, c.defines, safety, "-m1000000")

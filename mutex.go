@@ -338,20 +338,23 @@ func (m *Mutex) unlockSlow(want, mask uint64) {
 	if m.life.Closed() {
 		panic(m.closedError("unlock"))
 	}
-	m.release(want, mask)
+	if w, ok := m.release(want, mask); !ok {
+		panic(&NotHeldError{Lock: m.name(), Owner: w})
+	}
 }
 
-// releaseHeld ends the hold this Mutex installed last, even once Close has
-// begun: for a caller that Close waits for (closing.Enter), whose words are
-// still mapped.
+// releaseHeld ends the hold this Mutex installed last, if it still is (a
+// Break may have ended it), even once Close has begun: for a caller that
+// Close waits for (closing.Enter), whose words are still mapped.
 func (m *Mutex) releaseHeld() { m.release(m.held, ^uint64(line.Waiters)) }
 
-// release is unlockSlow's step once the region is known to be mapped.
-func (m *Mutex) release(want, mask uint64) {
+// release is unlockSlow's step once the region is known to be mapped: it
+// reports false, with the word found, if the bits under mask are not want's.
+func (m *Mutex) release(want, mask uint64) (uint64, bool) {
 	for {
 		w := atomic.LoadUint64(m.word)
 		if w&line.OwnerMask == 0 || w&mask != want&mask {
-			panic(&NotHeldError{Lock: m.name(), Owner: w})
+			return w, false
 		}
 		free := w &^ line.LowHalf
 		if w&line.Waiters != 0 && atomic.LoadUint64(&m.line[line.Wait])&starving != 0 {
@@ -362,7 +365,7 @@ func (m *Mutex) release(want, mask uint64) {
 			if w&line.Waiters != 0 {
 				m.wake(free)
 			}
-			return
+			return w, true
 		}
 	}
 }

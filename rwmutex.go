@@ -30,7 +30,7 @@ import (
 // The reader word, word 0 of slot s's reader line:
 //
 //	bits  0..31  shares: the read holds that slot's attachment has now
-//	             (its goroutines together); a writer sleeps on this half
+//	             (its goroutines together)
 //	bits 32..61  the owner ID of the attachment that claimed the line; 0 if
 //	             none ever did
 //
@@ -47,11 +47,15 @@ import (
 // Words 4 and 5 of the first line are the RWMutex's own:
 //
 //	word 4  readers freed: attachments gone whose shares were freed
-//	word 5  drain events, in its low half: a draining writer sleeps on it.
-//	        A reader's last drop while the writers' word is held, the death
-//	        watch on a reader, the writer's context's end and Close add one
-//	        and wake it, so that the writer, which reads it before it looks
-//	        at a share, never sleeps through the event (an eventcount)
+//	word 5  drain events, in its low half, where a draining writer sleeps
+//	        (an eventcount): bits 0..9 the slot whose line it drains (0:
+//	        none), bits 10..31 a count of events. The writer sets the slot,
+//	        reads the word, looks at the line, and sleeps only if the word
+//	        is unchanged. A last drop by that slot's reader while the
+//	        writers' word is held, a claim that frees the slot's stale
+//	        shares, the death watch on its reader, the writer's context's
+//	        end and BreakReader add one and wake it; readers of other slots
+//	        leave the word alone
 //
 // A reader adds its share and then loads the writers' word; a writer takes
 // the writers' word and then loads the shares. Both orders are sequentially
@@ -63,6 +67,8 @@ const (
 	rwFreed      = line.Object     // word 4 of the first line
 	rwEvent      = line.Object + 1 // word 5
 	claimBits    = 8 * line.Words * 8
+	evSlot       = 1<<10 - 1 // the drain events' slot field (shm.MaxSlots fits)
+	evOne        = 1 << 10   // one event
 )
 
 // RWMutexSize returns the bytes an RWMutex occupies in a region whose process
@@ -101,12 +107,16 @@ type RWMutex struct {
 	readers []uint64 // reader line of slot s at 8*(s-1)
 	mine    *uint32  // the shares of this attachment
 	id      uint32
+	slot    int // this attachment's
 	slots   int
 	life    *closing.Closing
-	// closed is where mine points once the region is closed, so that a
-	// reader's add touches no unmapped memory and the writers' sentinel
-	// word sends it to the slow path, which reports the close.
-	closed uint32
+	// ev is the drain events' word; evKey is its address in the mapping,
+	// which never changes, for the closing wait (ev moves at Close).
+	ev, evKey *uint32
+	// closed and closedEv are where mine and ev point once the region is
+	// closed, so that a reader touches no unmapped memory and the writers'
+	// sentinel word sends it to the slow path, which reports the close.
+	closed, closedEv uint32
 }
 
 // NewRWMutex returns the RWMutex at offset off of r's data area, which must
@@ -127,9 +137,11 @@ func NewRWMutex(r *shm.Region, off int) (*RWMutex, error) {
 	if err != nil {
 		return nil, err
 	}
-	rw := &RWMutex{w: w, id: p.ID(), life: w.life}
+	rw := &RWMutex{w: w, id: p.ID(), slot: p.Slot(), life: w.life}
+	rw.ev = line.Low(&w.line[rwEvent])
+	rw.evKey = rw.ev
 	rw.point(b, slots)
-	rw.claim(p.Slot())
+	rw.claim(rw.slot)
 	closing.Track(rw.life, rw, (*RWMutex).letGo)
 	return rw, nil
 }
@@ -147,6 +159,7 @@ func (rw *RWMutex) claim(slot int) {
 		if atomic.CompareAndSwapUint64(p, v, uint64(rw.id)<<readerID) {
 			if v&readerShares != 0 {
 				atomic.AddUint64(&rw.w.line[rwFreed], 1)
+				rw.signal(slot)
 			}
 			break
 		}
@@ -179,8 +192,18 @@ func (rw *RWMutex) claimed(f func(slot int) bool) {
 	}
 }
 
+// letGo points rw at memory of its own when its region is closed. Shares
+// this attachment still holds end with it: they are dropped (and a writer
+// draining them woken), while the line is still mapped.
 func (rw *RWMutex) letGo() {
-	rw.mine = &rw.closed
+	p := rw.reader(rw.slot)
+	for v := atomic.LoadUint64(p); v>>readerID == uint64(rw.id) && v&readerShares != 0; v = atomic.LoadUint64(p) {
+		if atomic.CompareAndSwapUint64(p, v, v&^readerShares) {
+			rw.signal(rw.slot)
+			break
+		}
+	}
+	rw.mine, rw.ev = &rw.closed, &rw.closedEv
 	rw.claims, rw.readers, rw.slots = nil, nil, 0
 }
 
@@ -319,27 +342,43 @@ func (rw *RWMutex) rlockSlow(ctx context.Context) (told bool, gen uint64, err er
 // one.
 func (rw *RWMutex) drop() {
 	if atomic.AddUint32(rw.mine, ^uint32(0)) == 0 {
-		rw.signal()
+		rw.signal(rw.slot)
 	}
 }
 
-// event is the drain events' futex word (word 5's low half).
-func (rw *RWMutex) event() *uint32 { return line.Low(&rw.w.line[rwEvent]) }
-
-// signal records a drain event and wakes the draining writer.
-func (rw *RWMutex) signal() {
-	ev := rw.event()
-	atomic.AddUint32(ev, 1)
-	futex.Wake(ev, 1<<30)
+// signal adds a drain event and wakes the draining writer, if it drains
+// slot's line; slot 0 is whichever line it drains.
+func (rw *RWMutex) signal(slot int) {
+	for {
+		old := atomic.LoadUint32(rw.ev)
+		if slot != 0 && old&evSlot != uint32(slot) {
+			return // nobody drains that line; one that comes reads it after
+		}
+		if atomic.CompareAndSwapUint32(rw.ev, old, old+evOne) {
+			break
+		}
+	}
+	futex.Wake(rw.ev, 1<<30)
 }
 
-// signalOpen is signal for a goroutine that Close does not wait for (a
-// death watch's, a context's): it touches the line only while the region is
-// open, and Close waits for it meanwhile.
+// signalOpen is signal(0) for a goroutine that Close does not wait for (a
+// death watch's, a context's): it touches the line only inside the closing
+// wait, so Close waits for it, and never after.
 func (rw *RWMutex) signalOpen() {
-	if ev := rw.event(); rw.life.Enter(ev) {
-		rw.signal()
-		rw.life.Leave(ev)
+	if rw.life.Enter(rw.evKey) {
+		rw.signal(0)
+		rw.life.Leave(rw.evKey)
+	}
+}
+
+// draining names slot as the line the writer drains, in the drain events'
+// word (0: none).
+func (rw *RWMutex) draining(slot int) {
+	for {
+		old := atomic.LoadUint32(rw.ev)
+		if atomic.CompareAndSwapUint32(rw.ev, old, old&^evSlot|uint32(slot)) {
+			return
+		}
 	}
 }
 
@@ -387,7 +426,7 @@ func (rw *RWMutex) wakeWriter() {
 	if rw.life.Closed() {
 		panic(rw.w.closedError("runlock"))
 	}
-	rw.signal()
+	rw.signal(rw.slot)
 }
 
 type readReleaser struct{ rw *RWMutex }
@@ -409,7 +448,7 @@ func (r *rlocker) Unlock() { (*RWMutex)(r).RUnlock() }
 // those of readers found dead.
 func (rw *RWMutex) Lock() {
 	rw.w.Lock()
-	if err := rw.drain(context.Background(), true, false); err != nil {
+	if err := rw.drain(context.Background(), true); err != nil {
 		panic(err) // the region was closed
 	}
 }
@@ -424,7 +463,7 @@ func (rw *RWMutex) TryLock() bool {
 	if !rw.w.TryLock() {
 		return false
 	}
-	if err := rw.drain(context.Background(), false, false); err != nil {
+	if err := rw.drain(context.Background(), false); err != nil {
 		if errors.Is(err, shm.ErrClosed) {
 			panic(err)
 		}
@@ -442,28 +481,52 @@ func (rw *RWMutex) TryLock() bool {
 // counted in RWState.ReadersFreed. If ctx ends while live readers hold
 // shares, the error is a HeldError naming one of them (Reader set).
 func (rw *RWMutex) Acquire(ctx context.Context) (guard.Guard, error) {
-	g, err := rw.w.Acquire(ctx)
-	if err != nil {
-		return g, err
-	}
-	if err := rw.drain(ctx, true, g.Recovered()); err != nil {
+	// The writers' lock is taken without being told, and the news taken
+	// only once the readers are drained: until then readers still find it,
+	// as nobody has repaired, and a drain that fails has nothing to put
+	// back.
+	if err := rw.w.lockQuiet(ctx); err != nil {
 		return guard.Guard{}, err
 	}
-	return g, nil
+	if err := rw.drain(ctx, true); err != nil {
+		return guard.Guard{}, err
+	}
+	told := atomic.LoadUint64(&rw.w.line[line.Recoveries])&line.Untold != 0 && rw.w.settle(false, true)
+	return guard.New(releaser{rw.w}, told, rw.w.held>>32), nil
 }
 
 // drain waits, holding the writers' lock, until no attachment holds a share,
-// freeing the shares of those that are gone. Without wait it fails at the
-// first live share. told says the writer was told of a death.
-func (rw *RWMutex) drain(ctx context.Context, wait, told bool) error {
+// freeing the shares of those that are gone; without wait it fails at the
+// first live share. When it fails it lets the writers' lock go. Once a line
+// holds shares it is inside the wait Close waits out, so that Close neither
+// unmaps the lines under it nor comes between its failure and that release;
+// if the region was closed before, it leaves the hold to the others, as any
+// holder's that closes.
+func (rw *RWMutex) drain(ctx context.Context, wait bool) (err error) {
 	fault.Hit(fault.RWWriterDraining)
+	entered := false
+	defer func() {
+		if entered {
+			rw.draining(0)
+			if err != nil {
+				rw.w.releaseHeld()
+			}
+			rw.life.Leave(rw.evKey)
+		}
+	}()
 	for i := range rw.claims {
 		for c := atomic.LoadUint64(&rw.claims[i]); c != 0; c &= c - 1 {
 			s := 64*i + bits.TrailingZeros64(c)
 			if s < 1 || s > rw.slots || atomic.LoadUint64(rw.reader(s))&readerShares == 0 {
 				continue // a bit past the table (a corrupt line) names no slot
 			}
-			if err := rw.drainSlot(ctx, s, wait, told); err != nil {
+			if !entered {
+				if !rw.life.Enter(rw.evKey) {
+					return rw.w.closedError("lock")
+				}
+				entered = true
+			}
+			if err := rw.drainSlot(ctx, s, wait); err != nil {
 				return err
 			}
 		}
@@ -471,12 +534,8 @@ func (rw *RWMutex) drain(ctx context.Context, wait, told bool) error {
 	return nil
 }
 
-// drainSlot waits until slot's reader line holds no share. If it gives up,
-// it lets the writers' lock go before it leaves the wait that Close waits
-// out (so the words are still mapped), and puts a told writer's news back
-// for the next writer; if the region was closed before it began to wait, it
-// leaves the hold to the others, as any holder's that closes.
-func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (err error) {
+// drainSlot waits until slot's reader line holds no share.
+func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait bool) error {
 	p := rw.reader(slot)
 	// Shares are mostly held briefly: spin before the probe, the watch and
 	// the sleep, which cost system calls.
@@ -488,25 +547,16 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 		if i%spinYield == 0 {
 			if now := time.Now(); spun.IsZero() {
 				spun = now
-			} else if now.Sub(spun) > shareSpin {
+			} else if now.Sub(spun) > shareSpin || rw.life.Closed() {
 				break
 			}
 			runtime.Gosched()
 		}
 	}
-	ev := rw.event()
-	if !rw.life.Enter(ev) {
-		return rw.w.closedError("lock")
-	}
-	defer rw.life.Leave(ev)
-	defer func() {
-		if err != nil {
-			if told {
-				atomic.OrUint64(&rw.w.line[line.Recoveries], line.Untold)
-			}
-			rw.w.releaseHeld()
-		}
-	}()
+	// Named before the first read of the events' word: a reader of the
+	// slot whose last drop comes later signals it; one whose drop came
+	// before left the line as the look below finds it.
+	rw.draining(slot)
 	var watched uint32
 	stop := func() {}
 	defer func() { stop() }()
@@ -515,7 +565,7 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 	}
 	start := time.Now()
 	for {
-		seq := atomic.LoadUint32(ev)
+		seq := atomic.LoadUint32(rw.ev)
 		if rw.life.Closed() {
 			return rw.w.closedError("lock")
 		}
@@ -526,7 +576,7 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 		id := uint32(v >> readerID)
 		if id != watched {
 			// Watch before the probe whose verdict is acted on: a death
-			// after the probe then wakes this wait.
+			// after the probe then signals.
 			stop()
 			stop = region.Of(rw.w.r).WatchAttachment(id, rw.signalOpen)
 			watched = id
@@ -546,7 +596,7 @@ func (rw *RWMutex) drainSlot(ctx context.Context, slot int, wait, told bool) (er
 			return rw.sharedError(ctx, v, start, h)
 		}
 		fault.Hit(fault.RWWriterWaiting)
-		futex.Wait(ev, seq, drainSleep)
+		futex.Wait(rw.ev, seq, drainSleep)
 	}
 }
 
@@ -594,7 +644,7 @@ func (rw *RWMutex) BreakReader(word uint64) error {
 				return &BreakError{Lock: rw.w.name(), Owner: word, Now: v, Err: ErrOwnerChanged}
 			}
 			atomic.AddUint64(&rw.w.line[rwFreed], 1)
-			rw.signal()
+			rw.signal(0)
 			return nil
 		}
 	}

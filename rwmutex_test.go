@@ -84,6 +84,9 @@ func init() {
 	roles["rw-close-draining"] = rwCloseDraining
 	roles["rw-told-writer"] = rwToldWriter
 	roles["rw-told-reader"] = rwToldReader
+	roles["rw-close-during-spin"] = rwCloseDuringSpin
+	roles["rw-read-then-close"] = rwReadThenClose
+	roles["rw-tryrlock-poller"] = rwTryRLockPoller
 }
 
 // rwReadHold takes a read share of the RWMutex at args[0] and holds it until
@@ -684,4 +687,222 @@ func TestRWSharesLimit(t *testing.T) {
 	assert.EqualValues(t, 1<<31-1, atomic.LoadUint32(shmlock.Shares(h.rw)), "the refused share was kept")
 	assert.False(t, h.rw.TryLock(), "a writer beside 2^31-1 shares")
 	atomic.StoreUint32(shmlock.Shares(h.rw), 0)
+}
+
+// rwCloseDuringSpin: a goroutine Locks behind the parent's read share, and
+// the region is closed args[1] µs after it holds the writers' lock, while
+// its drain spins on the parent's line, or sleeps.
+func rwCloseDuringSpin(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	us, _ := strconv.Atoi(args[1])
+	_, lock, _ := rwLayout()
+	l, _ := region.Of(e.r).Line(lock)
+	res := make(chan error, 1)
+	go func() { res <- recover2(e.rw.Lock) }()
+	for atomic.LoadUint64(&l[line.Owner])&line.OwnerMask == 0 {
+	}
+	for t0 := time.Now(); time.Since(t0) < time.Duration(us)*time.Microsecond; {
+	}
+	if err := e.r.Close(); err != nil {
+		fmt.Println("close:", err)
+		return 1
+	}
+	select {
+	case err := <-res:
+		fmt.Printf("closed=%v: %v\n", errors.Is(err, shm.ErrClosed), err)
+	case <-time.After(time.Second):
+		fmt.Println("the writer still waits a second after Close")
+	}
+	return 0
+}
+
+// Close while a writer's drain spins on a reader's line, before it would
+// sleep: Close waits for it, and it reports the close; the process lives.
+// (The race detector cannot see the order that the child's atomic load of
+// the writers' word sets up, through shared memory, between the writer's
+// first steps and Close: the test is for faults, and runs without it.)
+func TestRWCloseDuringDrainSpin(t *testing.T) {
+	if raceBuild {
+		t.Skip("orders through shared memory that the race detector does not see")
+	}
+	h := newRWHarness(t, 90*time.Second, shm.ModeProbe)
+	l, lock, _ := rwLayout()
+	r2, err := shm.Open(h.path, shm.Options{Layout: l, Slots: rwSlots})
+	require.NoError(t, err)
+	defer r2.Close()
+	reader, err := shmlock.NewRWMutex(r2, lock)
+	require.NoError(t, err)
+	died := 0
+	for i := range 50 {
+		g, err := h.rw.Acquire(context.Background()) // take over the last child's hold
+		require.NoError(t, err)
+		g.Release()
+		reader.RLock()
+		c := h.spawn("rw-close-during-spin", strconv.Itoa((i%10)*8))
+		out := c.Wait(t, 10*time.Second)
+		reader.RUnlock()
+		if c.Err != nil {
+			if died++; died == 1 {
+				t.Logf("a child died: %.1500s", out)
+			}
+		}
+	}
+	assert.Zero(t, died, "Close crashed processes whose writer was draining")
+}
+
+// rwReadThenClose takes a share, says so, waits for the parent's word
+// rwJournal, and closes its region without RUnlock; the process lives on.
+func rwReadThenClose(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	e.rw.RLock()
+	w := e.w
+	atomic.StoreUint64(&w[rwHeld], 1)
+	for atomic.LoadUint64(&w[rwJournal]) == 0 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	e.r.Close()
+	select {}
+}
+
+// A reader that closes its region holding a share ends its shares with its
+// attachment, and a writer asleep on them is woken at once, not by its
+// timer.
+func TestRWReaderCloseWakesWriter(t *testing.T) {
+	h := newRWHarness(t, 60*time.Second, shm.ModeProbe)
+	for range 8 {
+		atomic.StoreUint64(&h.w[rwHeld], 0)
+		atomic.StoreUint64(&h.w[rwJournal], 0)
+		c := h.spawn("rw-read-then-close")
+		proctest.Eventually(t, 10*time.Second, "the reader never read", func() bool { return h.load(rwHeld) != 0 })
+		got := make(chan time.Time, 1)
+		go func() { h.rw.Lock(); got <- time.Now() }()
+		time.Sleep(5 * time.Millisecond) // the writer sleeps on the drain events
+		closed := time.Now()
+		atomic.StoreUint64(&h.w[rwJournal], 1)
+		at := <-got
+		h.rw.Unlock()
+		c.Kill()
+		assert.Less(t, at.Sub(closed), 5*time.Millisecond, "the writer waited for its timer")
+	}
+}
+
+// rwTryRLockPoller polls TryRLock until stopped; each poll fails while a
+// writer holds the writers' word.
+func rwTryRLockPoller(args []string) int {
+	e, err := openRW(args[0], shm.ModeAuto)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	for e.load(rwStop) == 0 {
+		for range 1024 {
+			if e.rw.TryRLock() {
+				e.rw.RUnlock()
+			}
+		}
+	}
+	return 0
+}
+
+// A writer that waits for a live reader sleeps through the shares that
+// other processes take and drop: a process polling TryRLock meanwhile does
+// not keep it awake.
+func TestRWPollerDoesNotWakeWriter(t *testing.T) {
+	h := newRWHarness(t, 60*time.Second, shm.ModeProbe)
+	h.spawn("rw-read-hold")
+	h.waitHeld()
+	cpu := func() time.Duration {
+		var a, b syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &a)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := h.rw.Acquire(ctx)
+		cancel()
+		var he *shmlock.HeldError
+		require.ErrorAs(t, err, &he)
+		syscall.Getrusage(syscall.RUSAGE_SELF, &b)
+		return time.Duration(b.Utime.Nano() + b.Stime.Nano() - a.Utime.Nano() - a.Stime.Nano())
+	}
+	quiet := cpu()
+	poller := h.spawn("rw-tryrlock-poller")
+	time.Sleep(100 * time.Millisecond)
+	busy := cpu()
+	atomic.StoreUint64(&h.w[rwStop], 1)
+	poller.Wait(t, 10*time.Second)
+	t.Logf("a writer's CPU over a 1 s wait: %v alone, %v beside a TryRLock poller", quiet, busy)
+	assert.Less(t, busy, 100*time.Millisecond, "the poller keeps the waiting writer awake")
+}
+
+// A Break of a waiting writer's hold (an administrator's, on a writer stuck
+// behind a reader) leaves its Acquire to end as documented, with a
+// HeldError, not a panic.
+func TestRWBreakOfAWaitingWriter(t *testing.T) {
+	h := newRWHarness(t, 60*time.Second, shm.ModeProbe)
+	l, lock, _ := rwLayout()
+	r2, err := shm.Open(h.path, shm.Options{Layout: l, Slots: rwSlots})
+	require.NoError(t, err)
+	defer r2.Close()
+	admin, err := shmlock.NewRWMutex(r2, lock)
+	require.NoError(t, err)
+	admin.RLock()
+	defer admin.RUnlock()
+	res := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := h.rw.Acquire(ctx)
+		res <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	st := admin.Inspect()
+	require.True(t, st.Writer.Held)
+	require.NoError(t, admin.Break(st.Writer.Owner))
+	var he *shmlock.HeldError
+	assert.ErrorAs(t, <-res, &he)
+}
+
+// A context that ends just as the writer's drain returns, and a Close right
+// after: the context's callback touches nothing of the closed region (under
+// -race, no race with Close).
+func TestRWLateContextAndClose(t *testing.T) {
+	path := fmt.Sprintf("%s/shmlock-test-%d-late", shm.Dir, os.Getpid())
+	defer os.Remove(path)
+	l, lock, _ := rwLayout()
+	ra, err := shm.Open(path, shm.Options{Layout: l, Slots: rwSlots})
+	require.NoError(t, err)
+	defer ra.Close()
+	reader, err := shmlock.NewRWMutex(ra, lock)
+	require.NoError(t, err)
+	for i := range 200 {
+		reader.RLock()
+		rb, err := shm.Open(path, shm.Options{Layout: l, Slots: rwSlots})
+		require.NoError(t, err)
+		w, err := shmlock.NewRWMutex(rb, lock)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			if g, err := w.Acquire(ctx); err == nil {
+				g.Release()
+			}
+			close(done)
+		}()
+		time.Sleep(time.Millisecond)
+		if i%2 == 0 {
+			reader.RUnlock()
+			cancel()
+		} else {
+			cancel()
+			reader.RUnlock()
+		}
+		<-done
+		require.NoError(t, rb.Close())
+	}
 }

@@ -10,12 +10,13 @@
  * Each step is labelled with the name the Go code uses at it (its
  * fault.Point, or the function).
  *
- * A writer that finds a live reader's share sleeps on the drain events' word
- * (FUTEX_WAIT: only if the word is still the one it read before it looked
- * at the share), which a reader's last drop while the writers' word is
- * held, and the reader's death (the death watch), change and wake. The
- * model has no timers: the 50 ms sleep bound of the code is a safety net
- * that the wake-ups must not need.
+ * A writer that finds a live reader's share names the slot it drains, reads
+ * the drain events' word, looks at the share, and sleeps on the word
+ * (FUTEX_WAIT: only if it is unchanged). A last drop by that slot's reader
+ * while the writers' word is held changes and wakes it, as does the
+ * reader's death (the death watch); readers of other slots leave it alone.
+ * The model has no timers: the 50 ms sleep bound of the code is a safety
+ * net that the wake-ups must not need.
  *
  * Properties:
  *   exclusion  never a live writer beside a live reader or another live
@@ -31,6 +32,8 @@
  * -DNO_WAKE drops the wake of a reader's last drop (a lost wake-up).
  * -DLATE_READ reads the events' word after the look at the share, not
  * before (a lost wake-up).
+ * -DLATE_SLOT names the slot drained after the look at the share (a lost
+ * wake-up: the last drop between the look and the naming signals nobody).
  */
 
 #define NR 2          /* readers: _pid 1 and 2 */
@@ -53,7 +56,8 @@ byte crashes = 0;
 #define LINE(p) p
 #endif
 byte shares[N];       /* the reader word of each process's line: its shares */
-byte events = 0;      /* the drain events' word */
+byte events = 0;      /* the drain events' word: its count ... */
+byte dslot = 0;       /* ... and the slot drained (0: none) */
 bool asleep = false;  /* a writer sleeps on it */
 bool claimed[N];      /* the claim bits */
 
@@ -63,6 +67,7 @@ byte win = 0;         /* live writers inside */
 /* A death drops the liveness lock, and the death watch wakes a writer
  * asleep on the dead process's line. */
 #define SIGNAL atomic { events++; asleep = false }
+#define SIGNAL_SLOT atomic { if :: dslot == _pid -> events++; asleep = false :: else -> skip fi }
 #define CRASH_POINT if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; events++; asleep = false }; goto dead :: true -> skip fi
 #define CRASH_READING if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; events++; asleep = false; rin-- }; goto dead :: true -> skip fi
 #define CRASH_WRITING if :: crashes < 2 -> atomic { crashes++; alive[_pid] = false; win-- }; goto dead :: true -> skip fi
@@ -91,6 +96,9 @@ inline drain() {
 	for (s : 1 .. N - 1) {
 		if
 		:: claimed[s] ->
+#ifndef LATE_SLOT
+			dslot = s;
+#endif
 			do
 			:: seq = events;
 #ifdef LATE_READ
@@ -101,6 +109,9 @@ inline drain() {
 			   :: atomic { shares[LINE(s)] != 0 && alive[s] } -> /* probed alive */
 #ifdef LATE_READ
 			      seq = events;
+#endif
+#ifdef LATE_SLOT
+			      dslot = s;
 #endif
 			      atomic { if :: events == seq -> asleep = true :: else -> skip fi }; /* FUTEX_WAIT */
 			      !asleep                                                              /* woken */
@@ -113,7 +124,8 @@ inline drain() {
 			      fi
 #endif
 			   fi
-			od
+			od;
+			dslot = 0
 		:: else -> skip
 		fi
 	}
@@ -136,7 +148,7 @@ proctype Reader() {
 			atomic { shares[LINE(_pid)]--; v = shares[LINE(_pid)] } /* drop */
 #ifndef NO_WAKE
 			if
-			:: v == 0 -> SIGNAL                /* drop's signal of the last share */
+			:: v == 0 -> SIGNAL_SLOT           /* drop's signal of the last share */
 			:: else -> skip
 			fi;
 #endif
@@ -154,7 +166,7 @@ proctype Reader() {
 		CRASH_POINT;
 #ifndef NO_WAKE
 		if
-		:: v == 0 && owner != NONE -> SIGNAL   /* wakeWriter */
+		:: v == 0 && owner != NONE -> SIGNAL_SLOT /* wakeWriter */
 		:: else -> skip
 		fi
 #endif
