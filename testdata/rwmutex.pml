@@ -42,7 +42,7 @@
 #define NONE 255
 #define WRITES 1
 #ifndef READS
-#define READS 1       /* -DREADS=2: 64 M states, 5.5 GB, 2 minutes */
+#define READS 1       /* -DREADS=2 takes minutes and gigabytes */
 #endif
 
 byte owner = NONE;    /* the writers' owner word: holder ... */
