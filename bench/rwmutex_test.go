@@ -177,6 +177,31 @@ func BenchmarkRWUncontended(b *testing.B) {
 	}
 }
 
+// BenchmarkRWParallel: goroutines of one process (one per core) read-lock
+// one lock at once: shmlock's RWMutex (one line per process, which they
+// share) beside sync.RWMutex (one reader count).
+func BenchmarkRWParallel(b *testing.B) {
+	e := newRWEnv(b)
+	for _, name := range []string{"rwmutex-robust", "syncrwmutex"} {
+		var p rwPeer = new(sync.RWMutex)
+		if name != "syncrwmutex" {
+			var err error
+			if p, err = e.open(name); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					p.RLock()
+					p.RUnlock()
+				}
+			})
+		})
+	}
+}
+
 func pthreadName() []string {
 	if pthreadRW != nil {
 		return []string{"pthreadrwlock"}
