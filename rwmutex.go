@@ -280,11 +280,12 @@ func (rw *RWMutex) RAcquire(ctx context.Context) (guard.Guard, error) {
 }
 
 // look is a reader's look, after its add, at the writers' word w, and whether
-// it is told. The news is loaded first: a writer told of it clears it while
-// it holds the writers' word, so a reader that then finds the word free saw
-// either the news or a writer that had repaired and released. (Loaded after
-// the word, the news could be cleared by a writer that took the word since
-// and now waits for this reader's share, its repair not begun.)
+// it is told. A writer takes the news only once drained, holding the
+// writers' word, and repairs before it releases it: a writer that took the
+// word after this reader's add waits for its share before it can take the
+// news, and one that took it before has released it if w is free. The news
+// is loaded first all the same, so that a reader that finds the word free
+// saw the news or a writer that had repaired, whichever way writers take it.
 func (rw *RWMutex) look() (told bool, w uint64) {
 	news := atomic.LoadUint64(&rw.w.line[line.Recoveries]) & line.Untold
 	w = atomic.LoadUint64(rw.w.word)

@@ -75,28 +75,35 @@ func openRW(path string, mode shm.Mode) (*rwEnv, error) {
 	return &rwEnv{r: r, rw: rw, w: unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), rwWords)}, nil
 }
 
+// rwRole makes f a child's role on the RW test region at args[0].
+func rwRole(f func(e *rwEnv, args []string) int) func(args []string) int {
+	return func(args []string) int {
+		e, err := openRW(args[0], shm.ModeAuto)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		return f(e, args)
+	}
+}
+
 func (e *rwEnv) load(i int) uint64 { return atomic.LoadUint64(&e.w[i]) }
 
 func init() {
-	roles["rw-read-hold"] = rwReadHold
-	roles["rw-write-hold"] = rwWriteHold
-	roles["rw-worker"] = rwWorker
-	roles["rw-close-draining"] = rwCloseDraining
-	roles["rw-told-writer"] = rwToldWriter
-	roles["rw-told-reader"] = rwToldReader
-	roles["rw-close-during-spin"] = rwCloseDuringSpin
-	roles["rw-read-then-close"] = rwReadThenClose
-	roles["rw-tryrlock-poller"] = rwTryRLockPoller
+	roles["rw-read-hold"] = rwRole(rwReadHold)
+	roles["rw-write-hold"] = rwRole(rwWriteHold)
+	roles["rw-worker"] = rwRole(rwWorker)
+	roles["rw-close-draining"] = rwRole(rwCloseDraining)
+	roles["rw-told-writer"] = rwRole(rwToldWriter)
+	roles["rw-told-reader"] = rwRole(rwToldReader)
+	roles["rw-close-during-spin"] = rwRole(rwCloseDuringSpin)
+	roles["rw-read-then-close"] = rwRole(rwReadThenClose)
+	roles["rw-tryrlock-poller"] = rwRole(rwTryRLockPoller)
 }
 
 // rwReadHold takes a read share of the RWMutex at args[0] and holds it until
 // killed; with args[1] "twice", two shares, from two goroutines.
-func rwReadHold(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwReadHold(e *rwEnv, args []string) int {
 	e.rw.RLock()
 	if len(args) > 1 && args[1] == "twice" {
 		done := make(chan struct{})
@@ -109,12 +116,7 @@ func rwReadHold(args []string) int {
 
 // rwWriteHold takes the write lock, half writes (a, not b), and holds it
 // until killed.
-func rwWriteHold(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwWriteHold(e *rwEnv, args []string) int {
 	e.rw.Lock()
 	atomic.AddUint64(&e.w[rwA], 1)
 	atomic.StoreUint64(&e.w[rwHeld], uint64(os.Getpid()))
@@ -192,16 +194,12 @@ func (e *rwEnv) read(ctx context.Context) error {
 
 // rwWorker is worker args[1] on the RWMutex at args[0]: until stopped, one
 // write in args[2] operations, the others reads.
-func rwWorker(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwWorker(e *rwEnv, args []string) int {
 	i, _ := strconv.Atoi(args[1])
 	every, _ := strconv.Atoi(args[2])
 	ctx := context.Background()
 	for n := 0; e.load(rwStop) == 0; n++ {
+		var err error
 		if n%every == i%every {
 			err = e.write(ctx, i)
 		} else {
@@ -520,12 +518,7 @@ func TestRWUseAfterClose(t *testing.T) {
 // rwCloseDraining: a goroutine waits for the write lock (args[1]: "lock" or
 // "acquire") behind the parent's read share, and the region is closed under
 // it: it returns, or panics, with shm.ErrClosed; the process lives on.
-func rwCloseDraining(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwCloseDraining(e *rwEnv, args []string) int {
 	res := make(chan error, 1)
 	go func() {
 		if args[1] == "lock" {
@@ -571,12 +564,7 @@ func TestRWCloseWhileDraining(t *testing.T) {
 // rwToldWriter, until stopped: Acquire; if told, repair (the journal word
 // back to 0); then leave what a writer that died mid-write and was taken
 // over by a Lock leaves (the journal at 1, the news untold); release.
-func rwToldWriter(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwToldWriter(e *rwEnv, args []string) int {
 	_, lock, _ := rwLayout()
 	l, _ := region.Of(e.r).Line(lock)
 	for e.load(rwStop) == 0 {
@@ -598,12 +586,7 @@ func rwToldWriter(args []string) int {
 
 // rwToldReader, until stopped: RAcquire, and count the reads that find the
 // journal at 1 without being told.
-func rwToldReader(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwToldReader(e *rwEnv, args []string) int {
 	for e.load(rwStop) == 0 {
 		for range 4096 {
 			g, _ := e.rw.RAcquire(context.Background())
@@ -692,12 +675,7 @@ func TestRWSharesLimit(t *testing.T) {
 // rwCloseDuringSpin: a goroutine Locks behind the parent's read share, and
 // the region is closed args[1] µs after it holds the writers' lock, while
 // its drain spins on the parent's line, or sleeps.
-func rwCloseDuringSpin(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwCloseDuringSpin(e *rwEnv, args []string) int {
 	us, _ := strconv.Atoi(args[1])
 	_, lock, _ := rwLayout()
 	l, _ := region.Of(e.r).Line(lock)
@@ -756,12 +734,7 @@ func TestRWCloseDuringDrainSpin(t *testing.T) {
 
 // rwReadThenClose takes a share, says so, waits for the parent's word
 // rwJournal, and closes its region without RUnlock; the process lives on.
-func rwReadThenClose(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwReadThenClose(e *rwEnv, args []string) int {
 	e.rw.RLock()
 	w := e.w
 	atomic.StoreUint64(&w[rwHeld], 1)
@@ -796,12 +769,7 @@ func TestRWReaderCloseWakesWriter(t *testing.T) {
 
 // rwTryRLockPoller polls TryRLock until stopped; each poll fails while a
 // writer holds the writers' word.
-func rwTryRLockPoller(args []string) int {
-	e, err := openRW(args[0], shm.ModeAuto)
-	if err != nil {
-		fmt.Println(err)
-		return 1
-	}
+func rwTryRLockPoller(e *rwEnv, args []string) int {
 	for e.load(rwStop) == 0 {
 		for range 1024 {
 			if e.rw.TryRLock() {

@@ -274,15 +274,20 @@ func rwReadMostly(b *testing.B, name string, n int, cs string) {
 	b.ReportMetric(float64(elapsed.Nanoseconds())/float64(ops), "ns/op")
 }
 
+// openRWPeer opens, in a child, the RW region at path and its peer name.
+func openRWPeer(path, name string) (*rwEnv, rwPeer, error) {
+	e, err := openRWEnv(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := e.open(name)
+	return e, p, err
+}
+
 // rwChild is one process of BenchmarkRWReadMostly: path, peer, every,
 // critical section.
 func rwChild(args []string) int {
-	e, err := openRWEnv(args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	p, err := e.open(args[1])
+	e, p, err := openRWPeer(args[0], args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -364,12 +369,7 @@ func BenchmarkRWReaderDeath(b *testing.B) {
 
 // rwHold takes a share and holds it until killed: path, peer.
 func rwHold(args []string) int {
-	e, err := openRWEnv(args[0])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	p, err := e.open(args[1])
+	e, p, err := openRWPeer(args[0], args[1])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
