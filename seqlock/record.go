@@ -11,6 +11,7 @@ import (
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/region"
+	"github.com/shmlock/shmlock/internal/words"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -39,7 +40,7 @@ func NewRecord(r *shm.Region, off, n int) (*Record, error) {
 	}
 	rec := &Record{writers: wr, pub: &l[wordPub], seq: [2]*uint64{&l[wordSeq0], &l[wordSeq0+1]}}
 	for i := range rec.data {
-		if rec.data[i], err = words(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
+		if rec.data[i], err = wordsAt(r, off+shm.LineSize+i*roundLine(n), n); err != nil {
 			return nil, err
 		}
 	}
@@ -105,7 +106,7 @@ func (r *Record) Read(dst []byte) error {
 		if atomic.LoadUint64(r.pub)&1 != i {
 			continue
 		}
-		load(dst, r.data[i])
+		words.Load(dst, r.data[i])
 		if atomic.LoadUint64(r.seq[i]) == s1 {
 			return nil
 		}
@@ -138,7 +139,7 @@ func (r *Record) Write(ctx context.Context) (Writer, error) {
 	}
 	atomic.StoreUint64(r.seq[j], next)
 	fault.Hit(fault.RecordOdd)
-	copyWords(r.data[j], r.data[p])
+	words.Copy(r.data[j], r.data[p])
 	fault.Hit(fault.RecordCopied)
 	return Writer{g: g, w: &r.writers, r: r, data: r.data[j], j: j}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
 	"github.com/shmlock/shmlock/internal/region"
+	"github.com/shmlock/shmlock/internal/words"
 	"github.com/shmlock/shmlock/shm"
 )
 
@@ -51,7 +52,7 @@ func NewSeqLock(r *shm.Region, off, n int) (*SeqLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	data, err := words(r, off+shm.LineSize, n)
+	data, err := wordsAt(r, off+shm.LineSize, n)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +81,7 @@ func (s *SeqLock) Read(dst []byte) error {
 	// reads find no write under way, and skip its frame.
 	if s1 := atomic.LoadUint64(s.seq); s1&1 == 0 && len(dst) == s.Len() {
 		dirty := atomic.LoadUint64(s.state)&stateDirty != 0
-		load(dst, s.data)
+		words.Load(dst, s.data)
 		if atomic.LoadUint64(s.seq) == s1 {
 			if dirty {
 				return ErrDirty
@@ -116,7 +117,7 @@ func (s *SeqLock) ReadContext(ctx context.Context, dst []byte) error {
 		s1 := atomic.LoadUint64(s.seq)
 		if s1&1 == 0 {
 			dirty := atomic.LoadUint64(s.state)&stateDirty != 0
-			load(dst, s.data)
+			words.Load(dst, s.data)
 			if atomic.LoadUint64(s.seq) != s1 {
 				continue // a write began meanwhile
 			}

@@ -94,38 +94,13 @@ func checkSize(n int) error {
 	return nil
 }
 
-// words returns the n-byte data area at off as 64-bit words.
-func words(r *shm.Region, off, n int) ([]uint64, error) {
+// wordsAt returns the n-byte data area at off as 64-bit words.
+func wordsAt(r *shm.Region, off, n int) ([]uint64, error) {
 	b, err := region.Of(r).Span(off, n)
 	if err != nil {
 		return nil, err
 	}
 	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n/8), nil
-}
-
-// loadWords copies src into dst (8*len(src) bytes) with one atomic load a
-// word: the copy a reader makes where a plain one could be reordered (see
-// load).
-func loadWords(dst []byte, src []uint64) {
-	p := unsafe.Pointer(unsafe.SliceData(dst))
-	if uintptr(p)%8 == 0 {
-		// The usual case (make and append align to 8): word stores
-		// straight into dst, without a byte shuffle or bounds checks.
-		d := unsafe.Slice((*uint64)(p), len(src))
-		for i := range d {
-			d[i] = atomic.LoadUint64(&src[i])
-		}
-		return
-	}
-	for i := range src {
-		binary.NativeEndian.PutUint64(dst[8*i:], atomic.LoadUint64(&src[i]))
-	}
-}
-
-func copyWords(dst, src []uint64) {
-	for i := range src {
-		atomic.StoreUint64(&dst[i], atomic.LoadUint64(&src[i]))
-	}
 }
 
 // storeAt stores src at byte offset off of the words w, merging partial words

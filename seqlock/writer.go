@@ -8,6 +8,7 @@ import (
 	"github.com/shmlock/shmlock/guard"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/line"
+	"github.com/shmlock/shmlock/internal/words"
 )
 
 // Writer is a write in progress on a SeqLock or a Record, from Write until
@@ -79,7 +80,7 @@ func (w *Writer) Load(dst []byte) error {
 	if len(dst) != 8*len(w.data) {
 		return fmt.Errorf("%w: buffer of %d bytes for a %d-byte record", ErrSize, len(dst), 8*len(w.data))
 	}
-	load(dst, w.data)
+	words.Load(dst, w.data)
 	return nil
 }
 
