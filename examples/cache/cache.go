@@ -2,44 +2,62 @@
 // region, shared by any number of processes, built on shmlock: an example of
 // the library in the use it was made for, and a proof that it holds up there.
 //
-// Every slot of the cache is a seqlock.Record holding one entry whole: its
-// key, its value and its expiry. Readers take no lock: Get reads the slots a
-// key may live in, each with one Record read, which is never torn and never
-// waits for a writer. Writers (Set, Delete) exclude each other with one
-// robust shmlock.Mutex and change one slot per call, by publishing the
-// Record's other copy; so a writer killed at any point leaves every slot
-// either as it was or as it meant it to be, and the next writer takes the
-// lock over from the dead one.
+// The cache is a table of buckets. A key's hash names its bucket and a
+// 12-bit tag; the bucket has Ways ways, each naming one of its entries by
+// tag, and one entry more than it has ways, which no way names: the spare.
 //
-// A key lives in at most one slot: the window of Window slots after its hash.
-// Set overwrites the key's slot if it has one, else fills an empty or expired
-// slot of the window, else evicts the window's entry that expires first.
+// Get takes no lock. It loads the bucket's map, and reads only the entries
+// whose tag is the key's (one, but for one false match in 512 per way), each
+// between two loads of the entry's sequence; it keeps what it read only if
+// the sequence did not move and the way still names that entry. So it never
+// returns a value that no Set stored whole, nor one that a Set that died
+// stored and never published.
+//
+// Writers (Set, Delete) lock the bucket's shard: a robust shmlock.Mutex that
+// covers every Shards-th bucket, so writers of keys in different shards do
+// not meet. Set writes the key and value into the spare entry and then
+// publishes it by one store of the map, which makes the way name the new
+// entry and the entry it named the spare. A writer killed at any point
+// leaves the bucket as it was or as it meant it to be, so the next writer of
+// the shard takes the lock over (Stats.Takeovers) and has nothing to repair.
+//
+// A key lives in at most one way of its bucket. Set overwrites the key's way
+// if it has one, else fills an empty way, else one whose entry has expired,
+// else evicts by CLOCK: Get marks the entries it returns as used, and the
+// writer's hand passes over used entries once, clearing the mark, and evicts
+// the first that is not.
 package cache
 
 import (
-	"bytes"
-	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
-	"sync"
-	"time"
+	"math/bits"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/shmlock/shmlock"
-	"github.com/shmlock/shmlock/seqlock"
+	"github.com/shmlock/shmlock/internal/closing"
+	"github.com/shmlock/shmlock/internal/region"
 	"github.com/shmlock/shmlock/shm"
 )
 
-// Window is how many slots a key may live in, from the one its hash names.
-const Window = 8
+// Ways is how many entries of its bucket a key may live in.
+const Ways = 8
+
+// DefaultShards is the number of writers' locks when Options.Shards is 0
+// (fewer if the cache has fewer buckets).
+const DefaultShards = 64
 
 // Options describe a cache. Every process that opens one cache must give the
-// same Capacity, MaxKey and MaxValue (else Open fails with ErrMismatch).
+// same Options (else Open fails with ErrMismatch).
 type Options struct {
-	Capacity int // entries; at least 1
+	Capacity int // entries; rounded up to a multiple of Ways
 	MaxKey   int // longest key in bytes; at least 1
 	MaxValue int // longest value in bytes
+	// Shards is how many writers' locks the buckets are spread over;
+	// 0 means DefaultShards. At most the number of buckets is used.
+	Shards int
 	// Region is passed to shm.Open, with the cache's Layout in it (any
 	// other is replaced); Slots there bounds how many processes may have
 	// the cache open at once.
@@ -51,60 +69,138 @@ var (
 	ErrTooLong = errors.New("cache: key or value too long")
 	// ErrMismatch: the region holds a cache of other dimensions, or no cache.
 	ErrMismatch = errors.New("cache: region holds a cache of other dimensions")
+	// ErrOptions: Options that describe no cache.
+	ErrOptions = errors.New("cache: bad options")
 )
 
-// The data area is a shm.Layout: the writers' Mutex, then the slots, an
-// array of Records. The slots' name carries the cache's dimensions, so a
-// region made for other ones, or for something else, has another layout,
-// which Open refuses (shm.ErrLayout) before it writes anything.
+// A bucket is one line: its map in words 0 and 1, four ways a word, 16 bits
+// a way, and its CLOCK hand in word 2. Zero bytes are an empty bucket.
 //
-//	writers' Mutex
-//	slot i: a Record of slotBytes:
-//	  0  expires  int64   Unix ns after which the entry is gone; 0: empty
-//	  8  hash     uint64  of the key
-//	 16  keyLen   uint32
-//	 20  valLen   uint32
-//	 24  key, then value (maxKey + maxValue bytes)
-const entryHead = 24
+//	bits   meaning
+//	0..3   the way's entry, XOR the way's number (so zeros name entry w from way w)
+//	4..15  the tag of the key in the way: 12 bits of its hash, never 0; 0: the way is empty
+//
+// The entries a bucket's ways name are distinct; the one they do not name,
+// of the Ways+1, is the spare. Only a writer holding the bucket's shard
+// stores a map word, and it stores it whole.
+const (
+	bucketWords = shm.LineSize / 8
+	wayBits     = 16
+	wayEntry    = 1<<4 - 1
+	tagShift    = 4
+	tagMask     = 1<<12 - 1
+	wordHand    = 2
+	lanes       = 0x0001_0001_0001_0001 // one in each way of a map word
+)
 
-// layout declares the cache's objects and returns them with the offsets of
-// the writers' Mutex and of the first slot.
-func (o Options) layout() (l *shm.Layout, mu, slots int) {
-	l = new(shm.Layout)
-	mu = l.Lock("cache writers", shmlock.Size)
-	name := fmt.Sprintf("cache slots: %d entries, keys of at most %d bytes, values of at most %d", o.Capacity, o.MaxKey, o.MaxValue)
-	slots = l.Locks(name, o.Capacity, seqlock.RecordSize(o.slotBytes()))
-	return l, mu, slots
-}
+// An entry is whole lines of words:
+//
+//	word  meaning
+//	0     sequence: odd while a writer writes the entry
+//	1     used: nonzero if a Get returned the entry since the hand passed it (outside the sequence)
+//	2     expires: Unix ns after which the entry is gone; math.MaxInt64: never
+//	3     the key's hash
+//	4     the key's length (low 32 bits) and the value's (high 32)
+//	5...  the key, then the value, each from a word boundary
+const (
+	wordSeq = iota
+	wordUsed
+	wordExpires
+	wordHash
+	wordLens
+	entryHead // words
+)
+
+const never = math.MaxInt64
+
+// The counters of one process's stats line.
+const (
+	statHits = iota
+	statMisses
+	statSets
+	statDeletes
+	statEvictions
+	statExpirations
+	statTakeovers
+	statRepairs
+	numStats
+)
 
 // Cache is one process's handle on a shared cache. Its methods are safe for
 // concurrent use by goroutines.
 type Cache struct {
-	r         *shm.Region
-	mu        *shmlock.Mutex
-	slots     []*seqlock.Record
-	maxKey    int
-	maxValue  int
-	slotBytes int
-	bufs      sync.Pool // *[]byte of slotBytes
+	r        *shm.Region
+	shards   []*shmlock.Mutex
+	buckets  []uint64 // bucketWords a bucket
+	entries  []uint64 // (Ways+1)*entryWords a bucket
+	stats    []uint64 // numStats a process slot, on a line of its own
+	mine     []uint64 // this process's counters
+	nb       uint64   // buckets
+	seed     uint64
+	maxKey   int
+	maxValue int
+	keyWords int // words of key in an entry
+	entryW   int // words an entry
+	closed   atomic.Bool
+}
+
+// dims are the numbers a cache's layout follows from.
+type dims struct {
+	nb, shards, statSlots, keyWords, entryW int
+}
+
+func (o Options) dims() (dims, error) {
+	if o.Capacity < 1 || o.MaxKey < 1 || o.MaxValue < 0 || o.Shards < 0 ||
+		o.MaxKey > math.MaxInt32 || o.MaxValue > math.MaxInt32 || o.Capacity > math.MaxInt32 {
+		return dims{}, fmt.Errorf("%w: %+v", ErrOptions, o)
+	}
+	d := dims{nb: (o.Capacity + Ways - 1) / Ways, shards: o.Shards, statSlots: o.Region.Slots, keyWords: (o.MaxKey + 7) / 8}
+	if d.shards == 0 {
+		d.shards = DefaultShards
+	}
+	d.shards = min(d.shards, d.nb)
+	if d.statSlots == 0 {
+		d.statSlots = shm.DefaultSlots
+	}
+	d.entryW = (entryHead + d.keyWords + (o.MaxValue+7)/8 + bucketWords - 1) / bucketWords * bucketWords
+	return d, nil
+}
+
+// layout declares the cache's objects: the writers' locks, the processes'
+// stats lines, the buckets and the entries. The buckets' name carries the
+// cache's dimensions, so a region made for other ones, or for something
+// else, has another layout, which Open refuses (shm.ErrLayout) before it
+// writes anything.
+func (o Options) layout(d dims) (l *shm.Layout, shards, stats, buckets, entries int) {
+	l = new(shm.Layout)
+	shards = l.Locks("cache shards", d.shards, shmlock.Size)
+	stats = l.Data("cache stats", d.statSlots*shm.LineSize)
+	name := fmt.Sprintf("cache buckets: %d of %d ways, keys of at most %d bytes, values of at most %d",
+		d.nb, Ways, o.MaxKey, o.MaxValue)
+	buckets = l.Data(name, d.nb*shm.LineSize)
+	entries = l.Data("cache entries", d.nb*(Ways+1)*d.entryW*8)
+	return
 }
 
 // Size returns the data bytes a cache of these dimensions needs.
 func (o Options) Size() int {
-	_, _, slots := o.layout()
-	return slots + o.Capacity*seqlock.RecordSize(o.slotBytes())
+	d, err := o.dims()
+	if err != nil {
+		return 0
+	}
+	_, _, _, _, entries := o.layout(d)
+	return entries + d.nb*(Ways+1)*d.entryW*8
 }
-
-func (o Options) slotBytes() int { return (entryHead + o.MaxKey + o.MaxValue + 7) / 8 * 8 }
 
 // Open opens the cache in the region at name (see shm.Open), creating it if
 // need be.
 func Open(name string, opt Options) (*Cache, error) {
-	if opt.Capacity < 1 || opt.MaxKey < 1 || opt.MaxValue < 0 || int64(opt.MaxKey) > math.MaxUint32 || int64(opt.MaxValue) > math.MaxUint32 {
-		return nil, fmt.Errorf("cache: bad options %+v", opt)
+	d, err := opt.dims()
+	if err != nil {
+		return nil, err
 	}
 	ro := opt.Region
-	l, mu, slots := opt.layout()
+	l, shards, stats, buckets, entries := opt.layout(d)
 	ro.Layout = l
 	r, err := shm.Open(name, ro)
 	if errors.Is(err, shm.ErrLayout) {
@@ -113,195 +209,136 @@ func Open(name string, opt Options) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache{r: r, maxKey: opt.MaxKey, maxValue: opt.MaxValue, slotBytes: opt.slotBytes()}
-	if err := c.init(opt, mu, slots); err != nil {
+	c := &Cache{r: r, nb: uint64(d.nb), maxKey: opt.MaxKey, maxValue: opt.MaxValue,
+		keyWords: d.keyWords, entryW: d.entryW}
+	if err := c.init(d, shards, stats, buckets, entries); err != nil {
 		r.Close()
 		return nil, err
 	}
-	c.bufs.New = func() any { b := make([]byte, c.slotBytes); return &b }
+	closing.Track(closing.Of(r), c, (*Cache).letGo)
 	return c, nil
 }
 
-func (c *Cache) init(opt Options, mu, slots int) error {
-	var err error
-	if c.mu, err = shmlock.New(c.r, mu); err != nil {
-		return err
-	}
-	c.slots = make([]*seqlock.Record, opt.Capacity)
-	for i := range c.slots {
-		if c.slots[i], err = seqlock.NewRecord(c.r, slots+i*seqlock.RecordSize(c.slotBytes), c.slotBytes); err != nil {
+func (c *Cache) init(d dims, shards, stats, buckets, entries int) error {
+	c.shards = make([]*shmlock.Mutex, d.shards)
+	for i := range c.shards {
+		var err error
+		if c.shards[i], err = shmlock.New(c.r, shards+i*shmlock.Size); err != nil {
 			return err
 		}
 	}
+	var err error
+	if c.stats, err = wordsOf(c.r, stats, d.statSlots*shm.LineSize); err != nil {
+		return err
+	}
+	p := region.Of(c.r)
+	slot := p.Slot() % d.statSlots
+	c.mine = c.stats[slot*bucketWords : slot*bucketWords+numStats]
+	if c.buckets, err = wordsOf(c.r, buckets, d.nb*shm.LineSize); err != nil {
+		return err
+	}
+	if c.entries, err = wordsOf(c.r, entries, d.nb*(Ways+1)*d.entryW*8); err != nil {
+		return err
+	}
+	// The hash is the same in every process attached to this region, and
+	// another in the next region of the same name.
+	born, pid := p.Created()
+	c.seed = mix(uint64(born.UnixNano())^uint64(pid)<<32, 0x9E3779B97F4A7C15)
 	return nil
 }
 
-// Close detaches this process from the cache.
+// letGo runs at the region's Close: Get misses from then on, without
+// touching the unmapped memory, and the writers' locks report ErrClosed.
+func (c *Cache) letGo() { c.closed.Store(true) }
+
+// Close detaches this process from the cache. Uses of the Cache that begin
+// after Close are misses (Get) and errors matching shm.ErrClosed (Set,
+// Delete); uses concurrent with it are a race, as for shm.Region.Close.
 func (c *Cache) Close() error { return c.r.Close() }
 
 // Region returns the region the cache lives in (for inspection).
 func (c *Cache) Region() *shm.Region { return c.r }
 
-// Recoveries returns how many times a writer took the writers' lock over
-// from a writer that died holding it.
-func (c *Cache) Recoveries() uint64 { return c.mu.Inspect().Recoveries }
-
-// Writers returns the state of the writers' lock: who holds it, alive or not.
-func (c *Cache) Writers() shmlock.State { return c.mu.Inspect() }
-
-// hash is 64-bit FNV-1a: the same in every process (maphash seeds are not).
-func hash(key []byte) uint64 {
-	h := uint64(14695981039346656037)
-	for _, b := range key {
-		h ^= uint64(b)
-		h *= 1099511628211
+// Writers returns the state of each shard's writers' lock: who holds it,
+// alive or not, and how often it was taken over from a dead writer.
+func (c *Cache) Writers() []shmlock.State {
+	s := make([]shmlock.State, len(c.shards))
+	for i, m := range c.shards {
+		s[i] = m.Inspect()
 	}
-	return h
+	return s
 }
 
-func (c *Cache) window(h uint64) (first, n int) {
-	return int(h % uint64(len(c.slots))), min(Window, len(c.slots))
-}
+func (c *Cache) count(stat int) { atomic.AddUint64(&c.mine[stat], 1) }
 
-func (c *Cache) slot(first, i int) *seqlock.Record { return c.slots[(first+i)%len(c.slots)] }
-
-// entry is a slot's bytes, read whole.
-type entry []byte
-
-func (e entry) expires() int64 { return int64(binary.NativeEndian.Uint64(e[0:])) }
-func (e entry) hash() uint64   { return binary.NativeEndian.Uint64(e[8:]) }
-func (e entry) key() []byte    { return e[entryHead : entryHead+int(binary.NativeEndian.Uint32(e[16:]))] }
-func (e entry) value(maxKey int) []byte {
-	return e[entryHead+maxKey : entryHead+maxKey+int(binary.NativeEndian.Uint32(e[20:]))]
-}
-func (e entry) live(now int64) bool { return e.expires() != 0 && now < e.expires() }
-
-// matches says whether e holds key. The lengths are checked against the
-// slot's size first: a slot's bytes are whole, but the cache does not trust
-// a region's contents to be its own.
-func (c *Cache) matches(e entry, h uint64, key []byte) bool {
-	return e.hash() == h && int(binary.NativeEndian.Uint32(e[16:])) == len(key) &&
-		int(binary.NativeEndian.Uint32(e[20:])) <= c.maxValue && bytes.Equal(e.key(), key)
-}
-
-// Get appends key's value to dst and reports whether the key was there and
-// not expired. It takes no lock and writes nothing to shared memory; it
-// never returns a value that no Set stored whole.
-func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
-	if len(key) > c.maxKey {
-		return dst, false
+// hash is a 64-bit hash of key, seeded by the region: the same in every
+// process attached to it (maphash seeds are not), and unknown to whoever
+// chooses keys without reading the region.
+func (c *Cache) hash(key []byte) uint64 {
+	h := c.seed ^ uint64(len(key))*0xA0761D6478BD642F
+	for ; len(key) >= 8; key = key[8:] {
+		h = mix(h^le64(key), 0xE7037ED1A0B428DB)
 	}
-	bp := c.bufs.Get().(*[]byte)
-	defer c.bufs.Put(bp)
-	e := entry(*bp)
-	h := hash(key)
-	now := time.Now().UnixNano()
-	first, n := c.window(h)
-	for i := range n {
-		if c.slot(first, i).Read(e) != nil {
-			continue // corrupt (written from outside): holds nothing we trust
-		}
-		if c.matches(e, h, key) {
-			if !e.live(now) {
-				return dst, false
-			}
-			return append(dst, e.value(c.maxKey)...), true
-		}
+	if len(key) > 0 {
+		var b [8]byte
+		copy(b[:], key)
+		h = mix(h^le64(b[:]), 0x8EBC6AF09C88C6E3)
 	}
-	return dst, false
+	return mix(h, 0x589965CC75374CC3)
 }
 
-// Set stores value under key for ttl (ttl <= 0: until evicted or deleted).
-// It waits for the writers' lock until ctx is done.
-func (c *Cache) Set(ctx context.Context, key, value []byte, ttl time.Duration) error {
-	if len(key) > c.maxKey || len(value) > c.maxValue {
-		return fmt.Errorf("%w: key %d bytes (max %d), value %d bytes (max %d)", ErrTooLong, len(key), c.maxKey, len(value), c.maxValue)
-	}
-	expires := int64(math.MaxInt64)
-	if now := time.Now().UnixNano(); ttl > 0 && int64(ttl) < math.MaxInt64-now {
-		expires = now + int64(ttl)
-	}
-	return c.write(ctx, key, func(e entry) {
-		clear(e)
-		binary.NativeEndian.PutUint64(e[0:], uint64(expires))
-		binary.NativeEndian.PutUint64(e[8:], hash(key))
-		binary.NativeEndian.PutUint32(e[16:], uint32(len(key)))
-		binary.NativeEndian.PutUint32(e[20:], uint32(len(value)))
-		copy(e[entryHead:], key)
-		copy(e[entryHead+c.maxKey:], value)
-	}, true)
+func le64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
 }
 
-// Delete removes key, if it is there.
-func (c *Cache) Delete(ctx context.Context, key []byte) error {
-	if len(key) > c.maxKey {
-		return nil
-	}
-	return c.write(ctx, key, func(e entry) { clear(e) }, false)
+func mix(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
 }
 
-// write finds key's slot (or, if insert, a slot for it) under the writers'
-// lock and replaces that slot's entry with what fill makes of it.
-func (c *Cache) write(ctx context.Context, key []byte, fill func(entry), insert bool) error {
-	g, err := c.mu.Acquire(ctx)
+// bucketOf returns the bucket of hash h: its high bits, scaled to the table.
+func (c *Cache) bucketOf(h uint64) int {
+	b, _ := bits.Mul64(h, c.nb)
+	return int(b)
+}
+
+// tagOf returns the tag of hash h, in place in a way's bits: its low 12
+// bits, and 1 if those are 0.
+func tagOf(h uint64) uint64 {
+	t := h & tagMask
+	t |= (t - 1) >> 63 // 0 → 1
+	return t << tagShift
+}
+
+// match returns the ways of map word m whose tag is tag: bit 15 of each
+// such way's 16 bits set. It may also name a way just above one that
+// matches (the borrow of the subtraction); the caller compares keys.
+func match(m, tag uint64) uint64 {
+	x := (m ^ tag*lanes) &^ (wayEntry * lanes)
+	return (x - 1<<tagShift*lanes) &^ x & (1 << (wayBits - 1) * lanes)
+}
+
+func (c *Cache) bucket(b int) []uint64 {
+	return c.buckets[b*bucketWords : b*bucketWords+bucketWords : b*bucketWords+bucketWords]
+}
+
+func (c *Cache) entry(b, e int) []uint64 {
+	i := (b*(Ways+1) + e) * c.entryW
+	return c.entries[i : i+c.entryW : i+c.entryW]
+}
+
+// way returns way w's 16 bits of map m, and the entry they name.
+func way(m [2]uint64, w int) (bits uint64, e int) {
+	bits = m[w/4] >> (wayBits * (w % 4)) & (1<<wayBits - 1)
+	return bits, int(bits&wayEntry) ^ w
+}
+
+func wordsOf(r *shm.Region, off, n int) ([]uint64, error) {
+	b, err := r.Bytes(off, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer g.Release()
-	// A writer that died holding the lock changed at most one slot, and
-	// each slot is a Record: whole before or whole after. Nothing to repair.
-	bp := c.bufs.Get().(*[]byte)
-	defer c.bufs.Put(bp)
-	e := entry(*bp)
-	h := hash(key)
-	now := time.Now().UnixNano()
-	first, n := c.window(h)
-	// With no free slot, evict the entry that expires first (the window's
-	// first, if none ever expires).
-	target, free, oldest := -1, -1, 0
-	oldestExp := int64(math.MaxInt64)
-	for i := range n {
-		err := c.slot(first, i).Read(e)
-		switch {
-		case err != nil:
-			// Corrupt (written from outside): free, and the Update
-			// below repairs it if it is the one we write.
-			if free < 0 {
-				free = i
-			}
-		case c.matches(e, h, key):
-			target = i
-		case !e.live(now):
-			if free < 0 {
-				free = i
-			}
-		case e.expires() < oldestExp:
-			oldest, oldestExp = i, e.expires()
-		}
-		if target >= 0 {
-			break
-		}
-	}
-	switch {
-	case target >= 0:
-	case !insert:
-		g.Commit()
-		return nil
-	case free >= 0:
-		target = free
-	default:
-		target = oldest
-	}
-	u, err := c.slot(first, target).Write(ctx)
-	if err != nil {
-		return err
-	}
-	defer u.Release()
-	fill(e)
-	if err := u.Store(e); err != nil {
-		return err
-	}
-	u.Commit()
-	g.Commit()
-	return nil
+	return unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), n/8), nil
 }

@@ -7,11 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -31,14 +33,10 @@ import (
 
 func TestMain(m *testing.M) {
 	proctest.Dispatch(map[string]func([]string) int{
-		"writer": writer, "reader": reader, "bench": benchChild,
+		"writer": writer, "reader": reader, "bench": benchChild, "paced-writer": pacedWriter,
 	})
 	os.Exit(m.Run())
 }
-
-var opts = cache.Options{Capacity: 256, MaxKey: 16, MaxValue: 200}
-
-const keys = 300 // more keys than slots: evictions happen
 
 func key(k uint64) []byte { return []byte("key-" + strconv.FormatUint(k, 10)) }
 
@@ -74,14 +72,42 @@ func check(k uint64, v []byte) error {
 	return nil
 }
 
-// The control region of the kill test: stop, and counters.
+// The kill test's cache and keys. Keys below lossless are written without a
+// TTL, into a cache large enough that none is evicted: for them a miss is
+// checked too. The rest expire after 30 ms.
+var opts = cache.Options{Capacity: 4096, MaxKey: 16, MaxValue: 200, Shards: 64}
+
+const (
+	lossless = 512
+	keys     = 768
+	writers  = 3 // key k is written only by writer k % writers
+)
+
+func ttlOf(k uint64) time.Duration {
+	if k >= lossless {
+		return 30 * time.Millisecond
+	}
+	return 0
+}
+
+// isDelete says whether the ver-th operation on key k is a Delete (else a
+// Set of value(k, ver)).
+func isDelete(k, ver uint64) bool { return (k+ver)%7 == 0 }
+
+// The control region of the kill test: stop and counters, then each key's
+// last version begun (next) and last version done.
 const (
 	cStop = iota
 	cReads
 	cHits
-	cBad
+	cBad   // torn values
+	cStale // values older than the last completed write, or resurrected after a Delete
+	cLost  // misses of a lossless key that a completed Set holds
 	cSets
 	cWords
+	cNext = 16
+	cDone = cNext + keys
+	cSize = cDone + keys
 )
 
 type ctl struct {
@@ -90,20 +116,31 @@ type ctl struct {
 }
 
 func openCtl(path string) (*ctl, error) {
-	r, err := shm.Open(path, shm.Options{Size: 8 * cWords})
+	r, err := shm.Open(path, shm.Options{Size: 8 * cSize})
 	if err != nil {
 		return nil, err
 	}
-	b, _ := r.Bytes(0, 8*cWords)
-	return &ctl{r: r, w: unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), cWords)}, nil
+	b, _ := r.Bytes(0, 8*cSize)
+	return &ctl{r: r, w: unsafe.Slice((*uint64)(unsafe.Pointer(&b[0])), cSize)}, nil
 }
 
 func (c *ctl) stopped() bool { return atomic.LoadUint64(&c.w[cStop]) != 0 }
 
-// openChild opens, in a child, the cache args[0] and the control region
-// args[1].
+// report counts one bad read, and prints the first few.
+func (c *ctl) report(ctr int, err error) {
+	if atomic.AddUint64(&c.w[ctr], 1) <= 5 {
+		fmt.Println(err)
+	}
+}
+
+// openChild opens, in a child, the cache args[0] in mode args[2], of
+// capacity args[3], and the control region args[1].
 func openChild(args []string) (*cache.Cache, *ctl, error) {
-	c, err := cache.Open(args[0], opts)
+	o := opts
+	m, _ := strconv.Atoi(args[2])
+	o.Region.Mode = shm.Mode(m)
+	o.Capacity, _ = strconv.Atoi(args[3])
+	c, err := cache.Open(args[0], o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -111,38 +148,40 @@ func openChild(args []string) (*cache.Cache, *ctl, error) {
 	return c, x, err
 }
 
-// writer: args cache, ctl, index. Sets random keys to new versions, some with
-// a short TTL, until stopped.
+// writer: args cache, ctl, mode, capacity, index. Sets and deletes its keys, each at
+// its next version, until stopped.
 func writer(args []string) int {
 	c, x, err := openChild(args)
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	i, _ := strconv.Atoi(args[2])
+	i, _ := strconv.Atoi(args[4])
 	ctx := context.Background()
-	for n := uint64(1); !x.stopped(); n++ {
-		k := rand.Uint64N(keys)
-		ttl := time.Duration(0)
-		if k%5 == 0 {
-			ttl = 30 * time.Millisecond
-		}
-		ver := n<<8 | uint64(i)
-		if k%11 == 0 {
+	for !x.stopped() {
+		k := uint64(rand.IntN(keys/writers))*writers + uint64(i)
+		// A writer killed with a version begun leaves it begun: it did
+		// or did not happen, and the next one goes on from it.
+		ver := atomic.LoadUint64(&x.w[cNext+k]) + 1
+		atomic.StoreUint64(&x.w[cNext+k], ver)
+		if isDelete(k, ver) {
 			err = c.Delete(ctx, key(k))
 		} else {
-			err = c.Set(ctx, key(k), value(k, ver), ttl)
+			err = c.Set(ctx, key(k), value(k, ver), ttlOf(k))
 		}
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
+		atomic.StoreUint64(&x.w[cDone+k], ver)
 		atomic.AddUint64(&x.w[cSets], 1)
 	}
 	return 0
 }
 
-// reader: args cache, ctl. Gets random keys and checks every value.
+// reader: args cache, ctl, mode, capacity. Gets random keys and checks
+// every answer against the versions done before the Get began and begun
+// once it ended; misses too, in a cache of opts.Capacity, which evicts none.
 func reader(args []string) int {
 	c, x, err := openChild(args)
 	if err != nil {
@@ -150,20 +189,60 @@ func reader(args []string) int {
 		return 1
 	}
 	buf := make([]byte, 0, opts.MaxValue)
+	lossless := uint64(lossless)
+	if args[3] != strconv.Itoa(opts.Capacity) {
+		lossless = 0
+	}
 	for !x.stopped() {
 		k := rand.Uint64N(keys)
+		done := atomic.LoadUint64(&x.w[cDone+k])
 		v, ok := c.Get(key(k), buf[:0])
+		next := atomic.LoadUint64(&x.w[cNext+k])
 		atomic.AddUint64(&x.w[cReads], 1)
 		if ok {
 			atomic.AddUint64(&x.w[cHits], 1)
 			if err := check(k, v); err != nil {
-				if atomic.AddUint64(&x.w[cBad], 1) <= 5 {
-					fmt.Println(err)
-				}
+				x.report(cBad, err)
+			} else if err := fresh(k, v, done, next); err != nil {
+				x.report(cStale, err)
+			}
+		} else if k < lossless {
+			if err := mayMiss(k, done, next); err != nil {
+				x.report(cLost, err)
 			}
 		}
 	}
 	return 0
+}
+
+// fresh says what is wrong with v, a whole value of key k, if the last
+// version done on k before the Get was done and the last begun after it
+// was next: v must be a Set's, no older than done, and no newer than next;
+// after a Delete done, it must be a later Set's.
+func fresh(k uint64, v []byte, done, next uint64) error {
+	ver := binary.LittleEndian.Uint64(v[8:])
+	switch {
+	case isDelete(k, ver) || ver > next:
+		return fmt.Errorf("key %d: version %d was never set (versions begun: %d)", k, ver, next)
+	case ver < done:
+		return fmt.Errorf("key %d: version %d read after version %d was done (resurrected, if that was a Delete)", k, ver, done)
+	}
+	return nil
+}
+
+// mayMiss says what is wrong with a miss of lossless key k: none unless
+// nothing was done on it yet, or a Delete was the last done or one began
+// since.
+func mayMiss(k, done, next uint64) error {
+	if done == 0 {
+		return nil
+	}
+	for ver := done; ver <= next; ver++ {
+		if isDelete(k, ver) {
+			return nil
+		}
+	}
+	return fmt.Errorf("key %d: missing, though version %d was set, and versions up to %d begun since are Sets", k, done, next)
 }
 
 func paths(t *testing.T) (string, string) {
@@ -171,43 +250,117 @@ func paths(t *testing.T) (string, string) {
 	return filepath.Join(dir, "cache"), filepath.Join(dir, "ctl")
 }
 
-// Several processes hammer one cache while writers are SIGKILLed, most of
-// them holding the writers' lock in the middle of a Set: every value any
-// reader gets is one that a Set stored whole, and the cache never wedges.
+// Writers and readers in several processes share one cache while writers
+// are SIGKILLed, most of them holding a shard's lock in the middle of a Set
+// or Delete, on whichever of the 64 shards: every value read is one a Set
+// stored whole, none is older than the last write done before the read
+// began, none comes back after a Delete, no lossless key goes missing, and
+// no shard wedges. At the end every key holds what its last write left.
 func TestKilledWritersNeverTearOrWedge(t *testing.T) {
-	const writers, readers, kills = 3, 2, 60
-	h := proctest.New(t, 120*time.Second)
-	cpath, xpath := paths(t)
-	c, err := cache.Open(cpath, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	x, err := openCtl(xpath)
-	require.NoError(t, err)
-	defer x.r.Close()
-
-	ws := make([]*proctest.Child, writers)
-	for i := range ws {
-		ws[i] = h.Spawn("writer", cpath, xpath, strconv.Itoa(i))
+	for _, mode := range []shm.Mode{shm.ModeRobust, shm.ModeProbe} {
+		t.Run(mode.String(), func(t *testing.T) { killWriters(t, mode, 100) })
 	}
-	var rs []*proctest.Child
-	for range readers {
-		rs = append(rs, h.Spawn("reader", cpath, xpath))
-	}
-	proctest.Eventually(t, 10*time.Second, "no Set completed", func() bool { return atomic.LoadUint64(&x.w[cSets]) > 100 })
+}
 
-	holding := 0
+// world is a kill test's cache, control region and children.
+type world struct {
+	h            *proctest.Harness
+	c            *cache.Cache
+	x            *ctl
+	cpath, xpath string
+	args         []string // mode, capacity
+	ws, rs       []*proctest.Child
+}
+
+// newWorld opens a cache of capacity entries in mode, and starts the
+// writers (but writer 0, if the caller starts it) and two readers.
+func newWorld(t *testing.T, mode shm.Mode, capacity int, noWriter0 bool) *world {
+	w := &world{h: proctest.New(t, 120*time.Second)}
+	w.cpath, w.xpath = paths(t)
+	o := opts
+	o.Region.Mode, o.Capacity = mode, capacity
+	var err error
+	w.c, err = cache.Open(w.cpath, o)
+	require.NoError(t, err)
+	t.Cleanup(func() { w.c.Close() })
+	w.x, err = openCtl(w.xpath)
+	require.NoError(t, err)
+	t.Cleanup(func() { w.x.r.Close() })
+	w.args = []string{w.cpath, w.xpath, strconv.Itoa(int(mode)), strconv.Itoa(capacity)}
+	w.ws = make([]*proctest.Child, writers)
+	for i := range w.ws {
+		if i > 0 || !noWriter0 {
+			w.ws[i] = w.spawnWriter(i)
+		}
+	}
+	for range 2 {
+		w.rs = append(w.rs, w.h.Spawn("reader", w.args...))
+	}
+	return w
+}
+
+func (w *world) spawnWriter(i int) *proctest.Child {
+	return w.h.Spawn("writer", append(w.args, strconv.Itoa(i))...)
+}
+
+func (w *world) writes() uint64 { return atomic.LoadUint64(&w.x.w[cSets]) }
+
+// finish waits for the writers to make progress, stops every child, and
+// checks every read they made, and then every key.
+func (w *world) finish(t *testing.T) {
+	n, r := w.writes(), atomic.LoadUint64(&w.x.w[cHits])
+	proctest.Eventually(t, 10*time.Second, "writers made no progress (wedged?)", func() bool { return w.writes() > n+1000 })
+	proctest.Eventually(t, 10*time.Second, "readers made no progress", func() bool { return atomic.LoadUint64(&w.x.w[cHits]) > r+1000 })
+	atomic.StoreUint64(&w.x.w[cStop], 1)
+	for _, p := range append(w.ws, w.rs...) {
+		p.Wait(t, 20*time.Second)
+		assert.NoError(t, p.Err, p.Output())
+	}
+	x := w.x
+	assert.Zero(t, x.w[cBad], "a reader was handed a value no Set stored whole")
+	assert.Zero(t, x.w[cStale], "a reader was handed a value older than a write done before it began")
+	assert.Zero(t, x.w[cLost], "a lossless key went missing")
+	assert.Greater(t, x.w[cHits], uint64(1000))
+	// Every key holds what its last write left, or, if its writer died
+	// in it, what the write before left; and this process can still write
+	// every key.
+	for k := range uint64(keys) {
+		v, ok := w.c.Get(key(k), nil)
+		done, next := x.w[cDone+k], x.w[cNext+k]
+		if ok {
+			assert.NoError(t, check(k, v))
+			assert.NoError(t, fresh(k, v, done, next))
+		} else if k < lossless && w.args[3] == strconv.Itoa(opts.Capacity) {
+			assert.NoError(t, mayMiss(k, done, next))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for k := range uint64(keys) {
+		require.NoError(t, w.c.Set(ctx, key(k), value(k, 1), 0))
+		v, ok := w.c.Get(key(k), nil)
+		require.True(t, ok)
+		require.NoError(t, check(k, v))
+	}
+}
+
+func killWriters(t *testing.T, mode shm.Mode, kills int) {
+	w := newWorld(t, mode, opts.Capacity, false)
+	c, x := w.c, w.x
+	proctest.Eventually(t, 10*time.Second, "no Set completed", func() bool { return w.writes() > 100 })
+	holding, shards := 0, map[int]bool{}
 	for range kills {
 		time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
-		// Prefer a writer caught holding the writers' lock: stop one,
-		// look, and kill it if it holds (or after enough tries, wherever
-		// it is).
+		// Prefer a writer caught holding a shard's lock: stop one, look,
+		// and kill it if it holds (or after enough tries, wherever it is).
 		i := rand.IntN(writers)
 		for try := 0; ; try++ {
-			pid := ws[i].Pid()
+			pid := w.ws[i].Pid()
 			syscall.Kill(pid, syscall.SIGSTOP)
 			waitStopped(t, pid)
-			if s := c.Writers(); s.Held && int(s.Holder.PID) == pid {
+			if s := heldBy(c, pid); s >= 0 {
 				holding++
+				shards[s] = true
 				break
 			}
 			if try == 50 {
@@ -216,38 +369,28 @@ func TestKilledWritersNeverTearOrWedge(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGCONT)
 			time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
 		}
-		ws[i].Kill()
-		ws[i] = h.Spawn("writer", cpath, xpath, strconv.Itoa(i))
+		w.ws[i].Kill()
+		w.ws[i] = w.spawnWriter(i)
 	}
-	setsAtLastKill := atomic.LoadUint64(&x.w[cSets])
-	proctest.Eventually(t, 10*time.Second, "writers made no progress after the last kill (wedged?)", func() bool {
-		return atomic.LoadUint64(&x.w[cSets]) > setsAtLastKill+100
-	})
-	atomic.StoreUint64(&x.w[cStop], 1)
-	for _, p := range append(ws, rs...) {
-		p.Wait(t, 20*time.Second)
-		assert.NoError(t, p.Err, p.Output())
-	}
-
-	reads, hits, bad := atomic.LoadUint64(&x.w[cReads]), atomic.LoadUint64(&x.w[cHits]), atomic.LoadUint64(&x.w[cBad])
-	t.Logf("%d kills (%d holding the writers' lock), %d sets, %d reads (%d hits) checked, %d bad; writers' lock recovered %d times",
-		kills, holding, atomic.LoadUint64(&x.w[cSets]), reads, hits, bad, c.Recoveries())
-	assert.Zero(t, bad, "a reader was handed a value no Set stored whole")
+	w.finish(t)
+	st := c.Stats()
+	t.Logf("%d kills (%d holding a shard's lock, on %d shards), %d writes, %d reads (%d hits) checked, %d torn, %d stale, %d lost; %+v",
+		kills, holding, len(shards), w.writes(), x.w[cReads], x.w[cHits], x.w[cBad], x.w[cStale], x.w[cLost], st)
+	assert.Zero(t, st.Evictions, "an eviction: the lossless keys' check means nothing")
 	assert.Greater(t, holding, kills/2, "too few kills landed while holding for the test to mean much")
-	assert.GreaterOrEqual(t, c.Recoveries(), uint64(holding), "every holder killed was taken over")
-	assert.Greater(t, hits, uint64(1000))
+	assert.Greater(t, len(shards), 1, "every kill landed on one shard")
+	assert.GreaterOrEqual(t, st.Takeovers, uint64(holding), "every holder killed was taken over")
+	assert.Greater(t, st.Expirations, uint64(0), "no expired entry was replaced")
+}
 
-	// And this process can still write and read every key.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for k := range uint64(keys) {
-		require.NoError(t, c.Set(ctx, key(k), value(k, 1), 0))
-	}
-	for k := range uint64(keys) {
-		if v, ok := c.Get(key(k), nil); ok {
-			require.NoError(t, check(k, v))
+// heldBy returns the shard whose lock process pid holds, or -1.
+func heldBy(c *cache.Cache, pid int) int {
+	for i, s := range c.Writers() {
+		if s.Held && int(s.Holder.PID) == pid {
+			return i
 		}
 	}
+	return -1
 }
 
 func waitStopped(t *testing.T, pid int) {
@@ -319,7 +462,7 @@ func TestCache(t *testing.T) {
 	assert.False(t, ok)
 
 	// Another process's view with other dimensions is refused, typed.
-	_, err := cache.Open(cpath, cache.Options{Capacity: 4, MaxKey: 8, MaxValue: 16})
+	_, err := cache.Open(cpath, cache.Options{Capacity: 16, MaxKey: 8, MaxValue: 16})
 	assert.True(t, errors.Is(err, cache.ErrMismatch), "%v", err)
 }
 
@@ -331,33 +474,129 @@ func TestLongTTL(t *testing.T) {
 	assert.True(t, ok)
 }
 
-// Slots whose bytes were changed from outside (both copies of every Record
-// left half written) make Get miss, not hang, and the next Set repairs them.
-func TestCorruptSlots(t *testing.T) {
-	c, _ := smallCache(t)
+// Buckets and entries changed from outside the cache's writers make Get
+// miss, not hang or return what they hold, and the next Set repairs them:
+// a map whose ways name one entry twice, or none (15 XOR the way); an entry
+// whose sequence stays odd; lengths past the cache's limits.
+func TestCorrupt(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spoil func(bk, en []uint64)
+	}{
+		{"map", func(bk, _ []uint64) { atomic.StoreUint64(&bk[0], ^uint64(0)); atomic.StoreUint64(&bk[1], ^uint64(0)) }},
+		{"odd", func(_, en []uint64) { atomic.StoreUint64(&en[0], 7) }},
+		{"key length", func(_, en []uint64) { atomic.StoreUint64(&en[4], 1<<40|9) }},
+		{"value length", func(_, en []uint64) { atomic.StoreUint64(&en[4], 1<<40|1) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, _ := smallCache(t)
+			ctx := context.Background()
+			require.NoError(t, c.Set(ctx, []byte("k"), []byte("v"), 0))
+			// One bucket: "k" is in way 0, entry 8 (the spare of an empty
+			// bucket).
+			n := cache.EntryWords(c)
+			tc.spoil(cache.Buckets(c)[:8], cache.Entries(c)[8*n:9*n])
+			done := make(chan bool, 1)
+			go func() { _, ok := c.Get([]byte("k"), nil); done <- ok }()
+			select {
+			case ok := <-done:
+				assert.False(t, ok, "a corrupt bucket holds nothing to trust")
+			case <-time.After(10 * time.Second):
+				t.Fatal("Get hung")
+			}
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			require.NoError(t, c.Set(ctx, []byte("k"), []byte("again"), 0))
+			v, ok := c.Get([]byte("k"), nil)
+			assert.True(t, ok)
+			assert.Equal(t, "again", string(v))
+			require.NoError(t, c.Set(ctx, []byte("j"), []byte("other"), 0))
+			v, ok = c.Get([]byte("j"), nil)
+			assert.True(t, ok)
+			assert.Equal(t, "other", string(v))
+		})
+	}
+}
+
+// After Close, Get misses and Set and Delete report the region closed,
+// without touching the unmapped memory.
+func TestUseAfterClose(t *testing.T) {
+	cpath, _ := paths(t)
+	c, err := cache.Open(cpath, cache.Options{Capacity: 8, MaxKey: 8, MaxValue: 16})
+	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, c.Set(ctx, []byte("k"), []byte("v"), 0))
-	for _, p := range region.Of(c.Region()).Placements() {
-		if p.Kind == region.KindRecord {
-			l, _ := region.Of(c.Region()).Line(p.Off)
-			atomic.StoreUint64(&l[5], 1) // both copies' sequences odd
-			atomic.StoreUint64(&l[6], 1)
-		}
+	require.NoError(t, c.Close())
+	_, ok := c.Get([]byte("k"), nil)
+	assert.False(t, ok)
+	assert.ErrorIs(t, c.Set(ctx, []byte("k"), []byte("v"), 0), fs.ErrClosed)
+	assert.ErrorIs(t, c.Delete(ctx, []byte("k")), fs.ErrClosed)
+}
+
+// Goroutines of one process: readers and writers of the same few keys. Run
+// under -race it checks the copies' forms too.
+func TestGoroutines(t *testing.T) {
+	cpath, _ := paths(t)
+	c, err := cache.Open(cpath, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := context.Background()
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, opts.MaxValue)
+			for n := uint64(1); !stop.Load(); n++ {
+				k := uint64(rand.IntN(16))
+				if g%2 == 0 {
+					if err := c.Set(ctx, key(k), value(k, n<<2|uint64(g)), 0); err != nil {
+						t.Error(err)
+						return
+					}
+				} else if v, ok := c.Get(key(k), buf[:0]); ok && check(k, v) != nil {
+					bad.Add(1)
+				}
+			}
+		}()
 	}
-	done := make(chan bool, 1)
-	go func() { _, ok := c.Get([]byte("k"), nil); done <- ok }()
-	select {
-	case ok := <-done:
-		assert.False(t, ok, "a corrupt slot holds nothing to trust")
-	case <-time.After(10 * time.Second):
-		t.Fatal("Get hung on corrupt slots")
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	assert.Zero(t, bad.Load())
+	st := c.Stats()
+	assert.Greater(t, st.Hits, uint64(100))
+	assert.Greater(t, st.Sets, uint64(100))
+	assert.Equal(t, 16, st.Entries)
+}
+
+// Stats count what happened, across processes' lines; eviction keeps the
+// entries Gets use.
+func TestStatsAndClock(t *testing.T) {
+	c, _ := smallCache(t)
+	ctx := context.Background()
+	for i := range 8 {
+		require.NoError(t, c.Set(ctx, []byte{byte('a' + i)}, []byte("v"), 0))
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	require.NoError(t, c.Set(ctx, []byte("k"), []byte("again"), 0))
-	v, ok := c.Get([]byte("k"), nil)
-	assert.True(t, ok)
-	assert.Equal(t, "again", string(v))
+	// Use "a" and "b"; the next two Sets must evict others.
+	c.Get([]byte("a"), nil)
+	c.Get([]byte("b"), nil)
+	c.Get([]byte("zz"), nil)
+	require.NoError(t, c.Set(ctx, []byte("x"), []byte("v"), 0))
+	require.NoError(t, c.Set(ctx, []byte("y"), []byte("v"), 0))
+	_, okA := c.Get([]byte("a"), nil)
+	_, okB := c.Get([]byte("b"), nil)
+	assert.True(t, okA && okB, "CLOCK evicted an entry a Get had used")
+	require.NoError(t, c.Delete(ctx, []byte("x")))
+	require.NoError(t, c.Delete(ctx, []byte("never set")))
+	require.NoError(t, c.Set(ctx, []byte("t"), []byte("v"), time.Millisecond)) // takes x's empty way
+	time.Sleep(2 * time.Millisecond)
+	require.NoError(t, c.Set(ctx, []byte("u"), []byte("v"), 0)) // takes t's expired one
+	require.NoError(t, c.Set(ctx, []byte("w"), []byte("v"), 0)) // evicts
+	st := c.Stats()
+	assert.Equal(t, cache.Stats{Hits: 4, Misses: 1, Sets: 13, Deletes: 1, Evictions: 3, Expirations: 1, Entries: 8, Capacity: 8}, st)
 }
 
 // Opening a cache on a region that holds something else is refused before

@@ -54,6 +54,12 @@ const (
 	RWReaderProbedDead    // a draining writer probed a reader dead; no CAS yet
 	RWReaderFreed         // a dead reader's shares were freed; not yet counted
 
+	// examples/cache
+	CacheHandMoved    // a writer chose the way to evict and moved the hand; nothing written
+	CacheEntryOdd     // the spare entry's sequence is odd; nothing stored
+	CacheEntryWritten // the spare entry is whole (its sequence even); the map does not name it
+	CachePublished    // the map names the new entry; the shard's lock is still held
+
 	// Region
 	RegionHeaderWritten // a creator wrote the header, layout included; not yet the ready magic
 
@@ -74,6 +80,7 @@ var names = [numPoints]string{
 	"record-odd", "record-copied", "record-mid-data", "record-even", "record-published", "record-read-index",
 	"rw-reader-added", "rw-reader-dropped", "rw-reader-shared", "rw-reader-before-release",
 	"rw-writer-draining", "rw-writer-waiting", "rw-reader-probed-dead", "rw-reader-freed",
+	"cache-hand-moved", "cache-entry-odd", "cache-entry-written", "cache-published",
 	"region-header-written", "region-close-marked", "region-retire-swept",
 }
 

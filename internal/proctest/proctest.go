@@ -54,14 +54,14 @@ func DispatchFunc(run func(role string, args []string) int) {
 
 // Harness owns a test's children and its watchdog.
 type Harness struct {
-	t        *testing.T
+	t        testing.TB
 	mu       sync.Mutex
 	children []*Child
 }
 
 // New returns a harness that kills every child, and fails the test, if the
 // test runs longer than limit.
-func New(t *testing.T, limit time.Duration) *Harness {
+func New(t testing.TB, limit time.Duration) *Harness {
 	h := &Harness{t: t}
 	wd := time.AfterFunc(limit, func() {
 		h.KillAll()
@@ -142,7 +142,7 @@ func (c *Child) reap() {
 }
 
 // Wait waits at most limit for the child to exit, and returns its output.
-func (c *Child) Wait(t *testing.T, limit time.Duration) string {
+func (c *Child) Wait(t testing.TB, limit time.Duration) string {
 	t.Helper()
 	c.reap()
 	select {

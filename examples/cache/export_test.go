@@ -1,0 +1,7 @@
+package cache
+
+// Buckets and Entries return the cache's shared words, for tests that write
+// to them from outside the cache's writers.
+func Buckets(c *Cache) []uint64 { return c.buckets }
+func Entries(c *Cache) []uint64 { return c.entries }
+func EntryWords(c *Cache) int   { return c.entryW }

@@ -1,0 +1,123 @@
+package cache
+
+import (
+	"math/bits"
+	"runtime"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/shmlock/shmlock/internal/words"
+)
+
+// Get appends key's value to dst and reports whether the key was there and
+// not expired. It takes no lock and waits for no writer, live or dead; it
+// writes nothing that other processes write: the entry's used mark, once
+// the hand has cleared it, and this process's counters.
+func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
+	if len(key) > c.maxKey || c.closed.Load() {
+		return dst, false
+	}
+	h := c.hash(key)
+	b := c.bucketOf(h)
+	var since time.Time // of the first yield
+	for tries := 0; ; tries++ {
+		v, r := c.find(b, h, key, dst)
+		switch r {
+		case hit:
+			c.count(statHits)
+			return v, true
+		case miss:
+			c.count(statMisses)
+			return dst, false
+		}
+		if tries >= readSpins {
+			if now := time.Now(); since.IsZero() {
+				since = now
+			} else if now.Sub(since) > unreadableAfter {
+				c.count(statMisses)
+				return dst, false
+			}
+			runtime.Gosched()
+		}
+	}
+}
+
+type result uint8
+
+const (
+	miss  result = iota
+	hit          // the value is appended
+	again        // an entry changed while it was read: look again
+)
+
+// readSpins is how many times Get looks again before it yields, and starts
+// the clock on a bucket it cannot read (see unreadableAfter).
+const readSpins = 64
+
+// unreadableAfter is how long Get looks again at one bucket before it calls
+// the bucket unreadable and misses. Each look again means a writer rewrote
+// an entry while Get read it, and a writer rewrites only the spare: an
+// entry Get reads is rewritten only after two writes to its bucket. So
+// only bytes changed from outside the cache's writers make Get look again
+// for this long.
+const unreadableAfter = time.Millisecond
+
+// find looks for key in bucket b, as Get does.
+func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result) {
+	bk := c.bucket(b)
+	tag := tagOf(h)
+	for half := range 2 {
+		m := atomic.LoadUint64(&bk[half])
+		for cand := match(m, tag); cand != 0; cand &= cand - 1 {
+			lane := bits.TrailingZeros64(cand) / wayBits
+			w := half*4 + lane
+			wb := m >> (wayBits * lane) & (1<<wayBits - 1)
+			e := int(wb&wayEntry) ^ w
+			if e > Ways {
+				continue // a map written from outside: nothing to read
+			}
+			if v, r := c.read(c.entry(b, e), &bk[half], lane, wb, h, key, dst); r != miss {
+				return v, r
+			}
+		}
+	}
+	return dst, miss
+}
+
+// read reads entry en, which way bits wb of the map word at mw named, and
+// says whether it holds key. Its verdict holds only if the entry's sequence
+// is even and has not moved, and the way still names the entry, once it
+// has read: then at that moment the entry was published (only the spare is
+// ever written, and a way names an entry only once it is whole), and what
+// was read is what it held. Otherwise the entry was rewritten, and the way
+// renamed, since the map was loaded, and Get looks again.
+func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst []byte) ([]byte, result) {
+	s := atomic.LoadUint64(&en[wordSeq])
+	if s&1 != 0 {
+		return dst, again
+	}
+	n := len(dst)
+	r := miss
+	lens := atomic.LoadUint64(&en[wordLens])
+	klen, vlen := int(uint32(lens)), int(lens>>32)
+	expires := int64(atomic.LoadUint64(&en[wordExpires]))
+	if atomic.LoadUint64(&en[wordHash]) == h && klen == len(key) && vlen <= c.maxValue &&
+		words.Equal(en[entryHead:], key) {
+		r = hit
+		dst = slices.Grow(dst, vlen)[:n+vlen]
+		words.LoadBytes(dst[n:], en[entryHead+c.keyWords:])
+	}
+	if atomic.LoadUint64(mw)>>(wayBits*lane)&(1<<wayBits-1) != wb || atomic.LoadUint64(&en[wordSeq]) != s {
+		return dst[:n], again
+	}
+	if r == hit {
+		if expires != never && time.Now().UnixNano() >= expires {
+			return dst[:n], miss
+		}
+		if atomic.LoadUint64(&en[wordUsed]) == 0 {
+			atomic.StoreUint64(&en[wordUsed], 1)
+		}
+	}
+	return dst, r
+}

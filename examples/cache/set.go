@@ -1,0 +1,199 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"github.com/shmlock/shmlock/internal/fault"
+	"github.com/shmlock/shmlock/internal/words"
+)
+
+// Set stores value under key for ttl (ttl <= 0: until evicted or deleted).
+// It waits for the key's shard's lock until ctx is done.
+func (c *Cache) Set(ctx context.Context, key, value []byte, ttl time.Duration) error {
+	if len(key) > c.maxKey || len(value) > c.maxValue {
+		return fmt.Errorf("%w: key %d bytes (max %d), value %d bytes (max %d)", ErrTooLong, len(key), c.maxKey, len(value), c.maxValue)
+	}
+	expires := int64(never)
+	if ttl > 0 {
+		if now := time.Now().UnixNano(); int64(ttl) < never-now {
+			expires = now + int64(ttl)
+		}
+	}
+	h := c.hash(key)
+	b := c.bucketOf(h)
+	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer g.Release()
+	if g.Recovered() {
+		c.count(statTakeovers) // a Set that died left nothing to repair
+	}
+	c.set(b, h, key, value, expires)
+	g.Commit()
+	return nil
+}
+
+// Delete removes key, if it is there. It waits for the key's shard's lock
+// until ctx is done.
+func (c *Cache) Delete(ctx context.Context, key []byte) error {
+	if len(key) > c.maxKey {
+		return nil
+	}
+	h := c.hash(key)
+	b := c.bucketOf(h)
+	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer g.Release()
+	if g.Recovered() {
+		c.count(statTakeovers)
+	}
+	bk := c.bucket(b)
+	m, _ := c.mapOf(bk)
+	if w, _ := c.lookup(b, m, h, key); w >= 0 {
+		_, e := way(m, w)
+		publish(bk, m, w, 0, e)
+		c.count(statDeletes)
+	}
+	g.Commit()
+	return nil
+}
+
+// set stores key and value in bucket b, whose shard the caller holds.
+func (c *Cache) set(b int, h uint64, key, value []byte, expires int64) {
+	bk := c.bucket(b)
+	m, spare := c.mapOf(bk)
+	w, used := c.lookup(b, m, h, key)
+	if w < 0 {
+		w = c.victim(b, bk, m)
+	} else if _, e := way(m, w); expired(c.entry(b, e), 0) {
+		c.count(statExpirations)
+	}
+	c.write(c.entry(b, spare), h, key, value, expires, used)
+	publish(bk, m, w, tagOf(h), spare)
+	c.count(statSets)
+}
+
+// mapOf returns bucket bk's map and its spare entry. A map whose ways do
+// not name distinct entries was written from outside the cache's writers:
+// the bucket is emptied, and counted as repaired.
+func (c *Cache) mapOf(bk []uint64) (m [2]uint64, spare int) {
+	m = [2]uint64{atomic.LoadUint64(&bk[0]), atomic.LoadUint64(&bk[1])}
+	var named uint32
+	for w := range Ways {
+		_, e := way(m, w)
+		if e > Ways || named&(1<<e) != 0 {
+			atomic.StoreUint64(&bk[0], 0)
+			atomic.StoreUint64(&bk[1], 0)
+			c.count(statRepairs)
+			return [2]uint64{}, Ways
+		}
+		named |= 1 << e
+	}
+	return m, bits.TrailingZeros32(^named)
+}
+
+// lookup returns the way of bucket b (map m) that holds key, and its used
+// mark; -1 if none does. The caller holds the shard: the entries the map
+// names do not change.
+func (c *Cache) lookup(b int, m [2]uint64, h uint64, key []byte) (int, uint64) {
+	tag := tagOf(h)
+	for half := range 2 {
+		for cand := match(m[half], tag); cand != 0; cand &= cand - 1 {
+			w := half*4 + bits.TrailingZeros64(cand)/wayBits
+			if wb, e := way(m, w); wb&^wayEntry == tag {
+				en := c.entry(b, e)
+				if atomic.LoadUint64(&en[wordHash]) == h &&
+					atomic.LoadUint64(&en[wordLens])&(1<<32-1) == uint64(len(key)) &&
+					words.Equal(en[entryHead:], key) {
+					return w, atomic.LoadUint64(&en[wordUsed])
+				}
+			}
+		}
+	}
+	return -1, 0
+}
+
+// victim returns the way a new key takes in bucket b (map m): an empty one,
+// else one whose entry has expired, else the first the CLOCK hand finds
+// unused, clearing the used marks it passes.
+func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
+	for w := range Ways {
+		if wb, _ := way(m, w); wb&^wayEntry == 0 {
+			return w
+		}
+	}
+	now := time.Now().UnixNano()
+	for w := range Ways {
+		_, e := way(m, w)
+		if expired(c.entry(b, e), now) {
+			c.count(statExpirations)
+			return w
+		}
+	}
+	hand := int(atomic.LoadUint64(&bk[wordHand]) % Ways)
+	// Readers may mark entries again behind the hand: after one turn and
+	// one way it takes the way it is at.
+	for range Ways + 1 {
+		_, e := way(m, hand)
+		used := &c.entry(b, e)[wordUsed]
+		if atomic.LoadUint64(used) == 0 {
+			break
+		}
+		atomic.StoreUint64(used, 0)
+		hand = (hand + 1) % Ways
+	}
+	atomic.StoreUint64(&bk[wordHand], uint64(hand+1)%Ways)
+	fault.Hit(fault.CacheHandMoved)
+	c.count(statEvictions)
+	return hand
+}
+
+// expired reports whether entry en has expired, by the clock now if it is
+// not 0 (else it reads the clock, if en has a TTL at all).
+func expired(en []uint64, now int64) bool {
+	exp := int64(atomic.LoadUint64(&en[wordExpires]))
+	if exp == never {
+		return false
+	}
+	if now == 0 {
+		now = time.Now().UnixNano()
+	}
+	return now >= exp
+}
+
+// write writes the spare entry en. Its sequence is odd meanwhile, so that a
+// reader that still reads it (from a map loaded before it was the spare)
+// sees the change; a writer that died may have left it odd already.
+func (c *Cache) write(en []uint64, h uint64, key, value []byte, expires int64, used uint64) {
+	s := atomic.LoadUint64(&en[wordSeq])
+	next := s | 1
+	if next == s {
+		next += 2
+	}
+	atomic.StoreUint64(&en[wordSeq], next)
+	fault.Hit(fault.CacheEntryOdd)
+	atomic.StoreUint64(&en[wordUsed], used)
+	atomic.StoreUint64(&en[wordExpires], uint64(expires))
+	atomic.StoreUint64(&en[wordHash], h)
+	atomic.StoreUint64(&en[wordLens], uint64(len(key))|uint64(len(value))<<32)
+	words.StoreBytes(en[entryHead:], key)
+	words.StoreBytes(en[entryHead+c.keyWords:], value)
+	atomic.StoreUint64(&en[wordSeq], next+1)
+	fault.Hit(fault.CacheEntryWritten)
+}
+
+// publish makes way w of bucket bk (map m) hold tag in entry e: one store of
+// the map word, after which the entry the way named before is the spare.
+func publish(bk []uint64, m [2]uint64, w int, tag uint64, e int) {
+	shift := wayBits * (w % 4)
+	word := m[w/4]&^((1<<wayBits-1)<<shift) | (tag|uint64(e^w))<<shift
+	atomic.StoreUint64(&bk[w/4], word)
+	fault.Hit(fault.CachePublished)
+}
