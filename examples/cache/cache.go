@@ -7,7 +7,7 @@
 // tag, and one entry more than it has ways, which no way names: the spare.
 //
 // Get takes no lock. It loads the bucket's map, and reads only the entries
-// whose tag is the key's (one, but for one false match in 512 per way), each
+// whose tag is the key's (one, and in about one Get of 512 another), each
 // between two loads of the entry's sequence; it keeps what it read only if
 // the sequence did not move and the way still names that entry. So it never
 // returns a value that no Set stored whole, nor one that a Set that died

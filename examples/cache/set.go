@@ -72,7 +72,7 @@ func (c *Cache) set(b int, h uint64, key, value []byte, expires int64) {
 	w, used := c.lookup(b, m, h, key)
 	if w < 0 {
 		w = c.victim(b, bk, m)
-	} else if _, e := way(m, w); expired(c.entry(b, e), 0) {
+	} else if _, e := way(m, w); expired(c.entry(b, e)) {
 		c.count(statExpirations)
 	}
 	c.write(c.entry(b, spare), h, key, value, expires, used)
@@ -129,12 +129,18 @@ func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
 			return w
 		}
 	}
-	now := time.Now().UnixNano()
+	// The clock is read only if some entry has a TTL.
+	var now int64
 	for w := range Ways {
 		_, e := way(m, w)
-		if expired(c.entry(b, e), now) {
-			c.count(statExpirations)
-			return w
+		if exp := int64(atomic.LoadUint64(&c.entry(b, e)[wordExpires])); exp != never {
+			if now == 0 {
+				now = time.Now().UnixNano()
+			}
+			if now >= exp {
+				c.count(statExpirations)
+				return w
+			}
 		}
 	}
 	hand := int(atomic.LoadUint64(&bk[wordHand]) % Ways)
@@ -155,17 +161,11 @@ func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
 	return hand
 }
 
-// expired reports whether entry en has expired, by the clock now if it is
-// not 0 (else it reads the clock, if en has a TTL at all).
-func expired(en []uint64, now int64) bool {
+// expired reports whether entry en has expired; it reads the clock only if
+// en has a TTL.
+func expired(en []uint64) bool {
 	exp := int64(atomic.LoadUint64(&en[wordExpires]))
-	if exp == never {
-		return false
-	}
-	if now == 0 {
-		now = time.Now().UnixNano()
-	}
-	return now >= exp
+	return exp != never && time.Now().UnixNano() >= exp
 }
 
 // write writes the spare entry en. Its sequence is odd meanwhile, so that a
@@ -179,10 +179,7 @@ func (c *Cache) write(en []uint64, h uint64, key, value []byte, expires int64, u
 	}
 	atomic.StoreUint64(&en[wordSeq], next)
 	fault.Hit(fault.CacheEntryOdd)
-	atomic.StoreUint64(&en[wordUsed], used)
-	atomic.StoreUint64(&en[wordExpires], uint64(expires))
-	atomic.StoreUint64(&en[wordHash], h)
-	atomic.StoreUint64(&en[wordLens], uint64(len(key))|uint64(len(value))<<32)
+	words.Store(en[wordUsed:entryHead], []uint64{used, uint64(expires), h, uint64(len(key)) | uint64(len(value))<<32})
 	words.StoreBytes(en[entryHead:], key)
 	words.StoreBytes(en[entryHead+c.keyWords:], value)
 	atomic.StoreUint64(&en[wordSeq], next+1)

@@ -36,5 +36,8 @@ func LoadBytes(dst []byte, src []uint64) { copy(dst, bytesOf(src)) }
 // last word past src are left as they were.
 func StoreBytes(dst []uint64, src []byte) { copy(bytesOf(dst), src) }
 
+// Store copies src into dst, for a writer.
+func Store(dst, src []uint64) { copy(dst, src) }
+
 // Equal reports whether the first len(b) bytes of w are b, for a reader.
 func Equal(w []uint64, b []byte) bool { return string(bytesOf(w)[:len(b)]) == string(b) }

@@ -64,4 +64,9 @@ func TestRoundTrip(t *testing.T) {
 	if d[9] != 10 {
 		t.Fatal("Copy")
 	}
+	e := make([]uint64, 10)
+	Store(e[1:4], w[:3])
+	if e[0] != 0 || e[1] != 1 || e[3] != 3 || e[4] != 0 {
+		t.Fatalf("Store: %v", e)
+	}
 }
