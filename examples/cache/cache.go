@@ -166,20 +166,26 @@ func (o Options) dims() (dims, error) {
 	return d, nil
 }
 
-// layout declares the cache's objects: the writers' locks, the processes'
-// stats lines, the buckets and the entries. The buckets' name carries the
-// cache's dimensions, so a region made for other ones, or for something
-// else, has another layout, which Open refuses (shm.ErrLayout) before it
-// writes anything.
-func (o Options) layout(d dims) (l *shm.Layout, shards, stats, buckets, entries int) {
-	l = new(shm.Layout)
-	shards = l.Locks("cache shards", d.shards, shmlock.Size)
-	stats = l.Data("cache stats", d.statSlots*shm.LineSize)
+// offsets are where a cache's objects begin in its region's data.
+type offsets struct{ header, shards, stats, buckets, entries int }
+
+// layout declares the cache's objects: its header (first, where Inspect
+// looks for it), the writers' locks, the processes' stats lines, the
+// buckets and the entries. The buckets' name carries the cache's
+// dimensions, so a region made for other ones, or for something else, has
+// another layout, which Open refuses (shm.ErrLayout) before it writes
+// anything.
+func (o Options) layout(d dims) (*shm.Layout, offsets) {
+	l := new(shm.Layout)
+	var at offsets
+	at.header = l.Data("cache header", shm.LineSize)
+	at.shards = l.Locks("cache shards", d.shards, shmlock.Size)
+	at.stats = l.Data("cache stats", d.statSlots*shm.LineSize)
 	name := fmt.Sprintf("cache buckets: %d of %d ways, keys of at most %d bytes, values of at most %d",
 		d.nb, Ways, o.MaxKey, o.MaxValue)
-	buckets = l.Data(name, d.nb*shm.LineSize)
-	entries = l.Data("cache entries", d.nb*(Ways+1)*d.entryW*8)
-	return
+	at.buckets = l.Data(name, d.nb*shm.LineSize)
+	at.entries = l.Data("cache entries", d.nb*(Ways+1)*d.entryW*8)
+	return l, at
 }
 
 // Size returns the data bytes a cache of these dimensions needs.
@@ -188,8 +194,8 @@ func (o Options) Size() int {
 	if err != nil {
 		return 0
 	}
-	_, _, _, _, entries := o.layout(d)
-	return entries + d.nb*(Ways+1)*d.entryW*8
+	_, at := o.layout(d)
+	return at.entries + d.nb*(Ways+1)*d.entryW*8
 }
 
 // Open opens the cache in the region at name (see shm.Open), creating it if
@@ -200,7 +206,7 @@ func Open(name string, opt Options) (*Cache, error) {
 		return nil, err
 	}
 	ro := opt.Region
-	l, shards, stats, buckets, entries := opt.layout(d)
+	l, at := opt.layout(d)
 	ro.Layout = l
 	r, err := shm.Open(name, ro)
 	if errors.Is(err, shm.ErrLayout) {
@@ -211,7 +217,11 @@ func Open(name string, opt Options) (*Cache, error) {
 	}
 	c := &Cache{r: r, nb: uint64(d.nb), maxKey: opt.MaxKey, maxValue: opt.MaxValue,
 		keyWords: d.keyWords, entryW: d.entryW}
-	if err := c.init(d, shards, stats, buckets, entries); err != nil {
+	if err := c.init(d, at); err != nil {
+		r.Close()
+		return nil, err
+	}
+	if err := writeHeader(r, at.header, d, opt); err != nil {
 		r.Close()
 		return nil, err
 	}
@@ -219,30 +229,37 @@ func Open(name string, opt Options) (*Cache, error) {
 	return c, nil
 }
 
-func (c *Cache) init(d dims, shards, stats, buckets, entries int) error {
+func (c *Cache) init(d dims, at offsets) error {
 	c.shards = make([]*shmlock.Mutex, d.shards)
 	for i := range c.shards {
 		var err error
-		if c.shards[i], err = shmlock.New(c.r, shards+i*shmlock.Size); err != nil {
+		if c.shards[i], err = shmlock.New(c.r, at.shards+i*shmlock.Size); err != nil {
 			return err
 		}
 	}
-	var err error
-	if c.stats, err = wordsOf(c.r, stats, d.statSlots*shm.LineSize); err != nil {
+	if err := c.view(d, at); err != nil {
 		return err
 	}
-	p := region.Of(c.r)
-	slot := p.Slot() % d.statSlots
+	slot := region.Of(c.r).Slot() % d.statSlots
 	c.mine = c.stats[slot*bucketWords : slot*bucketWords+numStats]
-	if c.buckets, err = wordsOf(c.r, buckets, d.nb*shm.LineSize); err != nil {
+	return nil
+}
+
+// view points c at the shared words of region c.r, and seeds its hash.
+func (c *Cache) view(d dims, at offsets) error {
+	var err error
+	if c.stats, err = wordsOf(c.r, at.stats, d.statSlots*shm.LineSize); err != nil {
 		return err
 	}
-	if c.entries, err = wordsOf(c.r, entries, d.nb*(Ways+1)*d.entryW*8); err != nil {
+	if c.buckets, err = wordsOf(c.r, at.buckets, d.nb*shm.LineSize); err != nil {
+		return err
+	}
+	if c.entries, err = wordsOf(c.r, at.entries, d.nb*(Ways+1)*d.entryW*8); err != nil {
 		return err
 	}
 	// The hash is the same in every process attached to this region, and
 	// another in the next region of the same name.
-	born, pid := p.Created()
+	born, pid := region.Of(c.r).Created()
 	c.seed = mix(uint64(born.UnixNano())^uint64(pid)<<32, 0x9E3779B97F4A7C15)
 	return nil
 }

@@ -35,3 +35,27 @@ func Example() {
 	// {"name":"Ada"} true
 	// false
 }
+
+// A tool reads a cache that other processes use, without its Options and
+// without attaching to it: what the cachestat command prints.
+func ExampleInspect() {
+	name := fmt.Sprintf("cache-inspect-example-%d", os.Getpid())
+	c, err := cache.Open(name, cache.Options{Capacity: 1024, MaxKey: 32, MaxValue: 256})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer shm.Remove(name)
+	defer c.Close()
+	c.Set(context.Background(), []byte("user:42"), []byte(`{"name":"Ada"}`), 0)
+	c.Get([]byte("user:42"), nil)
+	c.Get([]byte("user:43"), nil)
+
+	rep, err := cache.Inspect(name) // in any process
+	if err != nil {
+		log.Fatal(err)
+	}
+	s := rep.Stats
+	fmt.Printf("%d of %d entries, %d hit, %d missed, %d shards\n", s.Entries, s.Capacity, s.Hits, s.Misses, len(rep.Writers))
+	// Output:
+	// 1 of 1024 entries, 1 hit, 1 missed, 64 shards
+}
