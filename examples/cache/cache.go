@@ -74,7 +74,10 @@ var (
 )
 
 // A bucket is one line: its map in words 0 and 1, four ways a word, 16 bits
-// a way, and its CLOCK hand in word 2. Zero bytes are an empty bucket.
+// a way; its CLOCK hand in word 2; and in word 3 its soonest expiry, a
+// lower bound on when the first entry its ways name expires (0: none has a
+// TTL), so that a writer that seeks a way to evict reads the entries'
+// expiries only once one may have expired. Zero bytes are an empty bucket.
 //
 //	bits   meaning
 //	0..3   the way's entry, XOR the way's number (so zeros name entry w from way w)
@@ -90,6 +93,7 @@ const (
 	tagShift    = 4
 	tagMask     = 1<<12 - 1
 	wordHand    = 2
+	wordSoonest = 3
 	lanes       = 0x0001_0001_0001_0001 // one in each way of a map word
 )
 

@@ -622,3 +622,28 @@ func TestOpenForeignRegion(t *testing.T) {
 	require.NoError(t, rec.Read(b))
 	assert.Equal(t, make([]byte, 64), b, "the refused Open changed the Record")
 }
+
+// A Set that needs a way replaces expired entries, soonest first, before
+// CLOCK evicts a live one: the bucket's bound on its soonest expiry holds
+// the next TTL once the first entry's is gone.
+func TestSoonestExpiry(t *testing.T) {
+	c, _ := smallCache(t) // one bucket
+	ctx := context.Background()
+	for i := range 8 {
+		ttl := map[int]time.Duration{2: time.Millisecond, 5: 60 * time.Millisecond}[i]
+		require.NoError(t, c.Set(ctx, []byte{byte('a' + i)}, []byte("v"), ttl))
+	}
+	time.Sleep(5 * time.Millisecond)
+	require.NoError(t, c.Set(ctx, []byte("x"), []byte("v"), 0)) // takes c's way
+	_, ok := c.Get([]byte("f"), nil)
+	require.True(t, ok, "f expired early")
+	time.Sleep(70 * time.Millisecond)
+	require.NoError(t, c.Set(ctx, []byte("y"), []byte("v"), 0)) // takes f's
+	st := c.Stats()
+	assert.Equal(t, uint64(2), st.Expirations, "%+v", st)
+	assert.Zero(t, st.Evictions, "%+v", st)
+	for _, k := range []string{"a", "b", "d", "e", "g", "h", "x", "y"} {
+		_, ok := c.Get([]byte(k), nil)
+		assert.True(t, ok, k)
+	}
+}

@@ -76,6 +76,11 @@ func (c *Cache) set(b int, h uint64, key, value []byte, expires int64) {
 		c.count(statExpirations)
 	}
 	c.write(c.entry(b, spare), h, key, value, expires, used)
+	// The bound is lowered before the map names the entry: a writer that
+	// dies between the two leaves a bound only lower than need be.
+	if soonest := atomic.LoadUint64(&bk[wordSoonest]); expires != never && (soonest == 0 || uint64(expires) < soonest) {
+		atomic.StoreUint64(&bk[wordSoonest], uint64(expires))
+	}
 	publish(bk, m, w, tagOf(h), spare)
 	c.count(statSets)
 }
@@ -129,19 +134,9 @@ func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
 			return w
 		}
 	}
-	// The clock is read only if some entry has a TTL.
-	var now int64
-	for w := range Ways {
-		_, e := way(m, w)
-		if exp := int64(atomic.LoadUint64(&c.entry(b, e)[wordExpires])); exp != never {
-			if now == 0 {
-				now = time.Now().UnixNano()
-			}
-			if now >= exp {
-				c.count(statExpirations)
-				return w
-			}
-		}
+	if w, ok := c.expiredWay(b, bk, m); ok {
+		c.count(statExpirations)
+		return w
 	}
 	hand := int(atomic.LoadUint64(&bk[wordHand]) % Ways)
 	// Readers may mark entries again behind the hand: after one turn and
@@ -159,6 +154,37 @@ func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
 	fault.Hit(fault.CacheHandMoved)
 	c.count(statEvictions)
 	return hand
+}
+
+// expiredWay returns a way of bucket b (map m) whose entry has expired, if
+// one has. It reads the clock only if an entry has a TTL, and the entries
+// only once the bucket's soonest expiry has passed; then it sets that bound
+// anew, from the entries other than the one it returns (a writer that dies
+// before it replaces that one leaves it to CLOCK, whose hand evicts it in
+// its turn: Get marks no expired entry used).
+func (c *Cache) expiredWay(b int, bk []uint64, m [2]uint64) (int, bool) {
+	soonest := atomic.LoadUint64(&bk[wordSoonest])
+	if soonest == 0 {
+		return 0, false
+	}
+	now := time.Now().UnixNano()
+	if soonest > uint64(now) {
+		return 0, false
+	}
+	found, next := -1, uint64(0)
+	for w := range Ways {
+		_, e := way(m, w)
+		exp := int64(atomic.LoadUint64(&c.entry(b, e)[wordExpires]))
+		switch {
+		case exp == never:
+		case now >= exp && found < 0:
+			found = w
+		case next == 0 || uint64(exp) < next:
+			next = uint64(exp)
+		}
+	}
+	atomic.StoreUint64(&bk[wordSoonest], next)
+	return found, found >= 0
 }
 
 // expired reports whether entry en has expired; it reads the clock only if
