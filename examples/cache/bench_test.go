@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,6 +113,62 @@ func BenchmarkCache(b *testing.B) {
 			}
 		})
 		c.Close()
+	}
+}
+
+// BenchmarkGoMap is BenchmarkCache for what one process would use
+// instead: a Go map under a sync.RWMutex, whose Get copies the value out
+// and whose Set copies it into the key's buffer. It pays for the same memory
+// misses, and for no sharing between processes.
+func BenchmarkGoMap(b *testing.B) {
+	for _, value := range []int{64, 1024} {
+		var mu sync.RWMutex
+		m := make(map[string][]byte, benchKeys)
+		for k := range benchKeys {
+			m[string(benchKey(k))] = benchValue(k, value)
+		}
+		keys := make([][]byte, benchKeys)
+		for k := range keys {
+			keys[k] = benchKey(k)
+		}
+		get := func(key, dst []byte) ([]byte, bool) {
+			mu.RLock()
+			v, ok := m[string(key)]
+			dst = append(dst, v...)
+			mu.RUnlock()
+			return dst, ok
+		}
+		seq := order(1 << 16)
+		name := fmt.Sprintf("value=%dB", value)
+		b.Run("get/"+name, func(b *testing.B) {
+			buf := make([]byte, 0, value)
+			i := 0
+			for b.Loop() {
+				if _, ok := get(keys[seq[i&(1<<16-1)]], buf[:0]); !ok {
+					b.Fatal("miss")
+				}
+				i++
+			}
+		})
+		b.Run("get-one-key/"+name, func(b *testing.B) {
+			buf := make([]byte, 0, value)
+			for b.Loop() {
+				if _, ok := get(keys[0], buf[:0]); !ok {
+					b.Fatal("miss")
+				}
+			}
+		})
+		b.Run("set/"+name, func(b *testing.B) {
+			v := benchValue(7, value)
+			i := 0
+			for b.Loop() {
+				key := keys[seq[i&(1<<16-1)]]
+				mu.Lock()
+				copy(m[string(key)], v)
+				mu.Unlock()
+				i++
+			}
+		})
 	}
 }
 
