@@ -26,6 +26,10 @@
 // else evicts by CLOCK: Get marks the entries it returns as used, and the
 // writer's hand passes over used entries once, clearing the mark, and evicts
 // the first that is not.
+//
+// Stats sums the counters every process keeps; Inspect reads them, and the
+// shards' locks, from any process without opening the cache, and the
+// cachestat command (cmd/cachestat) prints them.
 package cache
 
 import (
