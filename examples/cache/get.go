@@ -20,9 +20,12 @@ func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
 	}
 	h := c.hash(key)
 	b := c.bucketOf(h)
-	var since time.Time // of the first yield
+	var (
+		stuck uint64    // what the last look that yielded saw
+		since time.Time // when it first saw that
+	)
 	for tries := 0; ; tries++ {
-		v, r := c.find(b, h, key, dst)
+		v, r, saw := c.find(b, h, key, dst)
 		switch r {
 		case hit:
 			c.count(statHits)
@@ -32,8 +35,8 @@ func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
 			return dst, false
 		}
 		if tries >= readSpins {
-			if now := time.Now(); since.IsZero() {
-				since = now
+			if now := time.Now(); saw != stuck || since.IsZero() {
+				stuck, since = saw, now
 			} else if now.Sub(since) > unreadableAfter {
 				c.count(statMisses)
 				return dst, false
@@ -52,19 +55,22 @@ const (
 )
 
 // readSpins is how many times Get looks again before it yields, and starts
-// the clock on a bucket it cannot read (see unreadableAfter).
+// watching for a bucket it cannot read (see unreadableAfter).
 const readSpins = 64
 
-// unreadableAfter is how long Get looks again at one bucket before it calls
-// the bucket unreadable and misses. Each look again means a writer rewrote
-// an entry while Get read it, and a writer rewrites only the spare: an
-// entry Get reads is rewritten only after two writes to its bucket. So
-// only bytes changed from outside the cache's writers make Get look again
-// for this long.
+// unreadableAfter is how long Get looks again at an entry it cannot read
+// that does not change (a sequence left odd, by bytes written from outside
+// the cache's writers, under a map that names it) before it misses. An
+// entry that changes is being written by the cache's writers, who make
+// progress: Get looks again for as long as that lasts, as a seqlock's
+// reader does. (Only Sets of one bucket back to back, of values that take
+// longer to copy than to write, keep it looking for long.)
 const unreadableAfter = time.Millisecond
 
-// find looks for key in bucket b, as Get does.
-func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result) {
+// find looks for key in bucket b, as Get does. When it must look again it
+// also returns what it saw: a digest of the map word and the sequence of
+// the entry it could not read.
+func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result, uint64) {
 	bk := c.bucket(b)
 	tag := tagOf(h)
 	for half := range 2 {
@@ -74,15 +80,18 @@ func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result) {
 			w := half*4 + lane
 			wb := m >> (wayBits * lane) & (1<<wayBits - 1)
 			e := int(wb&wayEntry) ^ w
-			if e > Ways {
-				continue // a map written from outside: nothing to read
+			// match may also name the way above one whose tag is the
+			// key's: an empty way among them still names an entry,
+			// which holds what was deleted from it.
+			if wb&^wayEntry != tag || e > Ways {
+				continue // or a map written from outside: nothing to read
 			}
-			if v, r := c.read(c.entry(b, e), &bk[half], lane, wb, h, key, dst); r != miss {
-				return v, r
+			if v, r, seq := c.read(c.entry(b, e), &bk[half], lane, wb, h, key, dst); r != miss {
+				return v, r, m*0x9E3779B97F4A7C15 ^ seq
 			}
 		}
 	}
-	return dst, miss
+	return dst, miss, 0
 }
 
 // read reads entry en, which way bits wb of the map word at mw named, and
@@ -92,10 +101,10 @@ func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result) {
 // ever written, and a way names an entry only once it is whole), and what
 // was read is what it held. Otherwise the entry was rewritten, and the way
 // renamed, since the map was loaded, and Get looks again.
-func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst []byte) ([]byte, result) {
+func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst []byte) ([]byte, result, uint64) {
 	s := atomic.LoadUint64(&en[wordSeq])
 	if s&1 != 0 {
-		return dst, again
+		return dst, again, s
 	}
 	n := len(dst)
 	r := miss
@@ -108,16 +117,19 @@ func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst [
 		dst = slices.Grow(dst, vlen)[:n+vlen]
 		words.LoadBytes(dst[n:], en[entryHead+c.keyWords:])
 	}
-	if atomic.LoadUint64(mw)>>(wayBits*lane)&(1<<wayBits-1) != wb || atomic.LoadUint64(&en[wordSeq]) != s {
-		return dst[:n], again
+	if atomic.LoadUint64(mw)>>(wayBits*lane)&(1<<wayBits-1) != wb {
+		return dst[:n], again, s
+	}
+	if s2 := atomic.LoadUint64(&en[wordSeq]); s2 != s {
+		return dst[:n], again, s2
 	}
 	if r == hit {
 		if expires != never && time.Now().UnixNano() >= expires {
-			return dst[:n], miss
+			return dst[:n], miss, 0
 		}
 		if atomic.LoadUint64(&en[wordUsed]) == 0 {
 			atomic.StoreUint64(&en[wordUsed], 1)
 		}
 	}
-	return dst, r
+	return dst, r, 0
 }
