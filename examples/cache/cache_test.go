@@ -34,6 +34,7 @@ import (
 func TestMain(m *testing.M) {
 	proctest.Dispatch(map[string]func([]string) int{
 		"writer": writer, "reader": reader, "bench": benchChild, "paced-writer": pacedWriter,
+		"hot-writer": hotWriter, "churn-writer": churnWriter, "churn-reader": churnReader,
 	})
 	os.Exit(m.Run())
 }
