@@ -172,6 +172,68 @@ func BenchmarkGoMap(b *testing.B) {
 	}
 }
 
+// BenchmarkGoMapGoroutines is BenchmarkCacheProcs for one process's
+// goroutines on a Go map of 64 shards, each under a sync.RWMutex of its own
+// line: what two writers of random keys in shared memory cost each other
+// (their locks' and values' lines move between the cores) with no
+// processes and no robustness in it.
+func BenchmarkGoMapGoroutines(b *testing.B) {
+	type shard struct {
+		mu sync.RWMutex
+		m  map[string][]byte
+		_  [64]byte
+	}
+	shards := make([]shard, 64)
+	keys := make([][]byte, benchKeys)
+	for k := range keys {
+		keys[k] = benchKey(k)
+		sh := &shards[k%64]
+		if sh.m == nil {
+			sh.m = make(map[string][]byte)
+		}
+		sh.m[string(keys[k])] = benchValue(k, 64)
+	}
+	for _, op := range []string{"get", "set"} {
+		for _, n := range []int{1, 2} {
+			b.Run(fmt.Sprintf("%s/goroutines=%d", op, n), func(b *testing.B) {
+				per := max(b.N/n, 1)
+				seqs := make([][]int, n)
+				for g := range seqs {
+					seqs[g] = order(1 << 16)
+					rand.New(rand.NewPCG(uint64(g), 9)).Shuffle(1<<16, func(i, j int) { seqs[g][i], seqs[g][j] = seqs[g][j], seqs[g][i] })
+				}
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				start := time.Now()
+				for _, seq := range seqs {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						v := benchValue(1, 64)
+						buf := make([]byte, 0, 64)
+						for i := range per {
+							k := seq[i&(1<<16-1)]
+							sh := &shards[k%64]
+							if op == "get" {
+								sh.mu.RLock()
+								buf = append(buf[:0], sh.m[string(keys[k])]...)
+								sh.mu.RUnlock()
+							} else {
+								sh.mu.Lock()
+								copy(sh.m[string(keys[k])], v)
+								sh.mu.Unlock()
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				b.ReportMetric(float64(n*per)/time.Since(start).Seconds(), "ops/s")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}
+
 // BenchmarkCacheProcs: procs child processes share b.N Gets or Sets of
 // random keys (64-byte values), started together; reports the operations a
 // second of all of them. On this kind of machine compare procs=2 with
@@ -370,12 +432,13 @@ func BenchmarkWarp(b *testing.B) {
 
 // BenchmarkLatency: this process does b.N operations at a fixed rate, a
 // Get in 10 a Set, of random keys (64-byte values), while two other
-// processes Set random keys at a fixed rate each. Each operation's latency
-// runs from when it was due, not from when it began, so that a stall
-// counts for every operation it delayed. Reports p50, p99 and p99.9 of
-// Gets and of Sets, in ns.
+// processes Set random keys of the cache at a fixed rate each. Each
+// operation's latency runs from when it was due, not from when it began, so
+// that a stall counts for every operation it delayed. Reports p50, p99 and
+// p99.9 of Gets and of Sets, in ns: of the cache's (impl=cache), and of a Go
+// map's under a sync.RWMutex (impl=gomap), under the same writers, so that
+// what the machine adds (its scheduler, its other tenants) shows in both.
 func BenchmarkLatency(b *testing.B) {
-	const rate = 100_000 // operations a second, here
 	cpath := filepath.Join(b.TempDir(), "cache")
 	c, err := cache.Open(cpath, benchOpts(64))
 	if err != nil {
@@ -383,6 +446,47 @@ func BenchmarkLatency(b *testing.B) {
 	}
 	defer c.Close()
 	fill(b, c, 64)
+	keys := make([][]byte, benchKeys)
+	for k := range keys {
+		keys[k] = benchKey(k)
+	}
+	v := benchValue(3, 64)
+	ctx := context.Background()
+	buf := make([]byte, 0, 64)
+	b.Run("impl=cache", func(b *testing.B) {
+		paced(b, cpath, func(k int, set bool) {
+			if set {
+				c.Set(ctx, keys[k], v, 0)
+			} else {
+				c.Get(keys[k], buf[:0])
+			}
+		})
+	})
+	var mu sync.RWMutex
+	m := make(map[string][]byte, benchKeys)
+	for k := range benchKeys {
+		m[string(benchKey(k))] = benchValue(k, 64)
+	}
+	b.Run("impl=gomap", func(b *testing.B) {
+		paced(b, cpath, func(k int, set bool) {
+			if set {
+				mu.Lock()
+				copy(m[string(keys[k])], v)
+				mu.Unlock()
+			} else {
+				mu.RLock()
+				buf = append(buf[:0], m[string(keys[k])]...)
+				mu.RUnlock()
+			}
+		})
+	})
+}
+
+// paced runs b.N operations op(key, set) at a fixed rate, one in 10 a Set,
+// while two paced-writer processes Set keys of the cache at cpath, and
+// reports the percentiles of their latencies from when each was due.
+func paced(b *testing.B, cpath string, op func(k int, set bool)) {
+	const rate = 100_000 // operations a second, here
 	xpath := filepath.Join(b.TempDir(), "ctl")
 	x, err := openCtl(xpath)
 	if err != nil {
@@ -394,15 +498,8 @@ func BenchmarkLatency(b *testing.B) {
 	for range 2 {
 		ws = append(ws, h.Spawn("paced-writer", cpath, xpath))
 	}
-	keys := make([][]byte, benchKeys)
-	for k := range keys {
-		keys[k] = benchKey(k)
-	}
 	seq := order(1 << 16)
-	v := benchValue(3, 64)
 	gets, sets := make([]time.Duration, 0, b.N), make([]time.Duration, 0, b.N/10+1)
-	buf := make([]byte, 0, 64)
-	ctx := context.Background()
 	time.Sleep(100 * time.Millisecond) // the writers are writing
 	b.ResetTimer()
 	start := time.Now()
@@ -410,12 +507,11 @@ func BenchmarkLatency(b *testing.B) {
 		due := start.Add(time.Duration(i) * time.Second / rate)
 		for time.Now().Before(due) {
 		}
-		k := keys[seq[i&(1<<16-1)]]
-		if i%10 == 9 {
-			c.Set(ctx, k, v, 0)
+		set := i%10 == 9
+		op(seq[i&(1<<16-1)], set)
+		if set {
 			sets = append(sets, time.Since(due))
 		} else {
-			c.Get(k, buf[:0])
 			gets = append(gets, time.Since(due))
 		}
 	}
