@@ -77,6 +77,31 @@ func TestLayoutRecorded(t *testing.T) {
 	t.Log(err)
 }
 
+// A region opened without a layout (read-only, say) checks one on demand,
+// as Open would have.
+func TestCheckLayout(t *testing.T) {
+	path := tempPath(t)
+	l, _ := layout(0)
+	r, err := Open(path, Options{Layout: l})
+	require.NoError(t, err)
+	defer r.Close()
+	ro, err := OpenReadOnly(path)
+	require.NoError(t, err)
+	same, _ := layout(0)
+	assert.NoError(t, ro.CheckLayout(same))
+	other, _ := layout(8)
+	err = ro.CheckLayout(other)
+	assert.ErrorIs(t, err, ErrLayout)
+	var e *Error
+	assert.ErrorAs(t, err, &e)
+	assert.ErrorIs(t, ro.CheckLayout(nil), ErrInvalid)
+	bad := &Layout{}
+	bad.Data("", 8)
+	assert.ErrorIs(t, ro.CheckLayout(bad), ErrInvalid)
+	require.NoError(t, ro.Close())
+	assert.ErrorIs(t, ro.CheckLayout(same), ErrClosed)
+}
+
 // Under a layout, Bytes hands out data objects only, and a lock goes only
 // where the layout declares one, of at most its size.
 func TestLayoutGuardsLocks(t *testing.T) {

@@ -417,6 +417,33 @@ func (r *Region) fingerprint() uint64 {
 	return r.layout.fingerprint()
 }
 
+// CheckLayout reports whether the region was made for layout l, as Open
+// checks the Layout it is given: for a process that opened the region
+// without one (OpenReadOnly, or Options with no Layout), such as a tool
+// that learnt the layout from the data and must not trust data that could
+// describe another. A mismatch is an *Error of Kind ErrLayout. It reads the
+// header from the file, not the mapping, so a file cut short is an error.
+func (r *Region) CheckLayout(l *Layout) error {
+	const op = "check layout"
+	if err := r.check(op); err != nil {
+		return err
+	}
+	if l == nil {
+		return &Error{Op: op, Path: r.path, Kind: ErrInvalid, Detail: "no Layout"}
+	}
+	if l.err != nil {
+		return &Error{Op: op, Path: r.path, Kind: ErrInvalid, Detail: "layout: " + l.err.Error()}
+	}
+	var b [8]byte
+	if _, err := r.f.ReadAt(b[:], offLayout); err != nil {
+		return &Error{Op: op, Path: r.path, Err: err}
+	}
+	if have, want := binary.NativeEndian.Uint64(b[:]), l.fingerprint(); have != want {
+		return &Error{Op: op, Path: r.path, Kind: ErrLayout, Detail: layoutMismatch(have, want)}
+	}
+	return nil
+}
+
 // layoutMismatch says how the layout recorded (have) and the one declared
 // (want) differ.
 func layoutMismatch(have, want uint64) string {
