@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -88,7 +89,14 @@ func Inspect(name string) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
-	_, at := o.layout(d)
+	// A header corrupted into other dimensions that fit the file would
+	// be read as another cache: the layout it gives must be the region's.
+	l, at := o.layout(d)
+	if err := r.CheckLayout(l); errors.Is(err, shm.ErrLayout) {
+		return nil, fmt.Errorf("%w: %s: its header describes a cache it does not hold (%w)", ErrMismatch, r.Path(), err)
+	} else if err != nil {
+		return nil, err
+	}
 	c := &Cache{r: r, nb: uint64(d.nb), maxKey: o.MaxKey, maxValue: o.MaxValue, keyWords: d.keyWords, entryW: d.entryW}
 	if err := c.view(d, at); err != nil {
 		return nil, err
