@@ -11,7 +11,10 @@
 // between two loads of the entry's sequence; it keeps what it read only if
 // the sequence did not move and the way still names that entry. So it never
 // returns a value that no Set stored whole, nor one that a Set that died
-// stored and never published.
+// stored and never published. Only if writers rewrite the entry under it
+// for a millisecond (values that take longer to copy than to write, Set
+// back to back) does it read under the shard's lock instead, waiting for
+// it 50 ms at most.
 //
 // Writers (Set, Delete) lock the bucket's shard: a robust shmlock.Mutex that
 // covers every Shards-th bucket, so writers of keys in different shards do

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"math/bits"
 	"runtime"
 	"slices"
@@ -11,39 +12,74 @@ import (
 )
 
 // Get appends key's value to dst and reports whether the key was there and
-// not expired. It takes no lock and waits for no writer, live or dead; it
-// writes nothing that other processes write: the entry's used mark, once
-// the hand has cleared it, and this process's counters.
+// not expired. It takes no lock and waits for no writer, live or dead,
+// unless writers keep rewriting the entry it reads faster than it can copy
+// it (values that take longer to copy than to write): then, after
+// unreadableAfter, it reads under the shard's lock, for which it waits at
+// most lockedWait. It writes nothing that other processes write: the
+// entry's used mark, once the hand has cleared it, and this process's
+// counters.
 func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
 	if len(key) > c.maxKey || c.closed.Load() {
 		return dst, false
 	}
 	h := c.hash(key)
 	b := c.bucketOf(h)
-	var (
-		stuck uint64    // what the last look that yielded saw
-		since time.Time // when it first saw that
-	)
+	v, r := c.look(b, h, key, dst)
+	if r == again {
+		v, r = c.lookLocked(b, h, key, dst)
+	}
+	if r == hit {
+		c.count(statHits)
+		return v, true
+	}
+	c.count(statMisses)
+	return dst, false
+}
+
+// look is find, again until it answers or unreadableAfter has passed since
+// its first look; it yields between looks after readSpins.
+func (c *Cache) look(b int, h uint64, key, dst []byte) ([]byte, result) {
+	var since time.Time
 	for tries := 0; ; tries++ {
-		v, r, saw := c.find(b, h, key, dst)
-		switch r {
-		case hit:
-			c.count(statHits)
-			return v, true
-		case miss:
-			c.count(statMisses)
-			return dst, false
+		v, r := c.find(b, h, key, dst)
+		if r != again {
+			return v, r
+		}
+		if now := time.Now(); tries == 0 {
+			since = now
+		} else if now.Sub(since) > unreadableAfter {
+			return dst, again
 		}
 		if tries >= readSpins {
-			if now := time.Now(); saw != stuck || since.IsZero() {
-				stuck, since = saw, now
-			} else if now.Sub(since) > unreadableAfter {
-				c.count(statMisses)
-				return dst, false
-			}
 			runtime.Gosched()
 		}
 	}
+}
+
+// lookLocked is Get's way out of a bucket it could not read for
+// unreadableAfter: its writers rewrite the entry faster than Get copies it,
+// or a sequence was left odd from outside the cache's writers. Under the
+// shard's lock no writer writes, so find answers, or finds the odd
+// sequence: a miss. A holder that keeps the lock past lockedWait is stopped,
+// and so writes nothing: Get looks once more without it.
+func (c *Cache) lookLocked(b int, h uint64, key, dst []byte) ([]byte, result) {
+	ctx, cancel := context.WithTimeout(context.Background(), lockedWait)
+	defer cancel()
+	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	if err != nil {
+		if c.closed.Load() {
+			return dst, miss
+		}
+		return c.find(b, h, key, dst)
+	}
+	defer g.Release()
+	if g.Recovered() {
+		c.count(statTakeovers)
+	}
+	v, r := c.find(b, h, key, dst)
+	g.Commit()
+	return v, r
 }
 
 type result uint8
@@ -54,23 +90,24 @@ const (
 	again        // an entry changed while it was read: look again
 )
 
-// readSpins is how many times Get looks again before it yields, and starts
-// watching for a bucket it cannot read (see unreadableAfter).
+// readSpins is how many times Get looks again before it yields.
 const readSpins = 64
 
-// unreadableAfter is how long Get looks again at an entry it cannot read
-// that does not change (a sequence left odd, by bytes written from outside
-// the cache's writers, under a map that names it) before it misses. An
-// entry that changes is being written by the cache's writers, who make
-// progress: Get looks again for as long as that lasts, as a seqlock's
-// reader does. (Only Sets of one bucket back to back, of values that take
-// longer to copy than to write, keep it looking for long.)
+// unreadableAfter is how long Get looks again without a lock. Each look
+// again means a writer rewrote an entry while Get read it, and a writer
+// rewrites only the spare, so an entry Get reads is rewritten only after
+// two writes to its bucket: only Sets of one bucket back to back, of values
+// that take longer to copy than to write, or bytes written from outside,
+// make a Get look again this long.
 const unreadableAfter = time.Millisecond
 
-// find looks for key in bucket b, as Get does. When it must look again it
-// also returns what it saw: a digest of the map word and the sequence of
-// the entry it could not read.
-func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result, uint64) {
+// lockedWait bounds Get's wait for a shard's lock: longer than a waiter
+// takes to have the lock handed to it from writers that take it back to
+// back (the lock's starvation mode), shorter than a Get should ever take.
+const lockedWait = 50 * time.Millisecond
+
+// find looks for key in bucket b once, as Get does.
+func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result) {
 	bk := c.bucket(b)
 	tag := tagOf(h)
 	for half := range 2 {
@@ -86,12 +123,12 @@ func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result, uint64) 
 			if wb&^wayEntry != tag || e > Ways {
 				continue // or a map written from outside: nothing to read
 			}
-			if v, r, seq := c.read(c.entry(b, e), &bk[half], lane, wb, h, key, dst); r != miss {
-				return v, r, m*0x9E3779B97F4A7C15 ^ seq
+			if v, r := c.read(c.entry(b, e), &bk[half], lane, wb, h, key, dst); r != miss {
+				return v, r
 			}
 		}
 	}
-	return dst, miss, 0
+	return dst, miss
 }
 
 // read reads entry en, which way bits wb of the map word at mw named, and
@@ -101,10 +138,10 @@ func (c *Cache) find(b int, h uint64, key, dst []byte) ([]byte, result, uint64) 
 // ever written, and a way names an entry only once it is whole), and what
 // was read is what it held. Otherwise the entry was rewritten, and the way
 // renamed, since the map was loaded, and Get looks again.
-func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst []byte) ([]byte, result, uint64) {
+func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst []byte) ([]byte, result) {
 	s := atomic.LoadUint64(&en[wordSeq])
 	if s&1 != 0 {
-		return dst, again, s
+		return dst, again
 	}
 	n := len(dst)
 	r := miss
@@ -117,19 +154,16 @@ func (c *Cache) read(en []uint64, mw *uint64, lane int, wb, h uint64, key, dst [
 		dst = slices.Grow(dst, vlen)[:n+vlen]
 		words.LoadBytes(dst[n:], en[entryHead+c.keyWords:])
 	}
-	if atomic.LoadUint64(mw)>>(wayBits*lane)&(1<<wayBits-1) != wb {
-		return dst[:n], again, s
-	}
-	if s2 := atomic.LoadUint64(&en[wordSeq]); s2 != s {
-		return dst[:n], again, s2
+	if atomic.LoadUint64(mw)>>(wayBits*lane)&(1<<wayBits-1) != wb || atomic.LoadUint64(&en[wordSeq]) != s {
+		return dst[:n], again
 	}
 	if r == hit {
 		if expires != never && time.Now().UnixNano() >= expires {
-			return dst[:n], miss, 0
+			return dst[:n], miss
 		}
 		if atomic.LoadUint64(&en[wordUsed]) == 0 {
 			atomic.StoreUint64(&en[wordUsed], 1)
 		}
 	}
-	return dst, r, 0
+	return dst, r
 }
