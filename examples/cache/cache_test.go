@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	proctest.Dispatch(map[string]func([]string) int{
 		"writer": writer, "reader": reader, "bench": benchChild, "paced-writer": pacedWriter,
 		"hot-writer": hotWriter, "churn-writer": churnWriter, "churn-reader": churnReader,
+		"neighbor-writer": neighborWriter, "inspect-loop": inspectLoop, "truncator": truncator, "ttl-victim": ttlVictim,
 	})
 	os.Exit(m.Run())
 }

@@ -5,3 +5,6 @@ package cache
 func Buckets(c *Cache) []uint64 { return c.buckets }
 func Entries(c *Cache) []uint64 { return c.entries }
 func EntryWords(c *Cache) int   { return c.entryW }
+
+// LockedWait is how long Get waits for a shard's lock at most.
+const LockedWait = lockedWait
