@@ -70,18 +70,24 @@ func (c *Cache) set(b int, h uint64, key, value []byte, expires int64) {
 	bk := c.bucket(b)
 	m, spare := c.mapOf(bk)
 	w, used := c.lookup(b, m, h, key)
+	var rest uint64 // the other entries' soonest expiry, if w's expired
+	replaced := false
 	if w < 0 {
-		w = c.victim(b, bk, m)
+		w, rest, replaced = c.victim(b, bk, m)
 	} else if _, e := way(m, w); expired(c.entry(b, e)) {
 		c.count(statExpirations)
 	}
 	c.write(c.entry(b, spare), h, key, value, expires, used)
-	// The bound is lowered before the map names the entry: a writer that
-	// dies between the two leaves a bound only lower than need be.
-	if soonest := atomic.LoadUint64(&bk[wordSoonest]); expires != never && (soonest == 0 || uint64(expires) < soonest) {
+	// The bound is lowered before the map names the entry, and raised
+	// (past the expired entry replaced) only after: a writer that dies
+	// between leaves it lower than need be, never above an entry's expiry.
+	if soonest := atomic.LoadUint64(&bk[wordSoonest]); earliest(soonest, expires) != soonest {
 		atomic.StoreUint64(&bk[wordSoonest], uint64(expires))
 	}
 	publish(bk, m, w, tagOf(h), spare)
+	if replaced {
+		atomic.StoreUint64(&bk[wordSoonest], earliest(rest, expires))
+	}
 	c.count(statSets)
 }
 
@@ -126,17 +132,18 @@ func (c *Cache) lookup(b int, m [2]uint64, h uint64, key []byte) (int, uint64) {
 }
 
 // victim returns the way a new key takes in bucket b (map m): an empty one,
-// else one whose entry has expired, else the first the CLOCK hand finds
-// unused, clearing the used marks it passes.
-func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
+// else one whose entry has expired (then replaced, with the soonest expiry
+// of the other entries, rest), else the first the CLOCK hand finds unused,
+// clearing the used marks it passes.
+func (c *Cache) victim(b int, bk []uint64, m [2]uint64) (w int, rest uint64, replaced bool) {
 	for w := range Ways {
 		if wb, _ := way(m, w); wb&^wayEntry == 0 {
-			return w
+			return w, 0, false
 		}
 	}
-	if w, ok := c.expiredWay(b, bk, m); ok {
+	if w, rest, ok := c.expiredWay(b, bk, m); ok {
 		c.count(statExpirations)
-		return w
+		return w, rest, true
 	}
 	hand := int(atomic.LoadUint64(&bk[wordHand]) % Ways)
 	// Readers may mark entries again behind the hand: after one turn and
@@ -153,38 +160,45 @@ func (c *Cache) victim(b int, bk []uint64, m [2]uint64) int {
 	atomic.StoreUint64(&bk[wordHand], uint64(hand+1)%Ways)
 	fault.Hit(fault.CacheHandMoved)
 	c.count(statEvictions)
-	return hand
+	return hand, 0, false
 }
 
 // expiredWay returns a way of bucket b (map m) whose entry has expired, if
-// one has. It reads the clock only if an entry has a TTL, and the entries
-// only once the bucket's soonest expiry has passed; then it sets that bound
-// anew, from the entries other than the one it returns (a writer that dies
-// before it replaces that one leaves it to CLOCK, whose hand evicts it in
-// its turn: Get marks no expired entry used).
-func (c *Cache) expiredWay(b int, bk []uint64, m [2]uint64) (int, bool) {
+// one has, and the soonest expiry of the other entries (0: none has a TTL).
+// It reads the clock only if an entry has a TTL, and the entries only once
+// the bucket's soonest expiry has passed; then it sets that bound anew, to
+// the soonest of all the entries' expiries.
+func (c *Cache) expiredWay(b int, bk []uint64, m [2]uint64) (int, uint64, bool) {
 	soonest := atomic.LoadUint64(&bk[wordSoonest])
 	if soonest == 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	now := time.Now().UnixNano()
 	if soonest > uint64(now) {
-		return 0, false
+		return 0, 0, false
 	}
-	found, next := -1, uint64(0)
+	found, rest, all := -1, uint64(0), uint64(0)
 	for w := range Ways {
 		_, e := way(m, w)
 		exp := int64(atomic.LoadUint64(&c.entry(b, e)[wordExpires]))
-		switch {
-		case exp == never:
-		case now >= exp && found < 0:
+		all = earliest(all, exp)
+		if exp != never && now >= exp && found < 0 {
 			found = w
-		case next == 0 || uint64(exp) < next:
-			next = uint64(exp)
+		} else {
+			rest = earliest(rest, exp)
 		}
 	}
-	atomic.StoreUint64(&bk[wordSoonest], next)
-	return found, found >= 0
+	atomic.StoreUint64(&bk[wordSoonest], all)
+	return found, rest, found >= 0
+}
+
+// earliest is the bound of a bucket whose bound was bound (0: no TTL) once
+// it also holds an entry that expires at exp.
+func earliest(bound uint64, exp int64) uint64 {
+	if exp == never || bound != 0 && bound <= uint64(exp) {
+		return bound
+	}
+	return uint64(exp)
 }
 
 // expired reports whether entry en has expired; it reads the clock only if
