@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"math/bits"
 	"runtime"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shmlock/shmlock/internal/words"
+	"github.com/shmlock/shmlock/shm"
 )
 
 // Get appends key's value to dst and reports whether the key was there and
@@ -29,7 +31,10 @@ func (c *Cache) Get(key, dst []byte) ([]byte, bool) {
 	if r == again {
 		v, r = c.lookLocked(b, h, key, dst)
 	}
-	if r == hit {
+	switch r {
+	case gone:
+		return dst, false
+	case hit:
 		c.count(statHits)
 		return v, true
 	}
@@ -67,10 +72,12 @@ func (c *Cache) lookLocked(b int, h uint64, key, dst []byte) ([]byte, result) {
 	ctx, cancel := context.WithTimeout(context.Background(), lockedWait)
 	defer cancel()
 	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	if errors.Is(err, shm.ErrClosed) {
+		// Close has begun, and unmaps the region once its waiters,
+		// this one among them, are gone: touch none of it again.
+		return dst, gone
+	}
 	if err != nil {
-		if c.closed.Load() {
-			return dst, miss
-		}
 		return c.find(b, h, key, dst)
 	}
 	defer g.Release()
@@ -88,6 +95,7 @@ const (
 	miss  result = iota
 	hit          // the value is appended
 	again        // an entry changed while it was read: look again
+	gone         // the region was closed while Get waited for a lock
 )
 
 // readSpins is how many times Get looks again before it yields.
