@@ -36,6 +36,7 @@ func TestMain(m *testing.M) {
 		"writer": writer, "reader": reader, "bench": benchChild, "paced-writer": pacedWriter,
 		"hot-writer": hotWriter, "churn-writer": churnWriter, "churn-reader": churnReader,
 		"neighbor-writer": neighborWriter, "inspect-loop": inspectLoop, "truncator": truncator, "ttl-victim": ttlVictim,
+		"scribbler": scribbler, "close-getter": closeGetter, "lock-getter": lockGetter,
 	})
 	os.Exit(m.Run())
 }
@@ -264,6 +265,18 @@ func TestKilledWritersNeverTearOrWedge(t *testing.T) {
 	}
 }
 
+// fits reports whether no bucket of c has more of the kill test's keys than
+// it has ways.
+func fits(c *cache.Cache) bool {
+	in := map[int]int{}
+	for k := range uint64(keys) {
+		if in[cache.BucketOf(c, key(k))]++; in[cache.BucketOf(c, key(k))] > cache.Ways {
+			return false
+		}
+	}
+	return true
+}
+
 // world is a kill test's cache, control region and children.
 type world struct {
 	h            *proctest.Harness
@@ -282,8 +295,19 @@ func newWorld(t *testing.T, mode shm.Mode, capacity int, noWriter0 bool) *world 
 	o := opts
 	o.Region.Mode, o.Capacity = mode, capacity
 	var err error
-	w.c, err = cache.Open(w.cpath, o)
-	require.NoError(t, err)
+	// The hash is seeded anew with each region: make regions until no
+	// bucket is asked to hold more keys than it has ways, so that a key
+	// evicted is the cache's fault, not the seed's.
+	for try := 0; ; try++ {
+		w.c, err = cache.Open(w.cpath, o)
+		require.NoError(t, err)
+		if capacity != opts.Capacity || fits(w.c) {
+			break
+		}
+		require.Less(t, try, 50, "no seed fits the keys in the buckets")
+		w.c.Close()
+		require.NoError(t, os.Remove(w.cpath))
+	}
 	t.Cleanup(func() { w.c.Close() })
 	w.x, err = openCtl(w.xpath)
 	require.NoError(t, err)

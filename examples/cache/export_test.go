@@ -8,3 +8,6 @@ func EntryWords(c *Cache) int   { return c.entryW }
 
 // LockedWait is how long Get waits for a shard's lock at most.
 const LockedWait = lockedWait
+
+// BucketOf returns the bucket of key in c.
+func BucketOf(c *Cache, key []byte) int { return c.bucketOf(c.hash(key)) }
