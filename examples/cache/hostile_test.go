@@ -50,6 +50,11 @@ func neighborWriter(args []string) int {
 	return 0
 }
 
+// getBound is what the tests ask of a Get's time: its own bound (1 ms of
+// lock-free looks, lockedWait for the lock, a copy or two) with room for
+// the scheduler of a machine that runs other test binaries beside this one.
+const getBound = 10 * cache.LockedWait
+
 // TestOddEntryBusyNeighbor: an entry left odd from outside under a map
 // that names it makes Get miss after about 1 ms, and soon, even while
 // another process Sets another key of the same map word (ways 0..3) again
@@ -89,7 +94,7 @@ func TestOddEntryBusyNeighbor(t *testing.T) {
 	out := w.Wait(t, 20*time.Second)
 	require.NoError(t, w.Err, out)
 	t.Logf("Gets of the odd entry, neighbor busy: %d, mean %v, worst %v; neighbor: %s", gets, total/time.Duration(gets), worst, strings.TrimSpace(out))
-	assert.Less(t, worst, 2*cache.LockedWait,
+	assert.Less(t, worst, getBound,
 		"Get of an entry left odd from outside spun while another key of its map word was Set")
 }
 
@@ -127,7 +132,7 @@ func TestHotKeyGetBounded(t *testing.T) {
 			require.NoError(t, w.Err, out)
 			t.Logf("value %d bytes, nil dst: %d gets, %d misses, worst Get %v; writer: %s", n, gets, misses, worst, strings.TrimSpace(out))
 			assert.Zero(t, misses, "Get missed a hot key that was there all along")
-			assert.Less(t, worst, 2*cache.LockedWait, "one Get took %v", worst)
+			assert.Less(t, worst, getBound, "one Get took %v", worst)
 		})
 	}
 }
@@ -644,7 +649,7 @@ func TestGetStoppedWriter(t *testing.T) {
 			worst = max(worst, d)
 			require.True(t, ok, "%s writer: hot key missed", phase)
 			require.NoError(t, hotCheck(v, n))
-			require.Less(t, d, 50*time.Millisecond, "%s writer: Get took %v", phase, d)
+			require.Less(t, d, getBound, "%s writer: Get took %v", phase, d)
 		}
 	}
 	t.Logf("30 stops, %d holding the shard; worst Get %v", held, worst)

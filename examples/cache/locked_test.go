@@ -3,6 +3,7 @@
 package cache_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -88,6 +89,22 @@ func closeGetter(args []string) int {
 				misses.Add(1)
 			}
 		}()
+	}
+	// Close once the Get waits for the shard's lock (its holder is
+	// stopped), and ms more: Close during a lock-free look is the race
+	// Close's documentation forbids, not this test's case.
+	stacks := make([]byte, 1<<20)
+	for {
+		done := hits.Load() + misses.Load() + faults.Load()
+		waiting := bytes.Count(stacks[:runtime.Stack(stacks, true)], []byte("(*Mutex).lockSlow("))
+		if waiting > 0 && int64(waiting)+done >= int64(k) {
+			fmt.Print("waited ")
+			break
+		}
+		if done == int64(k) {
+			break
+		}
+		time.Sleep(100 * time.Microsecond)
 	}
 	time.Sleep(time.Duration(ms) * time.Millisecond)
 	if err := c.Close(); err != nil {
@@ -175,21 +192,26 @@ func TestCloseWhileGetWaitsForLock(t *testing.T) {
 	s := h.Spawn("scribbler", cpath, strconv.Itoa(n), "40000")
 	defer s.Kill()
 	time.Sleep(50 * time.Millisecond)
-	rounds, faulted, crashed := 30, 0, 0
+	rounds, faulted, crashed, waited := 30, 0, 0, 0
 	var sample string
 	for range rounds {
-		g := h.Spawn("close-getter", cpath, strconv.Itoa(n), "4", "20")
+		g := h.Spawn("close-getter", cpath, strconv.Itoa(n), "4", "5")
 		out := g.Wait(t, 20*time.Second)
+		if strings.Contains(out, "waited") {
+			waited++
+		}
 		switch {
 		case g.Err != nil:
 			crashed++
 			sample = out
-		case !strings.HasPrefix(strings.TrimSpace(out), "faults 0 "):
+		case !strings.Contains(out, "faults 0 "):
 			faulted++
 			sample = out
 		}
 	}
-	t.Logf("%d rounds: %d with a Get that faulted after Close, %d children crashed; e.g. %s", rounds, faulted, crashed, firstLines(sample, 30))
+	t.Logf("%d rounds (%d with the Get waiting for the lock at Close): %d with a Get that faulted after Close, %d children crashed; e.g. %s",
+		rounds, waited, faulted, crashed, firstLines(sample, 30))
+	assert.Greater(t, waited, rounds/2, "too few Gets waited for the lock for the test to mean much")
 	assert.Zero(t, faulted+crashed, "a Get woken from lookLocked's wait by Close touched the unmapped region")
 }
 
@@ -242,9 +264,9 @@ func TestGetHoldingShardStoppedThenKilled(t *testing.T) {
 			require.True(t, ok, "Get missed while a Get process was stopped holding the shard")
 			require.NoError(t, hotCheck(v, n))
 		}
-		quick := 10 * time.Millisecond
+		quick := 100 * time.Millisecond // 1 ms and a copy, on a loaded machine
 		if raceEnabled {
-			quick = 200 * time.Millisecond // a 1 MiB copy, instrumented
+			quick = 500 * time.Millisecond // a 1 MiB copy, instrumented
 		}
 		assert.Less(t, worst, quick, "a Get waited for the stopped Get process")
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -500,6 +522,6 @@ func TestHotBucketGoroutines(t *testing.T) {
 	assert.Equal(t, uint64(gets.Load()), st.Hits+st.Misses, "Hits+Misses is not the number of Gets")
 	assert.Zero(t, st.Takeovers, "takeovers with nobody dead")
 	if !raceEnabled {
-		assert.Less(t, time.Duration(worst.Load()), 2*cache.LockedWait, "a Get took too long")
+		assert.Less(t, time.Duration(worst.Load()), 2*getBound, "a Get took too long") // 8 goroutines on 2 cores
 	}
 }
