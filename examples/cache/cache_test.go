@@ -165,21 +165,31 @@ func writer(args []string) int {
 		k := uint64(rand.IntN(keys/writers))*writers + uint64(i)
 		// A writer killed with a version begun leaves it begun: it did
 		// or did not happen, and the next one goes on from it.
-		ver := atomic.LoadUint64(&x.w[cNext+k]) + 1
-		atomic.StoreUint64(&x.w[cNext+k], ver)
-		if isDelete(k, ver) {
-			err = c.Delete(ctx, key(k))
-		} else {
-			err = c.Set(ctx, key(k), value(k, ver), ttlOf(k))
-		}
-		if err != nil {
+		if err := x.write(ctx, c, k, ttlOf(k)); err != nil {
 			fmt.Println(err)
 			return 1
 		}
-		atomic.StoreUint64(&x.w[cDone+k], ver)
-		atomic.AddUint64(&x.w[cSets], 1)
 	}
 	return 0
+}
+
+// write does the next version of key k, a Delete or a Set for ttl, and
+// records it begun, then done.
+func (x *ctl) write(ctx context.Context, c *cache.Cache, k uint64, ttl time.Duration) error {
+	ver := atomic.LoadUint64(&x.w[cNext+k]) + 1
+	atomic.StoreUint64(&x.w[cNext+k], ver)
+	var err error
+	if isDelete(k, ver) {
+		err = c.Delete(ctx, key(k))
+	} else {
+		err = c.Set(ctx, key(k), value(k, ver), ttl)
+	}
+	if err != nil {
+		return err
+	}
+	atomic.StoreUint64(&x.w[cDone+k], ver)
+	atomic.AddUint64(&x.w[cSets], 1)
+	return nil
 }
 
 // reader: args cache, ctl, mode, capacity. Gets random keys and checks
@@ -198,24 +208,36 @@ func reader(args []string) int {
 	}
 	for !x.stopped() {
 		k := rand.Uint64N(keys)
-		done := atomic.LoadUint64(&x.w[cDone+k])
-		v, ok := c.Get(key(k), buf[:0])
-		next := atomic.LoadUint64(&x.w[cNext+k])
-		atomic.AddUint64(&x.w[cReads], 1)
-		if ok {
-			atomic.AddUint64(&x.w[cHits], 1)
-			if err := check(k, v); err != nil {
-				x.report(cBad, err)
-			} else if err := fresh(k, v, done, next); err != nil {
-				x.report(cStale, err)
-			}
-		} else if k < lossless {
+		x.read(c, k, buf, k < lossless)
+	}
+	return 0
+}
+
+// read Gets key k and checks the answer against the versions done before
+// the Get began and begun once it ended: whole, fresh, and, if lossless, not
+// missed. It returns the version read, if the value was whole.
+func (x *ctl) read(c *cache.Cache, k uint64, buf []byte, lossless bool) (uint64, bool) {
+	done := atomic.LoadUint64(&x.w[cDone+k])
+	v, ok := c.Get(key(k), buf[:0])
+	next := atomic.LoadUint64(&x.w[cNext+k])
+	atomic.AddUint64(&x.w[cReads], 1)
+	if !ok {
+		if lossless {
 			if err := mayMiss(k, done, next); err != nil {
 				x.report(cLost, err)
 			}
 		}
+		return 0, false
 	}
-	return 0
+	atomic.AddUint64(&x.w[cHits], 1)
+	if err := check(k, v); err != nil {
+		x.report(cBad, err)
+		return 0, false
+	}
+	if err := fresh(k, v, done, next); err != nil {
+		x.report(cStale, err)
+	}
+	return binary.LittleEndian.Uint64(v[8:]), true
 }
 
 // fresh says what is wrong with v, a whole value of key k, if the last

@@ -85,6 +85,17 @@ func hotOptions(size int) cache.Options {
 	return cache.Options{Capacity: 8, MaxKey: 8, MaxValue: size}
 }
 
+// hotCache opens a fresh one-bucket cache for values of n bytes, closed
+// when the test ends, holding the hot key at version 0; and its path.
+func hotCache(t *testing.T, n int) (*cache.Cache, string) {
+	cpath, _ := paths(t)
+	c, err := cache.Open(cpath, hotOptions(n))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+	return c, cpath
+}
+
 // hotValue is version ver of the hot key, n bytes: ver in the first 8, then
 // a filler that depends on ver, so that a mix of two versions fails hotCheck.
 func hotValue(ver uint64, n int) []byte {
@@ -143,11 +154,7 @@ func TestHotKeyNeverMisses(t *testing.T) {
 	for _, n := range []int{64, 64 << 10, 1 << 20} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			h := proctest.New(t, 60*time.Second)
-			cpath, _ := paths(t)
-			c, err := cache.Open(cpath, hotOptions(n))
-			require.NoError(t, err)
-			t.Cleanup(func() { c.Close() })
-			require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+			c, cpath := hotCache(t, n)
 			w := h.Spawn("hot-writer", cpath, strconv.Itoa(n), "1500")
 			buf := make([]byte, 0, n)
 			var gets, misses, bad int
@@ -203,19 +210,10 @@ func churnWriter(args []string) int {
 	ctx := context.Background()
 	for n := uint64(0); !x.stopped(); n++ {
 		k := n%uint64(nk/churnWriters)*churnWriters + uint64(i)
-		ver := atomic.LoadUint64(&x.w[cNext+k]) + 1
-		atomic.StoreUint64(&x.w[cNext+k], ver)
-		if isDelete(k, ver) {
-			err = c.Delete(ctx, key(k))
-		} else {
-			err = c.Set(ctx, key(k), value(k, ver), 0)
-		}
-		if err != nil {
+		if err := x.write(ctx, c, k, 0); err != nil {
 			fmt.Println(err)
 			return 1
 		}
-		atomic.StoreUint64(&x.w[cDone+k], ver)
-		atomic.AddUint64(&x.w[cSets], 1)
 	}
 	return 0
 }
@@ -234,28 +232,10 @@ func churnReader(args []string) int {
 	last := make([]uint64, nk)
 	for n := uint64(0); !x.stopped(); n++ {
 		k := n % uint64(nk)
-		done := atomic.LoadUint64(&x.w[cDone+k])
-		v, ok := c.Get(key(k), buf[:0])
-		next := atomic.LoadUint64(&x.w[cNext+k])
-		atomic.AddUint64(&x.w[cReads], 1)
+		ver, ok := x.read(c, k, buf, nk <= churnKeys) // more keys than ways: evicted, maybe
 		if !ok {
-			if nk > churnKeys {
-				continue // evicted, maybe
-			}
-			if err := mayMiss(k, done, next); err != nil {
-				x.report(cLost, err)
-			}
 			continue
 		}
-		atomic.AddUint64(&x.w[cHits], 1)
-		if err := check(k, v); err != nil {
-			x.report(cBad, err)
-			continue
-		}
-		if err := fresh(k, v, done, next); err != nil {
-			x.report(cStale, err)
-		}
-		ver := binary.LittleEndian.Uint64(v[8:])
 		if ver < last[k] {
 			x.report(cMono, fmt.Errorf("key %d: version %d after version %d", k, ver, last[k]))
 		}

@@ -107,11 +107,7 @@ func TestHotKeyGetBounded(t *testing.T) {
 	for _, n := range []int{64 << 10, 1 << 20} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			h := proctest.New(t, 60*time.Second)
-			cpath, _ := paths(t)
-			c, err := cache.Open(cpath, hotOptions(n))
-			require.NoError(t, err)
-			t.Cleanup(func() { c.Close() })
-			require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+			c, cpath := hotCache(t, n)
 			w := h.Spawn("hot-writer", cpath, strconv.Itoa(n), "3000")
 			time.Sleep(100 * time.Millisecond)
 			var gets, misses int
@@ -624,11 +620,7 @@ func TestCrashPointsTTL(t *testing.T) {
 func TestGetStoppedWriter(t *testing.T) {
 	const n = 256 << 10
 	h := proctest.New(t, 90*time.Second)
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, hotOptions(n))
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+	c, cpath := hotCache(t, n)
 	held := 0
 	var worst time.Duration
 	for range 30 {

@@ -182,11 +182,7 @@ func TestCloseWhileGetWaitsForLock(t *testing.T) {
 	}
 	const n = 1 << 20
 	h := proctest.New(t, 120*time.Second)
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, hotOptions(n))
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+	c, cpath := hotCache(t, n)
 	w := stopHolding(t, h, c, cpath, n)
 	defer w.Kill()
 	s := h.Spawn("scribbler", cpath, strconv.Itoa(n), "40000")
@@ -228,11 +224,7 @@ func firstLines(s string, n int) string {
 func TestGetHoldingShardStoppedThenKilled(t *testing.T) {
 	const n = 1 << 20
 	h := proctest.New(t, 120*time.Second)
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, hotOptions(n))
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+	c, cpath := hotCache(t, n)
 	w := h.Spawn("hot-writer", cpath, strconv.Itoa(n), "30000")
 	defer w.Kill()
 	held := 0
@@ -300,11 +292,7 @@ func TestGetHoldingShardStoppedThenKilled(t *testing.T) {
 func TestGetTakesOverDeadWriter(t *testing.T) {
 	const n = 1 << 20
 	h := proctest.New(t, 60*time.Second)
-	cpath, _ := paths(t)
-	c, err := cache.Open(cpath, hotOptions(n))
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+	c, cpath := hotCache(t, n)
 	for round := range 3 {
 		w := stopHolding(t, h, c, cpath, n)
 		w.Kill()
@@ -345,11 +333,7 @@ func TestCrashPointsGetUnderLock(t *testing.T) {
 	for _, p := range []string{"mutex-acquired", "mutex-before-release"} {
 		t.Run(p, func(t *testing.T) {
 			h := proctest.New(t, 60*time.Second)
-			cpath, _ := paths(t)
-			c, err := cache.Open(cpath, hotOptions(n))
-			require.NoError(t, err)
-			t.Cleanup(func() { c.Close() })
-			require.NoError(t, c.Set(context.Background(), []byte("hot"), hotValue(0, n), 0))
+			c, cpath := hotCache(t, n)
 			w := h.Spawn("hot-writer", cpath, strconv.Itoa(n), "30000")
 			defer w.Kill()
 			time.Sleep(50 * time.Millisecond)
