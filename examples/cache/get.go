@@ -71,7 +71,7 @@ func (c *Cache) look(b int, h uint64, key, dst []byte) ([]byte, result) {
 func (c *Cache) lookLocked(b int, h uint64, key, dst []byte) ([]byte, result) {
 	ctx, cancel := context.WithTimeout(context.Background(), lockedWait)
 	defer cancel()
-	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	g, err := c.lock(ctx, b)
 	if errors.Is(err, shm.ErrClosed) {
 		// Close has begun, and unmaps the region once its waiters,
 		// this one among them, are gone: touch none of it again.
@@ -81,9 +81,6 @@ func (c *Cache) lookLocked(b int, h uint64, key, dst []byte) ([]byte, result) {
 		return c.find(b, h, key, dst)
 	}
 	defer g.Release()
-	if g.Recovered() {
-		c.count(statTakeovers)
-	}
 	v, r := c.find(b, h, key, dst)
 	g.Commit()
 	return v, r

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shmlock/shmlock/guard"
 	"github.com/shmlock/shmlock/internal/fault"
 	"github.com/shmlock/shmlock/internal/words"
 )
@@ -25,14 +26,11 @@ func (c *Cache) Set(ctx context.Context, key, value []byte, ttl time.Duration) e
 	}
 	h := c.hash(key)
 	b := c.bucketOf(h)
-	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	g, err := c.lock(ctx, b)
 	if err != nil {
 		return err
 	}
 	defer g.Release()
-	if g.Recovered() {
-		c.count(statTakeovers) // a Set that died left nothing to repair
-	}
 	c.set(b, h, key, value, expires)
 	g.Commit()
 	return nil
@@ -46,14 +44,11 @@ func (c *Cache) Delete(ctx context.Context, key []byte) error {
 	}
 	h := c.hash(key)
 	b := c.bucketOf(h)
-	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	g, err := c.lock(ctx, b)
 	if err != nil {
 		return err
 	}
 	defer g.Release()
-	if g.Recovered() {
-		c.count(statTakeovers)
-	}
 	bk := c.bucket(b)
 	m, _ := c.mapOf(bk)
 	if w, _ := c.lookup(b, m, h, key); w >= 0 {
@@ -63,6 +58,17 @@ func (c *Cache) Delete(ctx context.Context, key []byte) error {
 	}
 	g.Commit()
 	return nil
+}
+
+// lock takes bucket b's shard's lock, waiting until ctx is done, and counts
+// a takeover from a writer that died holding it: one that left nothing to
+// repair, since a writer writes only the spare and publishes by one store.
+func (c *Cache) lock(ctx context.Context, b int) (guard.Guard, error) {
+	g, err := c.shards[b%len(c.shards)].Acquire(ctx)
+	if err == nil && g.Recovered() {
+		c.count(statTakeovers)
+	}
+	return g, err
 }
 
 // set stores key and value in bucket b, whose shard the caller holds.
