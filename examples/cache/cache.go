@@ -160,6 +160,9 @@ type dims struct {
 	nb, shards, statSlots, keyWords, entryW int
 }
 
+// entryBytes is the size of the entries' object.
+func (d dims) entryBytes() int { return d.nb * (Ways + 1) * d.entryW * 8 }
+
 func (o Options) dims() (dims, error) {
 	if o.Capacity < 1 || o.MaxKey < 1 || o.MaxValue < 0 || o.Shards < 0 ||
 		o.MaxKey > math.MaxInt32 || o.MaxValue > math.MaxInt32 || o.Capacity > math.MaxInt32 {
@@ -195,7 +198,7 @@ func (o Options) layout(d dims) (*shm.Layout, offsets) {
 	name := fmt.Sprintf("cache buckets: %d of %d ways, keys of at most %d bytes, values of at most %d",
 		d.nb, Ways, o.MaxKey, o.MaxValue)
 	at.buckets = l.Data(name, d.nb*shm.LineSize)
-	at.entries = l.Data("cache entries", d.nb*(Ways+1)*d.entryW*8)
+	at.entries = l.Data("cache entries", d.entryBytes())
 	return l, at
 }
 
@@ -206,7 +209,7 @@ func (o Options) Size() int {
 		return 0
 	}
 	_, at := o.layout(d)
-	return at.entries + d.nb*(Ways+1)*d.entryW*8
+	return at.entries + d.entryBytes()
 }
 
 // Open opens the cache in the region at name (see shm.Open), creating it if
@@ -265,7 +268,7 @@ func (c *Cache) view(d dims, at offsets) error {
 	if c.buckets, err = wordsOf(c.r, at.buckets, d.nb*shm.LineSize); err != nil {
 		return err
 	}
-	if c.entries, err = wordsOf(c.r, at.entries, d.nb*(Ways+1)*d.entryW*8); err != nil {
+	if c.entries, err = wordsOf(c.r, at.entries, d.entryBytes()); err != nil {
 		return err
 	}
 	// The hash is the same in every process attached to this region, and
