@@ -106,6 +106,12 @@ func TestOddEntryBusyNeighbor(t *testing.T) {
 func TestHotKeyGetBounded(t *testing.T) {
 	for _, n := range []int{64 << 10, 1 << 20} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			if raceEnabled && n > 64<<10 {
+				// An instrumented Set of 1 MiB holds the lock about
+				// 30 ms, back to back: the lock is handed to a waiting
+				// Get later than lockedWait, which then may miss.
+				t.Skip("under -race, a 1 MiB Set outlasts the Get's wait for the lock")
+			}
 			h := proctest.New(t, 60*time.Second)
 			c, cpath := hotCache(t, n)
 			w := h.Spawn("hot-writer", cpath, strconv.Itoa(n), "3000")
