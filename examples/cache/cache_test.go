@@ -427,7 +427,15 @@ func killWriters(t *testing.T, mode shm.Mode, kills int) {
 	assert.Zero(t, st.Evictions, "an eviction: the lossless keys' check means nothing")
 	assert.Greater(t, holding, kills/2, "too few kills landed while holding for the test to mean much")
 	assert.Greater(t, len(shards), 1, "every kill landed on one shard")
-	assert.GreaterOrEqual(t, st.Takeovers, uint64(holding), "every holder killed was taken over")
+	// The locks count their recoveries; Stats counts those its writers
+	// were told of, less any whose taker was itself killed before it
+	// counted.
+	var recoveries uint64
+	for _, s := range c.Writers() {
+		recoveries += s.Recoveries
+	}
+	assert.GreaterOrEqual(t, recoveries, uint64(holding), "every holder killed was taken over")
+	assert.LessOrEqual(t, st.Takeovers, recoveries, "more takeovers counted than the locks recovered")
 	assert.Greater(t, st.Expirations, uint64(0), "no expired entry was replaced")
 }
 

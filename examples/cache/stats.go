@@ -14,7 +14,8 @@ type Stats struct {
 	Evictions    uint64 // live entries a Set displaced
 	Expirations  uint64 // expired entries a Set replaced (of their key or another)
 	// Takeovers counts writers that took a shard's lock over from a
-	// writer that died holding it.
+	// writer that died holding it (less any taker killed before it
+	// counted; Writers' Recoveries are the locks' own counts).
 	Takeovers uint64
 	// Repairs counts buckets whose map was found written from outside
 	// the cache's writers, and emptied.
